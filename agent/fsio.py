@@ -1,0 +1,128 @@
+"""Small file helpers used everywhere (psutil's cat() idea): tolerant reads, strict parses, atomic state writes.
+
+Reads of host files return None when the file is absent ("no data here"); a file that exists but cannot be
+parsed raises InputError naming the path, because that is a broken tree, not a missing feature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.errors import HostError, InputError
+
+
+def read_text(path: Path) -> str | None:
+    """Contents of a host file, or None if it does not exist or cannot be read (permission, EIO on sysfs)."""
+    try:
+        return path.read_text(errors="replace")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError:
+        return None
+
+
+def read_str(path: Path) -> str | None:
+    text = read_text(path)
+    return None if text is None else text.strip()
+
+
+def read_int(path: Path) -> int | None:
+    """An integer file (sysfs style); None if absent, InputError if present but not an integer."""
+    text = read_str(path)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text.split()[0], 0) if text.startswith("0x") else int(text.split()[0])
+    except ValueError:
+        raise InputError(f"expected an integer, found {text[:40]!r}", path=path) from None
+
+
+def read_bracketed(path: Path) -> tuple[str | None, list[str]]:
+    """Parse sysfs choice files like 'always [madvise] never' -> ('madvise', ['always', 'madvise', 'never'])."""
+    text = read_str(path)
+    if text is None:
+        return None, []
+    active = None
+    choices = []
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            word = word[1:-1]
+            active = word
+        choices.append(word)
+    return active, choices
+
+
+def parse_cpu_list(text: str | None) -> list[int]:
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11]. Empty or None -> []."""
+    cpus: list[int] = []
+    if not text:
+        return cpus
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            cpus.extend(range(int(lo), int(hi) + 1))
+        else:
+            cpus.append(int(part))
+    return cpus
+
+
+def format_cpu_list(cpus: list[int] | set[int]) -> str:
+    """[0, 1, 2, 3, 8] -> '0-3,8'."""
+    out: list[str] = []
+    ordered = sorted(set(cpus))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Write a state file atomically and durably: temp file in the same dir, fsync, rename, fsync dir."""
+    payload = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise HostError(f"cannot write state file: {e.strerror}", path=path) from e
+
+
+def atomic_write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", mode)
+
+
+def load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON: {e.msg}", path=path, line=e.lineno) from None

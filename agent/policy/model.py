@@ -1,0 +1,175 @@
+"""The resolved policy model (pydantic). The loader (agent/policy/loader.py) merges `extends:`, drops sections
+whose `when:` is false, evaluates computed values, then validates the result against these models, mapping any
+error back to file:line and the field's dotted path.
+
+After resolution a Policy holds only concrete values: tuners never see expressions or conditions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SYSCTL_KEY_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+$")
+SYSCTL_CONSTRAINT_RE = re.compile(r"^(>=|<=)\s*(-?\d+)$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HugepageSpec(Section):
+    size: Literal["2M", "1G"] = Field(description="page size")
+    count: int = Field(ge=0, description="pages wanted in the pool (global, or on `node`)")
+    node: int | None = Field(None, ge=0, description="NUMA node for a per-node pool; omit for the global pool")
+    why: str | None = None
+
+
+class ThpSpec(Section):
+    enabled: Literal["always", "madvise", "never"] | None = None
+    defrag: Literal["always", "defer", "defer+madvise", "madvise", "never"] | None = None
+
+
+class CpuSpec(Section):
+    governor: str | None = Field(None, description="cpufreq scaling governor, e.g. performance")
+    energy_performance_preference: str | None = Field(None, description="intel_pstate/amd_pstate EPP")
+
+
+class BlockMatch(Section):
+    name: str | None = Field(None, description="glob on the kernel name, e.g. nvme*")
+    kind: str | None = Field(None, description="nvme, virtio, scsi, sata, loop, ...")
+    model: str | None = Field(None, description="regular expression on the device model")
+    rotational: bool | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _regex_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"invalid regular expression: {e}") from None
+        return v
+
+
+class BlockSpec(Section):
+    match: BlockMatch
+    read_ahead_kb: int | None = Field(None, ge=0, le=1 << 20)
+    scheduler: str | None = None
+    nr_requests: int | None = Field(None, ge=1, le=1 << 16)
+    udev_rule: bool = Field(False, description="also write a udev rule so the setting survives hot-plug/reboot")
+
+
+class GpuSelect(Section):
+    index: int | None = Field(None, ge=0)
+    uuid: str | None = None
+    name: str | None = Field(None, description="glob on the GPU name, e.g. '*H100*'")
+    all: bool = False
+
+
+class ClockRange(Section):
+    min_mhz: int = Field(ge=0)
+    max_mhz: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ClockRange:
+        if self.min_mhz > self.max_mhz:
+            raise ValueError("min_mhz must not exceed max_mhz")
+        return self
+
+
+ClockSetting = ClockRange | Literal["max", "base"] | str  # str: a percentage of max such as "90%"
+
+
+class GpuSpec(Section):
+    select: GpuSelect = Field(default_factory=lambda: GpuSelect(all=True))
+    locked_clocks: ClockSetting | None = None
+    memory_locked_clocks: ClockSetting | None = None
+    power_limit_w: int | str | None = Field(None, description="watts, or a percentage of the default e.g. '90%'")
+    persistence_mode: bool | None = None
+
+
+class WorkerPlacement(Section):
+    mode: Literal["auto", "explicit", "none"] = "auto"
+    cpus: list[int] | None = None
+    numa_node: int | None = Field(None, ge=0)
+
+
+class WorkerSpec(Section):
+    engine: Literal["llamacpp", "torch", "command"] = "llamacpp"
+    model: str = Field("default", description="a GGUF path, or `default` for the bundled SmolLM2-135M")
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=1, le=65535)
+    binary: str | None = Field(None, description="llama-server path (default: the venv's, then PATH)")
+    threads: int | None = Field(None, ge=1)
+    threads_batch: int | None = Field(None, ge=1)
+    ctx: int | None = Field(None, ge=64)
+    parallel: int | None = Field(None, ge=1, le=512)
+    batch: int | None = Field(None, ge=1)
+    ubatch: int | None = Field(None, ge=1)
+    cache_type_k: str | None = None
+    cache_type_v: str | None = None
+    gpu_layers: int | None = Field(None, ge=0)
+    flash_attn: bool | None = None
+    dtype: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="torch engine only")
+    extra_args: list[str] = Field(default_factory=list)
+    placement: WorkerPlacement = Field(default_factory=WorkerPlacement)
+    argv: list[str] | None = Field(None, description="command engine: the server's argv")
+    health_url: str | None = None
+    metrics_url: str | None = None
+    prewarm: bool = Field(False, description="read the model into the page cache before start")
+
+    @model_validator(mode="after")
+    def _command_needs_argv(self) -> WorkerSpec:
+        if self.engine == "command" and not self.argv:
+            raise ValueError("engine 'command' needs argv")
+        return self
+
+
+class SloSpec(Section):
+    ttft_p95_ms: float | None = Field(None, gt=0)
+    itl_p95_ms: float | None = Field(None, gt=0)
+    memory_headroom_pct: float = Field(10.0, ge=0, le=90)
+
+
+class Policy(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str | None = None
+    extends: str | list[str] | None = None
+    sysctl: dict[str, int | str] = Field(
+        default_factory=dict,
+        description="key -> exact value, or '>=N' (at least) / '<=N' (at most)")
+    hugepages: list[HugepageSpec] = Field(default_factory=list)
+    thp: ThpSpec | None = None
+    cpu: CpuSpec | None = None
+    block: list[BlockSpec] = Field(default_factory=list)
+    gpu: list[GpuSpec] = Field(default_factory=list)
+    kernel_cmdline: dict[str, str | None] = Field(
+        default_factory=dict, description="boot parameters advised (reboot required, never applied)")
+    worker: WorkerSpec | None = None
+    slo: SloSpec | None = None
+
+    @field_validator("sysctl")
+    @classmethod
+    def _sysctl_keys(cls, v: dict[str, int | str]) -> dict[str, int | str]:
+        for key, value in v.items():
+            if ".." in key or "/" in key or not SYSCTL_KEY_RE.match(key):
+                raise ValueError(f"invalid sysctl key {key!r}: use dotted names like vm.swappiness")
+            if isinstance(value, bool):
+                raise ValueError(f"{key}: use 0/1, not a boolean")
+            if isinstance(value, str) and value[:2] in (">=", "<=") and not SYSCTL_CONSTRAINT_RE.match(value):
+                raise ValueError(f"{key}: constraint must look like '>=123' or '<=123'")
+        return v
+
+    @field_validator("hugepages")
+    @classmethod
+    def _one_spec_per_pool(cls, v: list[HugepageSpec]) -> list[HugepageSpec]:
+        seen = set()
+        for spec in v:
+            pool = (spec.size, spec.node)
+            if pool in seen:
+                raise ValueError(f"hugepages: pool size={spec.size} node={spec.node} given twice")
+            seen.add(pool)
+        return v

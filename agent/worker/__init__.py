@@ -1,0 +1,1 @@
+"""The inference worker: spec, engines (llama.cpp, torch, command), placement and supervision."""

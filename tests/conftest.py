@@ -1,0 +1,58 @@
+"""Test-suite wiring: tier markers (skip with a reason, or fail on CI), and the host guard that checks the
+suite leaves sysctl, hugepages, THP and block queue values as it found them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import hostguard
+import tiers
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for tier in tiers.CHECKS:
+        if item.get_closest_marker(tier) is None:
+            continue
+        why = tiers.missing(tier)
+        if why is None:
+            continue
+        if tiers.on_ci() and tier in tiers.REQUIRED_ON_CI:
+            pytest.fail(f"tier '{tier}' must run on CI but cannot: {why}", pytrace=False)
+        pytest.skip(f"tier '{tier}': {why}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_as_found() -> Iterator[None]:
+    """Snapshot the live host's tunables before the session and compare after it."""
+    if tiers.missing("kernel") is not None:
+        yield
+        return
+    before = hostguard.snapshot()
+    yield
+    after = hostguard.snapshot()
+    diff = hostguard.diff(before, after)
+    if diff:
+        pytest.fail("the test suite changed host values and did not restore them:\n" + "\n".join(diff),
+                    pytrace=False)
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for running the real CLI in a subprocess without touching /var/lib/hosttune."""
+    env = dict(os.environ)
+    env["HOSTTUNE_STATE_DIR"] = str(tmp_path / "state")
+    return env
