@@ -112,6 +112,8 @@ class WorkerSpec(Section):
     cache_type_k: str | None = None
     cache_type_v: str | None = None
     gpu_layers: int | None = Field(None, ge=0)
+    gpu: int | None = Field(None, ge=0, description="GPU index the worker offloads to (made the only visible "
+                            "device, by UUID); default GPU 0 when gpu_layers is not 0")
     flash_attn: bool | None = None
     dtype: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="torch engine only")
     extra_args: list[str] = Field(default_factory=list)
