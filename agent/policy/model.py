@@ -11,6 +11,7 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 SYSCTL_KEY_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+$")
 SYSCTL_CONSTRAINT_RE = re.compile(r"^(>=|<=)\s*(-?\d+)$")
@@ -157,21 +158,31 @@ class Policy(Section):
     @classmethod
     def _sysctl_keys(cls, v: dict[str, int | str]) -> dict[str, int | str]:
         for key, value in v.items():
-            if ".." in key or "/" in key or not SYSCTL_KEY_RE.match(key):
-                raise ValueError(f"invalid sysctl key {key!r}: use dotted names like vm.swappiness")
-            if isinstance(value, bool):
-                raise ValueError(f"{key}: use 0/1, not a boolean")
-            if isinstance(value, str) and value[:2] in (">=", "<=") and not SYSCTL_CONSTRAINT_RE.match(value):
-                raise ValueError(f"{key}: constraint must look like '>=123' or '<=123'")
+            problem = sysctl_entry_problem(key, value)
+            if problem:
+                # ctx "key" lets the policy loader point at the offending entry's line, not the section's.
+                raise PydanticCustomError("sysctl_entry", "{problem}", {"problem": problem, "key": key})
         return v
 
     @field_validator("hugepages")
     @classmethod
     def _one_spec_per_pool(cls, v: list[HugepageSpec]) -> list[HugepageSpec]:
         seen = set()
-        for spec in v:
+        for index, spec in enumerate(v):
             pool = (spec.size, spec.node)
             if pool in seen:
-                raise ValueError(f"hugepages: pool size={spec.size} node={spec.node} given twice")
+                problem = f"hugepages: pool size={spec.size} node={spec.node} given twice"
+                raise PydanticCustomError("hugepage_pool_twice", "{problem}", {"problem": problem, "index": index})
             seen.add(pool)
         return v
+
+
+def sysctl_entry_problem(key: str, value: object) -> str | None:
+    """Why a sysctl entry is unacceptable (None when it is fine): keys are dotted names under /proc/sys only."""
+    if ".." in key or "/" in key or not SYSCTL_KEY_RE.match(key):
+        return f"invalid sysctl key {key!r}: use dotted names like vm.swappiness"
+    if isinstance(value, bool):
+        return f"{key}: use 0/1, not a boolean"
+    if isinstance(value, str) and value[:2] in (">=", "<=") and not SYSCTL_CONSTRAINT_RE.match(value):
+        return f"{key}: constraint must look like '>=123' or '<=123'"
+    return None
