@@ -1,0 +1,283 @@
+"""The pass-through: admission, hold while the worker is not ready, one safe retry, streaming with measurement.
+
+Retry rule (the only one): a request is retried at most once, and only when the worker failed *before any byte
+of the reply reached the client* — connection refused/reset, the worker died during prompt processing, or it
+answered 503 while loading. The gateway reads the worker's first body chunk before it starts the client's
+response, so "before any byte" covers everything up to the first generated chunk. It waits for the worker to be
+ready again (up to queue_timeout_s from the failure) and sends the same request body. Once a byte has been
+forwarded, a failure ends the client's response as broken (an SSE error event for streams, then the connection
+closes without the final chunk) and is never retried: the client would otherwise see duplicated or mixed text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from agent.gateway.admission import AdmissionGate, Rejected
+from agent.gateway.settings import GatewaySettings
+from agent.gateway.sse import StreamTally
+from agent.gateway.stats import GatewayStats, RequestRecord
+from agent.gateway.upstream import WorkerEndpoint, wait_ready
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+                        "transfer-encoding", "upgrade", "host", "content-length"})
+# Failures where the worker did not get or did not finish the request: safe to retry if nothing was forwarded.
+WORKER_GONE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
+               httpx.RemoteProtocolError)
+
+
+class _WorkerLoading(Exception):
+    pass
+
+
+def wants_stream(body: bytes) -> bool:
+    try:
+        payload = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(payload, dict) and bool(payload.get("stream"))
+
+
+def request_headers(request: Request) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+def reply_headers(upstream: httpx.Response, keep_length: bool) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k, v in upstream.headers.raw:
+        name = k.decode("latin-1").lower()
+        if name in HOP_BY_HOP and not (keep_length and name == "content-length"):
+            continue
+        out.append((k, v))
+    return out
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class Proxy:
+    def __init__(self, endpoint: WorkerEndpoint, gate: AdmissionGate, stats: GatewayStats,
+                 settings: GatewaySettings, client: httpx.AsyncClient) -> None:
+        self.endpoint = endpoint
+        self.gate = gate
+        self.stats = stats
+        self.settings = settings
+        self.client = client
+
+    # --- replies that never reached the worker --------------------------------------------------------------
+
+    def _reject(self, rec: RequestRecord, reason: str) -> Response:
+        rec.outcome, rec.status, rec.reject_reason = "rejected", 503, reason
+        rec.queue_wait_s = time.monotonic() - rec.started
+        self.stats.finish(rec)
+        text = {"queue_full": "admission queue is full", "queue_timeout": "timed out waiting for admission",
+                "not_ready": "worker is not ready (starting or restarting)"}.get(reason, reason)
+        return JSONResponse({"error": {"message": text, "type": "unavailable", "code": 503, "reason": reason}},
+                            status_code=503, headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    def _fail(self, rec: RequestRecord, status: int, outcome: str, message: str) -> Response:
+        rec.outcome, rec.status, rec.error = outcome, status, message
+        rec.e2e_s = time.monotonic() - rec.started
+        self.stats.finish(rec)
+        return JSONResponse({"error": {"message": message, "type": "server_error", "code": status}},
+                            status_code=status)
+
+    # --- the request path -------------------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        """Admit, open the worker's reply (with hold and one retry), and hand back a streaming Response.
+        A client that disconnects while queued or held gives its place up at once."""
+        started = time.monotonic()
+        body = await request.body()
+        rec = RequestRecord(route=request.url.path, stream=wants_stream(body), started=started)
+        work = asyncio.ensure_future(self._admit_and_open(request, body, rec))
+        watcher = asyncio.ensure_future(_until_disconnect(request.receive))
+        try:
+            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            rec.outcome, rec.status = "client_abort", 499
+            rec.e2e_s = time.monotonic() - started
+            self.stats.finish(rec)
+            return Response(status_code=499)
+        return work.result()
+
+    async def _admit_and_open(self, request: Request, body: bytes, rec: RequestRecord) -> Response:
+        deadline = rec.started + self.settings.queue_timeout_s
+        try:
+            await self.gate.acquire(deadline)
+        except Rejected as r:
+            return self._reject(rec, r.reason)
+        handed_off = False
+        try:
+            opened = await self._open(request, body, rec, deadline)
+            if isinstance(opened, Response):
+                return opened
+            upstream, first, rest = opened
+            handed_off = True
+            return Forwarded(self, rec, upstream, first, rest)
+        finally:
+            if not handed_off:
+                self.gate.release()
+
+    async def _open(self, request: Request, body: bytes, rec: RequestRecord, deadline: float
+                    ) -> Response | tuple[httpx.Response, bytes, AsyncIterator[bytes]]:
+        headers = request_headers(request)
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        for attempt in (0, 1):
+            if not await wait_ready(self.endpoint, deadline):
+                return self._reject(rec, "not_ready")
+            base = self.endpoint.base_url()
+            if rec.queue_wait_s is None:
+                rec.queue_wait_s = time.monotonic() - rec.started
+            upstream: httpx.Response | None = None
+            try:
+                req = self.client.build_request(request.method, f"{base}{path}", content=body, headers=headers)
+                upstream = await self.client.send(req, stream=True)
+                if upstream.status_code == 503:
+                    raise _WorkerLoading()
+                rest = upstream.aiter_raw()
+                first = b""
+                async for chunk in rest:
+                    if chunk:
+                        first = chunk
+                        break
+                return upstream, first, rest
+            except (*WORKER_GONE, _WorkerLoading) as e:
+                if upstream is not None:
+                    await upstream.aclose()
+                self.endpoint.report_failure()
+                if attempt == 0 and self.settings.retry_before_first_byte:
+                    log.info("worker failed before the first byte (%s); retrying once when ready", type(e).__name__)
+                    rec.retried = True
+                    deadline = time.monotonic() + self.settings.queue_timeout_s
+                    continue
+                if isinstance(e, _WorkerLoading):
+                    return self._reject(rec, "not_ready")
+                return self._fail(rec, 502, "error", f"worker unavailable: {type(e).__name__}")
+            except httpx.TimeoutException as e:
+                if upstream is not None:
+                    await upstream.aclose()
+                return self._fail(rec, 504, "timeout", f"worker timed out: {type(e).__name__}")
+        raise AssertionError("unreachable")
+
+    async def passthrough_get(self, request: Request) -> Response:
+        """GET /v1/models and friends: no admission (cheap, no tokens), 503 while the worker is not ready."""
+        base = self.endpoint.base_url()
+        if not base or not self.endpoint.is_ready():
+            return JSONResponse({"error": {"message": "worker is not ready", "code": 503}}, status_code=503,
+                                headers={"Retry-After": str(self.settings.retry_after_s)})
+        try:
+            r = await self.client.get(f"{base}{request.url.path}", headers=request_headers(request))
+        except httpx.HTTPError as e:
+            self.endpoint.report_failure()
+            return JSONResponse({"error": {"message": f"worker unavailable: {type(e).__name__}", "code": 502}},
+                                status_code=502)
+        return Response(r.content, status_code=r.status_code,
+                        headers={k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP})
+
+
+class Forwarded(Response):
+    """The client's response: the worker's status and headers, then its body chunk by chunk, measured."""
+
+    def __init__(self, proxy: Proxy, rec: RequestRecord, upstream: httpx.Response, first: bytes,
+                 rest: AsyncIterator[bytes]) -> None:
+        self.proxy = proxy
+        self.rec = rec
+        self.upstream = upstream
+        self.first = first
+        self.rest = rest
+        self.status_code = upstream.status_code
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        rec, upstream = self.rec, self.upstream
+        tally = StreamTally(started=rec.started, stream=rec.stream)
+        state: dict[str, Any] = {"outcome": None, "error": None}
+        try:
+            async with anyio.create_task_group() as tg:
+                async def watch() -> None:
+                    await _until_disconnect(receive)
+                    # uvicorn also reports "disconnect" once the response is complete: only an earlier one counts
+                    if state["outcome"] is None:
+                        state["outcome"] = "client_abort"
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch)
+                await self._pump(send, tally, state)
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+                self.proxy.gate.release()
+                self._record(tally, state)
+
+    async def _pump(self, send: Send, tally: StreamTally, state: dict[str, Any]) -> None:
+        rec = self.rec
+        keep_length = not rec.stream
+        await send({"type": "http.response.start", "status": self.upstream.status_code,
+                    "headers": reply_headers(self.upstream, keep_length)})
+        try:
+            if self.first:
+                tally.feed(self.first, time.monotonic())
+                await send({"type": "http.response.body", "body": self.first, "more_body": True})
+            async for chunk in self.rest:
+                tally.feed(chunk, time.monotonic())
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except WORKER_GONE as e:
+            state["outcome"], state["error"] = "error", f"worker failed mid-reply: {type(e).__name__}"
+            self.proxy.endpoint.report_failure()
+        except httpx.TimeoutException as e:
+            state["outcome"], state["error"] = "timeout", f"worker timed out mid-reply: {type(e).__name__}"
+        except OSError:
+            state["outcome"] = "client_abort"  # the client's socket went away under send()
+            return
+        if state["outcome"] is None:
+            state["outcome"] = "ok" if self.upstream.status_code < 400 else "error"
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if rec.stream:
+            event = json.dumps({"error": {"message": state["error"], "type": "server_error", "code": 502}})
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.body", "body": f"data: {event}\n\n".encode(), "more_body": True})
+        # Leave the response unfinished: the server closes the connection, so the client sees a broken reply
+        # rather than a complete-looking one.
+
+    def _record(self, tally: StreamTally, state: dict[str, Any]) -> None:
+        rec = self.rec
+        tally.finish()
+        now = time.monotonic()
+        rec.status = self.upstream.status_code
+        rec.outcome = state["outcome"] or "client_abort"
+        rec.error = state["error"] or tally.error
+        if rec.outcome == "ok" and tally.error:
+            rec.outcome = "error"
+        ttft_at = tally.ttft_at
+        rec.ttft_s = None if ttft_at is None else ttft_at - rec.started
+        rec.itl_s = tally.itl_s
+        rec.e2e_s = now - rec.started
+        rec.tokens_in, rec.tokens_out, rec.tokens_source = tally.tokens_in, tally.tokens_out, tally.source
+        rec.content_chunks = tally.content_chunks
+        self.proxy.stats.finish(rec)

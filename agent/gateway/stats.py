@@ -1,0 +1,157 @@
+"""Per-request measurements and the gateway's rolling figures (the controller's and Prometheus' view).
+
+A RequestRecord is filled in by the proxy as a request moves through admission, the worker and back. GatewayStats
+folds finished records into sliding windows (TTFT, inter-token latency, end-to-end, queue wait), rate windows
+(output tokens/s, requests/s) and cumulative counters. It is also the telemetry "gateway" sampler: `sample()`
+returns a GatewaySnapshot, `families()` renders it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.telemetry.prom import MetricFamily
+from agent.telemetry.window import QUANTILES, LatencyWindow, RateWindow, WindowSummary
+
+OUTCOMES = ("ok", "error", "rejected", "timeout", "client_abort")
+
+
+@dataclass
+class RequestRecord:
+    route: str
+    stream: bool
+    started: float                         # monotonic, when the gateway received the request
+    queue_wait_s: float | None = None      # admission wait (queue + hold while the worker was not ready)
+    ttft_s: float | None = None            # arrival -> first content chunk (stream) / first reply byte (not stream)
+    itl_s: list[float] = field(default_factory=list)
+    e2e_s: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    tokens_source: str | None = None       # "usage" | "timings" | "llamacpp" | "counted"
+    content_chunks: int = 0
+    outcome: str | None = None
+    status: int | None = None
+    retried: bool = False
+    reject_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewaySnapshot:
+    window_s: float
+    ttft: WindowSummary
+    itl: WindowSummary
+    e2e: WindowSummary
+    queue_wait: WindowSummary
+    outcomes: dict[str, int]               # cumulative per outcome
+    requests_total: int
+    retries_total: int
+    tokens_in_total: int
+    tokens_out_total: int
+    output_tokens_per_second: float        # over the window
+    requests_per_second: float             # completed ok, over the window
+    in_flight: int
+    queued: int
+    limit: int
+    worker_ready: bool | None
+
+
+class GatewayStats:
+    """Thread-safe accumulator of finished requests."""
+
+    name = "gateway"
+
+    def __init__(self, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 recent: int = 200) -> None:
+        self.window_s = window_s
+        self.ttft = LatencyWindow(window_s, clock=clock)
+        self.itl = LatencyWindow(window_s, max_samples=200_000, clock=clock)
+        self.e2e = LatencyWindow(window_s, clock=clock)
+        self.queue_wait = LatencyWindow(window_s, clock=clock)
+        self.tokens_out_rate = RateWindow(window_s, clock=clock)
+        self.requests_rate = RateWindow(window_s, clock=clock)
+        self.outcomes: Counter[str] = Counter()
+        self.retries_total = 0
+        self.tokens_in_total = 0
+        self.tokens_out_total = 0
+        self.recent: deque[RequestRecord] = deque(maxlen=recent)
+        self._lock = threading.Lock()
+        # Gauges owned by others (admission gate, worker endpoint), read at snapshot time.
+        self.gauges: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+        self.worker_ready: Callable[[], bool | None] = lambda: None
+
+    def finish(self, rec: RequestRecord) -> None:
+        if rec.outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {rec.outcome!r}")
+        if rec.queue_wait_s is not None:
+            self.queue_wait.observe(rec.queue_wait_s)
+        if rec.outcome == "ok":
+            if rec.ttft_s is not None:
+                self.ttft.observe(rec.ttft_s)
+            if rec.itl_s:
+                self.itl.observe_many(rec.itl_s)
+            if rec.e2e_s is not None:
+                self.e2e.observe(rec.e2e_s)
+            self.requests_rate.add(1)
+        if rec.tokens_out:
+            self.tokens_out_rate.add(rec.tokens_out)
+        with self._lock:
+            self.outcomes[rec.outcome] += 1
+            self.retries_total += int(rec.retried)
+            self.tokens_in_total += rec.tokens_in or 0
+            self.tokens_out_total += rec.tokens_out or 0
+            self.recent.append(rec)
+
+    def sample(self) -> GatewaySnapshot:
+        in_flight, queued, limit = self.gauges()
+        with self._lock:
+            outcomes = {o: self.outcomes.get(o, 0) for o in OUTCOMES}
+            retries, t_in, t_out = self.retries_total, self.tokens_in_total, self.tokens_out_total
+        return GatewaySnapshot(
+            window_s=self.window_s, ttft=self.ttft.summary(), itl=self.itl.summary(), e2e=self.e2e.summary(),
+            queue_wait=self.queue_wait.summary(), outcomes=outcomes, requests_total=sum(outcomes.values()),
+            retries_total=retries, tokens_in_total=t_in, tokens_out_total=t_out,
+            output_tokens_per_second=self.tokens_out_rate.rate(), requests_per_second=self.requests_rate.rate(),
+            in_flight=in_flight, queued=queued, limit=limit, worker_ready=self.worker_ready())
+
+    def families(self, s: GatewaySnapshot) -> list[MetricFamily]:
+        def summary(name: str, help: str, w: WindowSummary, total: LatencyWindow) -> MetricFamily:
+            fam = MetricFamily(name, "summary", f"{help} Quantiles over the last {s.window_s:g} s.")
+            for q in QUANTILES:
+                fam.add(w.q(q), {"quantile": f"{q:g}"})
+            fam.add(total.total_sum, suffix="_sum")
+            fam.add(total.total_count, suffix="_count")
+            return fam
+
+        requests = MetricFamily("hosttune_gateway_requests_total", "counter", "Finished requests by outcome.")
+        for outcome, n in s.outcomes.items():
+            requests.add(n, {"outcome": outcome})
+        return [
+            summary("hosttune_gateway_ttft_seconds", "Time to first token (first byte if not streamed).",
+                    s.ttft, self.ttft),
+            summary("hosttune_gateway_itl_seconds", "Inter-token latency between streamed chunks.", s.itl, self.itl),
+            summary("hosttune_gateway_request_duration_seconds", "End-to-end request time.", s.e2e, self.e2e),
+            summary("hosttune_gateway_queue_wait_seconds", "Admission wait (queue and hold).", s.queue_wait,
+                    self.queue_wait),
+            requests,
+            MetricFamily("hosttune_gateway_retries_total", "counter",
+                         "Requests retried once after the worker failed before any byte reached the client.")
+            .add(s.retries_total),
+            MetricFamily("hosttune_gateway_prompt_tokens_total", "counter", "Prompt tokens of finished requests.")
+            .add(s.tokens_in_total),
+            MetricFamily("hosttune_gateway_completion_tokens_total", "counter",
+                         "Output tokens of finished requests.").add(s.tokens_out_total),
+            MetricFamily("hosttune_gateway_output_tokens_per_second", "gauge",
+                         f"Output tokens per second over the last {s.window_s:g} s.").add(s.output_tokens_per_second),
+            MetricFamily("hosttune_gateway_requests_per_second", "gauge",
+                         f"Successful requests per second over the last {s.window_s:g} s.")
+            .add(s.requests_per_second),
+            MetricFamily("hosttune_gateway_in_flight", "gauge", "Requests sent to the worker now.").add(s.in_flight),
+            MetricFamily("hosttune_gateway_queued", "gauge", "Requests waiting for admission now.").add(s.queued),
+            MetricFamily("hosttune_gateway_admission_limit", "gauge",
+                         "Most requests allowed in flight to the worker.").add(s.limit),
+        ]

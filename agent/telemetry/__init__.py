@@ -1,0 +1,1 @@
+"""Live telemetry: samplers (host, worker, gateway, GPU) -> ring buffer (1 Hz) -> Prometheus exposition."""

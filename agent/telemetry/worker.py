@@ -1,0 +1,175 @@
+"""Worker sampler: llama-server's own `/metrics` (Prometheus text) and `/slots`, turned into rates.
+
+llama-server exports cumulative counters (prompt tokens, predicted tokens) and a few gauges (requests processing,
+deferred). We keep the previous sample and derive tokens/s from the counter deltas; a counter that went down means
+the worker restarted, so that interval has no rate. `/slots` gives the slot count and how many are busy; a worker
+started with --no-slots answers 501 and the slot fields stay None. It has no KV-usage and no latency metrics: those
+come from the gateway.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import httpx
+import psutil
+
+from agent.errors import InputError
+from agent.gateway.upstream import WorkerEndpoint
+from agent.telemetry.prom import MetricFamily, parse_text, sample_value
+
+# llama-server metric -> our field
+LLAMACPP_FIELDS = {
+    "llamacpp:prompt_tokens_total": "prompt_tokens_total",
+    "llamacpp:tokens_predicted_total": "predicted_tokens_total",
+    "llamacpp:prompt_seconds_total": "prompt_seconds_total",
+    "llamacpp:tokens_predicted_seconds_total": "predicted_seconds_total",
+    "llamacpp:n_decode_total": "decode_calls_total",
+    "llamacpp:requests_processing": "requests_processing",
+    "llamacpp:requests_deferred": "requests_deferred",
+    "llamacpp:n_busy_slots_per_decode": "busy_slots_per_decode",
+}
+
+
+@dataclass(frozen=True)
+class WorkerSample:
+    t: float                                   # monotonic time of the sample
+    up: bool                                   # /metrics answered
+    ready: bool                                # the endpoint says it serves requests
+    prompt_tokens_total: float | None = None
+    predicted_tokens_total: float | None = None
+    prompt_seconds_total: float | None = None
+    predicted_seconds_total: float | None = None
+    decode_calls_total: float | None = None
+    requests_processing: float | None = None
+    requests_deferred: float | None = None
+    busy_slots_per_decode: float | None = None
+    tokens_per_second: float | None = None     # predicted tokens per wall second since the previous sample
+    prompt_tokens_per_second: float | None = None
+    slots_total: int | None = None
+    slots_busy: int | None = None
+    slot_ctx: int | None = None
+    rss_bytes: int | None = None
+    cpu_seconds_total: float | None = None
+    error: str | None = None
+
+
+def parse_llamacpp_metrics(text: str, t: float) -> WorkerSample:
+    fams = parse_text(text, source="llama-server /metrics")
+    values = {ours: sample_value(fams, theirs) for theirs, ours in LLAMACPP_FIELDS.items()}
+    return WorkerSample(t=t, up=True, ready=True, **cast(dict[str, Any], values))
+
+
+def parse_slots(slots: Any) -> tuple[int, int, int | None]:
+    """(total, busy, n_ctx of a slot) from llama-server's /slots JSON array."""
+    if not isinstance(slots, list):
+        raise InputError("/slots did not return a JSON array")
+    busy = sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing"))
+    ctx = next((int(s["n_ctx"]) for s in slots if isinstance(s, dict) and "n_ctx" in s), None)
+    return len(slots), busy, ctx
+
+
+def with_rates(cur: WorkerSample, prev: WorkerSample | None) -> WorkerSample:
+    """Fill tokens/s from counter deltas; a restart (counter went down) or no previous sample gives None."""
+    if prev is None or not prev.up or not cur.up or cur.t <= prev.t:
+        return cur
+    dt = cur.t - prev.t
+
+    def rate(a: float | None, b: float | None) -> float | None:
+        if a is None or b is None or a < b:
+            return None
+        return (a - b) / dt
+
+    return replace(cur, tokens_per_second=rate(cur.predicted_tokens_total, prev.predicted_tokens_total),
+                   prompt_tokens_per_second=rate(cur.prompt_tokens_total, prev.prompt_tokens_total))
+
+
+class WorkerSampler:
+    name = "worker"
+
+    def __init__(self, endpoint: WorkerEndpoint, timeout_s: float = 0.5, slots: bool = True,
+                 pid: Callable[[], int | None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.slots = slots
+        self.pid = pid or getattr(endpoint, "pid", None)
+        self._clock = clock
+        self._client = httpx.Client(timeout=timeout_s)
+        self._prev: WorkerSample | None = None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _process(self) -> tuple[int | None, float | None]:
+        pid = self.pid() if callable(self.pid) else None
+        if not pid:
+            return None, None
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                cpu = proc.cpu_times()
+                return int(proc.memory_info().rss), float(cpu.user + cpu.system)
+        except (psutil.Error, OSError):
+            return None, None
+
+    def sample(self) -> WorkerSample:
+        now = self._clock()
+        url = self.endpoint.base_url()
+        ready = self.endpoint.is_ready()
+        rss, cpu = self._process()
+        if not url:
+            cur = WorkerSample(t=now, up=False, ready=ready, rss_bytes=rss, cpu_seconds_total=cpu,
+                               error="no worker URL")
+            self._prev = cur
+            return cur
+        try:
+            r = self._client.get(url + "/metrics")
+            if r.status_code != 200:
+                raise InputError(f"/metrics answered HTTP {r.status_code} (start llama-server with --metrics)")
+            cur = replace(parse_llamacpp_metrics(r.text, now), ready=ready, rss_bytes=rss, cpu_seconds_total=cpu)
+            if self.slots:
+                s = self._client.get(url + "/slots")
+                if s.status_code == 200:
+                    total, busy, ctx = parse_slots(s.json())
+                    cur = replace(cur, slots_total=total, slots_busy=busy, slot_ctx=ctx)
+        except (httpx.HTTPError, InputError, ValueError) as e:
+            cur = WorkerSample(t=now, up=False, ready=ready, rss_bytes=rss, cpu_seconds_total=cpu,
+                               error=str(e) or type(e).__name__)
+        cur = with_rates(cur, self._prev)
+        self._prev = cur
+        return cur
+
+    @staticmethod
+    def families(s: WorkerSample) -> list[MetricFamily]:
+        def g(name: str, help: str, value: float | int | None) -> MetricFamily:
+            return MetricFamily(name, "gauge", help).add(value)
+
+        def c(name: str, help: str, value: float | int | None) -> MetricFamily:
+            return MetricFamily(name, "counter", help).add(value)
+
+        return [
+            g("hosttune_worker_up", "1 when the worker's /metrics answered at the last sample.", int(s.up)),
+            g("hosttune_worker_ready", "1 when the worker serves requests (not starting or restarting).",
+              int(s.ready)),
+            g("hosttune_worker_tokens_per_second", "Output tokens generated per second over the last interval.",
+              s.tokens_per_second),
+            g("hosttune_worker_prompt_tokens_per_second", "Prompt tokens processed per second over the last "
+              "interval (excluding cached).", s.prompt_tokens_per_second),
+            c("hosttune_worker_predicted_tokens_total", "Output tokens generated (llamacpp:tokens_predicted_total).",
+              s.predicted_tokens_total),
+            c("hosttune_worker_prompt_tokens_total", "Prompt tokens processed (llamacpp:prompt_tokens_total).",
+              s.prompt_tokens_total),
+            g("hosttune_worker_requests_processing", "Requests the worker is processing.", s.requests_processing),
+            g("hosttune_worker_requests_deferred", "Requests the worker deferred (no free slot).",
+              s.requests_deferred),
+            g("hosttune_worker_busy_slots_per_decode", "Average busy slots per decode call.",
+              s.busy_slots_per_decode),
+            g("hosttune_worker_slots", "Parallel slots (-np).", s.slots_total),
+            g("hosttune_worker_slots_busy", "Slots processing a request now.", s.slots_busy),
+            g("hosttune_worker_slot_context_tokens", "Context size of one slot.", s.slot_ctx),
+            g("hosttune_worker_resident_memory_bytes", "Worker process RSS.", s.rss_bytes),
+            c("hosttune_worker_cpu_seconds_total", "Worker process CPU time (user+system).", s.cpu_seconds_total),
+        ]
