@@ -153,7 +153,7 @@ def parse_text(text: str, source: str = "<metrics>") -> dict[str, MetricFamily]:
     are filed under their family `x` when its TYPE was declared. A malformed line raises InputError with its line."""
     families: dict[str, MetricFamily] = {}
     declared: dict[str, str] = {}
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(text.split("\n"), 1):  # only \n ends a line; \r may sit in a label
         line = raw.strip()
         if not line:
             continue
