@@ -1,0 +1,163 @@
+"""Engine adapters: a WorkerSpec (+ placement) -> the exact argv, environment and URLs of one worker process.
+
+An adapter also says which knobs need a restart to change. For llama.cpp that is every knob: llama-server reads
+-c/-np/-b/-ub/-ctk/-ctv/-t/--numa once at start and nothing changes them live.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from agent.errors import InputError
+from agent.policy.model import WorkerSpec
+from agent.worker.binding import Binding, BindPreference, plan_binding
+from agent.worker.fit import check_cache_type
+from agent.worker.llamacpp_bin import LlamaServerBinary, find_llama_server
+from agent.worker.placement import Placement
+
+# Fields of WorkerSpec that are engine knobs (the controller may change them; each needs a restart here).
+KNOBS: tuple[str, ...] = ("threads", "threads_batch", "ctx", "parallel", "batch", "ubatch", "cache_type_k",
+                          "cache_type_v", "gpu_layers", "flash_attn", "extra_args")
+# Flags hosttune owns: a user passing them in extra_args would contradict the spec or the placement.
+RESERVED_FLAGS = {"-m", "--model", "--host", "--port", "--metrics", "-t", "--threads", "-tb", "--threads-batch",
+                  "-c", "--ctx-size", "-np", "--parallel", "--numa"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything needed to start one worker process."""
+
+    engine: str
+    argv: list[str]
+    env: dict[str, str]
+    base_url: str
+    health_url: str
+    metrics_url: str | None
+    model: Path | None = None
+    placement: Placement | None = None
+    binding: Binding = field(default_factory=lambda: Binding(mechanism="none", cpus=[], membind_node=None,
+                                                             prefix=[]))
+
+
+class Engine(Protocol):
+    name: str
+
+    def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch: ...
+
+    def restart_needed(self, old: WorkerSpec, new: WorkerSpec) -> list[str]: ...
+
+
+def base_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def changed_fields(old: WorkerSpec, new: WorkerSpec) -> list[str]:
+    a, b = old.model_dump(), new.model_dump()
+    return sorted(k for k in a if a[k] != b[k])
+
+
+def _gpu_env(env: dict[str, str], placement: Placement | None) -> dict[str, str]:
+    if placement is not None and placement.gpu_uuid:
+        env["CUDA_VISIBLE_DEVICES"] = placement.gpu_uuid
+    return env
+
+
+class LlamaCppEngine:
+    """llama.cpp's llama-server, with --metrics on and --host/--port always explicit."""
+
+    name = "llamacpp"
+
+    def __init__(self, binary: LlamaServerBinary | None = None, prefer_binding: BindPreference = "auto",
+                 parent_death_signal: int | None = signal.SIGTERM) -> None:
+        self._binary = binary
+        self._prefer: BindPreference = prefer_binding
+        self._death_signal = parent_death_signal
+
+    def binary(self, spec: WorkerSpec) -> LlamaServerBinary:
+        if self._binary is None:
+            self._binary = find_llama_server(spec.binary)
+        return self._binary
+
+    def argv(self, spec: WorkerSpec, model: Path, placement: Placement | None) -> list[str]:
+        """llama-server arguments (without the binary) for spec; knobs left unset keep llama.cpp's defaults."""
+        for i, arg in enumerate(spec.extra_args):
+            if arg.split("=", 1)[0] in RESERVED_FLAGS:
+                raise InputError(f"{arg} is set by hosttune from the worker spec; use the matching worker field",
+                                 field=f"worker.extra_args[{i}]")
+        args = ["-m", str(model), "--host", spec.host, "--port", str(spec.port), "--metrics"]
+        threads = spec.threads if spec.threads is not None else (placement.threads if placement else None)
+        if threads is not None:
+            args += ["-t", str(threads)]
+        if spec.threads_batch is not None:
+            args += ["-tb", str(spec.threads_batch)]
+        if spec.ctx is not None:
+            args += ["-c", str(spec.ctx)]
+        if spec.parallel is not None:
+            args += ["-np", str(spec.parallel)]
+        if spec.batch is not None:
+            args += ["-b", str(spec.batch)]
+        if spec.ubatch is not None:
+            if spec.batch is not None and spec.ubatch > spec.batch:
+                raise InputError(f"ubatch {spec.ubatch} exceeds batch {spec.batch}", field="worker.ubatch")
+            args += ["-ub", str(spec.ubatch)]
+        if spec.cache_type_k is not None:
+            args += ["-ctk", check_cache_type(spec.cache_type_k, "worker.cache_type_k")]
+        if spec.cache_type_v is not None:
+            args += ["-ctv", check_cache_type(spec.cache_type_v, "worker.cache_type_v")]
+        if spec.gpu_layers is not None:
+            args += ["-ngl", str(spec.gpu_layers)]
+        if spec.flash_attn is not None:
+            args += ["-fa", "on" if spec.flash_attn else "off"]
+        if placement is not None and placement.bound:
+            # Use the CPU map the binding gives the process instead of llama.cpp's own NUMA guesses.
+            args += ["--numa", "numactl"]
+        return [*args, *spec.extra_args]
+
+    def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch:
+        if model is None:
+            raise InputError("the llamacpp engine needs a model file", field="worker.model")
+        binary = self.binary(spec)
+        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal)
+        argv = [*binding.prefix, str(binary.path), *self.argv(spec, model, placement)]
+        url = base_url(spec.host, spec.port)
+        return Launch(engine=self.name, argv=argv, env=_gpu_env(binary.env(), placement), base_url=url,
+                      health_url=f"{url}/health", metrics_url=f"{url}/metrics", model=model, placement=placement,
+                      binding=binding)
+
+    def restart_needed(self, old: WorkerSpec, new: WorkerSpec) -> list[str]:
+        return changed_fields(old, new)  # every llama-server setting is read once at start
+
+
+class CommandEngine:
+    """Any user-supplied server: argv as given, readiness and metrics from the URLs in the spec."""
+
+    name = "command"
+
+    def __init__(self, prefer_binding: BindPreference = "auto",
+                 parent_death_signal: int | None = signal.SIGTERM) -> None:
+        self._prefer: BindPreference = prefer_binding
+        self._death_signal = parent_death_signal
+
+    def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch:
+        if not spec.argv:
+            raise InputError("engine 'command' needs argv", field="worker.argv")
+        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal)
+        url = base_url(spec.host, spec.port)
+        return Launch(engine=self.name, argv=[*binding.prefix, *spec.argv], env=_gpu_env(dict(os.environ), placement),
+                      base_url=url, health_url=spec.health_url or f"{url}/health", metrics_url=spec.metrics_url,
+                      model=model, placement=placement, binding=binding)
+
+    def restart_needed(self, old: WorkerSpec, new: WorkerSpec) -> list[str]:
+        return changed_fields(old, new)
+
+
+def engine_for(spec: WorkerSpec, prefer_binding: BindPreference = "auto") -> Engine:
+    if spec.engine == "llamacpp":
+        return LlamaCppEngine(prefer_binding=prefer_binding)
+    if spec.engine == "command":
+        return CommandEngine(prefer_binding=prefer_binding)
+    raise InputError(f"engine {spec.engine} arrives with issue 6; use llamacpp or command", field="worker.engine")

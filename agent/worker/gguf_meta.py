@@ -1,0 +1,111 @@
+"""Read the few GGUF metadata fields that decide memory use: sizes of the weights and the attention shape.
+
+We read with the `gguf` package's GGUFReader (a memory map; nothing is loaded), so a 70B model is inspected in
+milliseconds. Architecture keys are prefixed with the architecture name (`llama.block_count`, `qwen2.block_count`),
+which is why every lookup goes through `_arch_key`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.errors import InputError
+
+
+class GgufInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str
+    file_bytes: int
+    architecture: str
+    name: str | None = None
+    file_type: int | None = Field(None, description="general.file_type (llama_ftype)")
+    parameter_count: int = Field(description="sum of the tensors' element counts")
+    weight_bytes: int = Field(description="sum of the tensors' data bytes as stored (quantized)")
+    tensor_count: int
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int = Field(description="KV heads per layer (GQA); the maximum when it varies by layer")
+    n_head_kv_per_layer: list[int] = Field(description="KV heads of each layer (0 for layers without KV)")
+    head_dim_k: int
+    head_dim_v: int
+    context_length: int | None = Field(None, description="training context length")
+    vocab_size: int | None = None
+
+
+def _value(field: Any) -> Any:
+    """A field's decoded value (scalar, string or list)."""
+    return field.contents()
+
+
+def _arch_key(fields: dict[str, Any], arch: str, key: str) -> Any:
+    field = fields.get(f"{arch}.{key}")
+    return None if field is None else _value(field)
+
+
+def read_gguf(path: Path) -> GgufInfo:
+    """Metadata of a GGUF file; InputError naming the file when it is not a GGUF model we can size."""
+    from gguf import GGUFReader  # imported here: numpy-backed, only the fit/worker commands need it
+
+    try:
+        reader = GGUFReader(str(path), "r")
+    except FileNotFoundError:
+        raise InputError("model file not found", path=path) from None
+    except Exception as e:  # the reader raises many kinds on garbage (bad magic, truncation, unknown types)
+        raise InputError(f"not a readable GGUF file: {e}", path=path) from None
+    fields = reader.fields
+    arch_field = fields.get("general.architecture")
+    if arch_field is None:
+        raise InputError("GGUF file has no general.architecture", path=path)
+    arch = str(_value(arch_field))
+
+    def need(key: str) -> Any:
+        value = _arch_key(fields, arch, key)
+        if value is None:
+            raise InputError(f"GGUF metadata lacks {arch}.{key}", path=path)
+        return value
+
+    n_layer = int(need("block_count"))
+    n_embd = int(need("embedding_length"))
+    n_head_raw = need("attention.head_count")
+    n_head = max(n_head_raw) if isinstance(n_head_raw, list) else int(n_head_raw)
+    kv_raw = _arch_key(fields, arch, "attention.head_count_kv")
+    if kv_raw is None:
+        kv_raw = n_head_raw  # no GQA: every head has its own K and V
+    per_layer = [int(v) for v in kv_raw] if isinstance(kv_raw, list) else [int(kv_raw)] * n_layer
+    if len(per_layer) != n_layer or n_head <= 0:
+        raise InputError(f"GGUF attention metadata inconsistent ({len(per_layer)} KV entries, {n_layer} layers)",
+                         path=path)
+    key_len = _arch_key(fields, arch, "attention.key_length")
+    value_len = _arch_key(fields, arch, "attention.value_length")
+    head_dim_k = int(key_len) if key_len is not None else n_embd // n_head
+    head_dim_v = int(value_len) if value_len is not None else n_embd // n_head
+    ctx = _arch_key(fields, arch, "context_length")
+    vocab = _arch_key(fields, arch, "vocab_size")
+    if vocab is None and "tokenizer.ggml.tokens" in fields:
+        vocab = len(fields["tokenizer.ggml.tokens"].data)
+    name = fields.get("general.name")
+    ftype = fields.get("general.file_type")
+    return GgufInfo(
+        path=str(path),
+        file_bytes=path.stat().st_size,
+        architecture=arch,
+        name=str(_value(name)) if name is not None else None,
+        file_type=int(_value(ftype)) if ftype is not None else None,
+        parameter_count=sum(int(t.n_elements) for t in reader.tensors),
+        weight_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        tensor_count=len(reader.tensors),
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=max(per_layer),
+        n_head_kv_per_layer=per_layer,
+        head_dim_k=head_dim_k,
+        head_dim_v=head_dim_v,
+        context_length=int(ctx) if ctx is not None else None,
+        vocab_size=int(vocab) if vocab is not None else None,
+    )
