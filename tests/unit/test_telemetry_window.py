@@ -3,6 +3,7 @@ interpolation, computed independently) and against hand-worked values."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 import pytest
@@ -45,7 +46,7 @@ def test_quantiles_are_ordered_and_bounded(values: list[float]) -> None:
     q = summarize(values, (0.0, 0.5, 0.95, 0.99, 1.0))
     got = [q[k] for k in (0.0, 0.5, 0.95, 0.99, 1.0)]
     assert got[0] == min(values) and got[-1] == max(values)
-    assert all(a is not None and b is not None and a <= b + 1e-9 for a, b in zip(got, got[1:], strict=False))
+    assert all(a is not None and b is not None and a <= b + 1e-9 for a, b in itertools.pairwise(got))
 
 
 def test_window_forgets_by_time() -> None:
