@@ -77,7 +77,7 @@ def _changes(doc: Any) -> list[dict[str, Any]]:
     if isinstance(doc, list):
         return [c for c in doc if isinstance(c, dict)]
     if isinstance(doc, dict):
-        for key in ("changes", "applied", "planned"):
+        for key in ("changes", "items", "applied", "planned"):
             if isinstance(doc.get(key), list):
                 return [c for c in doc[key] if isinstance(c, dict)]
     return []
@@ -96,11 +96,21 @@ def _label(change: dict[str, Any]) -> str:
     return f"{tuner}: {target}" if tuner else str(target)
 
 
-def _needs_reboot(doc: Any, changes: list[dict[str, Any]]) -> bool:
-    if isinstance(doc, dict) and doc.get("reboot_required"):
-        return True
-    return any(c.get("reboot_required") or c.get("reboot") or _pick(c, "tuner", "kind") in REBOOT_TUNERS
-               for c in changes)
+def _is_reboot(change: dict[str, Any]) -> bool:
+    return bool(change.get("reboot_required") or _pick(change, "tuner", "kind") in REBOOT_TUNERS)
+
+
+def _pending(changes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(writes the host would get, reboot-only advice). Items already right ("ok"), not applicable here or
+    unsupported are neither: they must not make a converged host look changed."""
+    todo = [c for c in changes if c.get("action", "change") == "change"]
+    return [c for c in todo if not _is_reboot(c)], [c for c in todo if _is_reboot(c)]
+
+
+def _drift(doc: Any) -> list[dict[str, Any]]:
+    """Verify items that do not hold (reboot-pending items are not drift)."""
+    items = _changes(doc)
+    return [i for i in items if i.get("state", "drift") in ("drift", "unknown")]
 
 
 def _diff(policy: str, changes: list[dict[str, Any]]) -> dict[str, str]:
@@ -161,7 +171,7 @@ def main() -> None:
 
         if p["state"] == "verified":
             rc, doc, out, err = _run_json(module, [p["executable"], "verify", policy_path, *common])
-            drift = _changes(doc) or (doc.get("drift", []) if isinstance(doc, dict) else [])
+            drift = _drift(doc)
             if rc == 0:
                 module.exit_json(changed=False, changes=[], drift=[], reboot_required=False, result=doc)
             msg = "host drifted from policy" if rc == 1 else f"hosttune verify failed (exit {rc})"
@@ -172,20 +182,18 @@ def main() -> None:
         if rc != 0:
             module.fail_json(msg=f"hosttune plan {p['policy']} failed (exit {rc}): {err.strip()}", rc=rc,
                              stdout=out, stderr=err)
-        changes = _changes(doc)
-        reboot = _needs_reboot(doc, changes)
-        result: dict[str, Any] = {"changes": changes, "reboot_required": reboot, "plan": doc}
-        if module._diff and changes:
-            result["diff"] = _diff(p["policy"], changes)
-        if p["state"] == "planned" or module.check_mode or not changes:
-            module.exit_json(changed=bool(changes), **result)
+        writes, reboot = _pending(_changes(doc))
+        result: dict[str, Any] = {"changes": writes, "reboot": reboot, "reboot_required": bool(reboot), "plan": doc}
+        if module._diff and writes:
+            result["diff"] = _diff(p["policy"], writes)
+        if p["state"] == "planned" or module.check_mode or not writes:
+            module.exit_json(changed=bool(writes), **result)
 
         rc, doc, out, err = _run_json(module, [p["executable"], "apply", policy_path, *common])
         if rc != 0:
             module.fail_json(msg=f"hosttune apply {p['policy']} failed (exit {rc}): {err.strip()}", rc=rc,
                              stdout=out, stderr=err, **result)
-        applied = _changes(doc)
-        result.update(changes=applied or changes, applied=doc)
+        result.update(applied=doc)
         module.exit_json(changed=True, **result)
     except (OSError, ValueError) as e:
         module.fail_json(msg=str(e))
