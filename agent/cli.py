@@ -17,6 +17,8 @@ from agent.errors import HostTuneError
 
 # Modules under agent.commands, each with register(subparsers, common) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
+    "daemon",
+    "install_unit",
 )
 
 DESCRIPTION = """\

@@ -1,0 +1,72 @@
+"""The FastAPI application factory: routers assembled in one place, auth at the router level, a lifespan.
+
+`create_app(settings, services)` builds a fresh app (nothing happens at import). The lifespan loads the token
+(creating the file on first start, refusing a group/world-readable one) and opens the audit log; both are kept on
+`app.state`. Every route under /v1 depends on the bearer token; /healthz, /metrics and /openapi.json do not.
+The interactive docs pages are off: they load scripts from a CDN, and the API is for programs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from agent import __version__
+from agent.api.audit import AuditLog, AuditMiddleware
+from agent.api.auth import ensure_token, require_token
+from agent.api.deps import HostServices
+from agent.api.errors import install_error_handlers
+from agent.api.limits import BodyLimitMiddleware
+from agent.api.routers import controller, health, host, policies, telemetry, tuning, worker
+from agent.config import DaemonSettings
+
+V1_ROUTERS = (host.router, policies.router, tuning.router, telemetry.router, controller.router, worker.router)
+
+
+def route_table(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every HTTP route, flattening included routers (FastAPI >= 0.120 keeps them lazy)."""
+    try:
+        from fastapi.routing import iter_route_contexts
+        contexts: Iterable[Any] = iter_route_contexts(app.routes)
+    except ImportError:  # older FastAPI: included routes are flat APIRoutes already
+        contexts = app.routes
+    table = []
+    for route in contexts:
+        for method in sorted(getattr(route, "methods", None) or ()):
+            table.append((method, str(route.path)))
+    return table
+
+
+def v1_router() -> APIRouter:
+    """All resource routers under /v1, each route requiring the bearer token."""
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    for router in V1_ROUTERS:
+        v1.include_router(router)
+    return v1
+
+
+def create_app(settings: DaemonSettings, services: HostServices) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.token = ensure_token(settings.token_path)
+        app.state.audit = AuditLog(settings.audit_path)
+        try:
+            yield
+        finally:
+            app.state.audit.close()
+
+    app = FastAPI(title="hosttune", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Inspect, tune and supervise an LLM inference host. Every /v1 route needs "
+                              "`Authorization: Bearer <token>` (the daemon's token file).")
+    app.state.services = services
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(v1_router())
+    # Added last = outermost: the audit record also covers requests the body limit rejects.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(AuditMiddleware)
+    return app

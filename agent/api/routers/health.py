@@ -1,0 +1,28 @@
+"""Unauthenticated probes: /healthz for liveness checks and /metrics for Prometheus scrapers.
+
+Both are read-only and reveal no tuning state beyond what the metrics themselves export; scrapers rarely carry
+bearer tokens, which is why /metrics is open (bind the API to loopback or a unix socket to limit who can scrape).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from agent.api.deps import Services
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="liveness: the daemon answers and its parts' states")
+def healthz(services: Services) -> dict[str, Any]:
+    return services.health()
+
+
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text exposition")
+def metrics(services: Services) -> PlainTextResponse:
+    return PlainTextResponse(services.metrics(), media_type=PROMETHEUS_CONTENT_TYPE)

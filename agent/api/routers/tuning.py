@@ -1,0 +1,58 @@
+"""The tuning transaction resource: plan (writes nothing), apply, revert, status, journal history, verify.
+
+Routes are plain `def`: they read and write sysfs/procfs (blocking), so FastAPI runs them in its thread pool and
+the event loop keeps serving /healthz. Mutations say what they did in the audit record.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from agent.api.deps import Audit, Services
+from agent.api.schemas import PolicyRequest
+
+router = APIRouter(tags=["tuning"])
+
+
+def _describe(request: PolicyRequest) -> str:
+    if request.name is not None:
+        return request.name
+    return "inline-yaml" if request.yaml is not None else "inline-json"
+
+
+@router.post("/plan", summary="what applying a policy would change (writes nothing)")
+def plan(services: Services, request: PolicyRequest, audit: Audit) -> dict[str, Any]:
+    audit["policy"] = _describe(request)
+    return services.plan(request)
+
+
+@router.post("/apply", summary="apply a policy as one crash-safe transaction")
+def apply(services: Services, request: PolicyRequest, audit: Audit) -> dict[str, Any]:
+    audit["policy"] = _describe(request)
+    result = services.apply(request)
+    audit["changed"] = result.get("changed")
+    return result
+
+
+@router.post("/revert", summary="restore every original value from the journal")
+def revert(services: Services, audit: Audit) -> dict[str, Any]:
+    result = services.revert()
+    audit["restored"] = len(result.get("restored") or [])
+    return result
+
+
+@router.get("/status", summary="applied policy, when, and the journal's state")
+def status(services: Services) -> dict[str, Any]:
+    return services.status()
+
+
+@router.get("/changes", summary="journal history, newest first")
+def changes(services: Services, limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> list[dict[str, Any]]:
+    return services.changes(limit)
+
+
+@router.get("/verify", summary="drift: does the host still hold the applied policy?")
+def verify(services: Services) -> dict[str, Any]:
+    return services.verify()

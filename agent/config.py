@@ -1,0 +1,253 @@
+"""The daemon's configuration: a YAML file validated like a policy, with HOSTTUNE_* environment overrides.
+
+Why pydantic-settings: the same model validates the file and the environment (systemd drop-ins and containers set
+env vars), and refuses unsafe values in one place — an API bound to a non-loopback address needs
+`api.allow_remote: true`, so a typo cannot expose a root daemon to the network.
+
+Precedence: environment (HOSTTUNE_POLICY, HOSTTUNE_API__PORT, ...; nested fields joined by "__") over the file over
+the defaults. Errors name where the bad value came from: `FILE:LINE: field: message` for the file, or the
+environment variable's name. Relative paths in the file are taken relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agent.errors import InputError
+from agent.hostfs import HostPaths
+
+ENV_PREFIX = "HOSTTUNE_"
+ENV_CONFIG = "HOSTTUNE_CONFIG"
+DEFAULT_CONFIG = Path("/etc/hosttune/daemon.yaml")
+DEFAULT_STATE_DIR = Path("/var/lib/hosttune")
+TOKEN_FILE_NAME = "api.token"
+AUDIT_LOG_NAME = "audit.log"
+
+# Fields holding paths: relative values in a config file are resolved against the file's directory.
+_PATH_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("state_dir",), ("token_file",), ("audit_log",), ("procfs",), ("sysfs",), ("rootfs",), ("nvml_sim",),
+    ("api", "unix_socket"),
+)
+
+
+def is_loopback(host: str) -> bool:
+    """True for loopback literals and 'localhost'. Other names count as remote: we do not resolve DNS to decide."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApiSettings(Section):
+    allow_remote: bool = Field(False, description="permit a non-loopback `host` (the API can retune the host)")
+    host: str = Field("127.0.0.1", description="TCP address to bind (ignored when unix_socket is set)")
+    port: int = Field(7711, ge=0, le=65535, description="TCP port; 0 picks a free one (tests)")
+    unix_socket: Path | None = Field(None, description="serve on this unix socket (mode 0600) instead of TCP")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, v: str, info: ValidationInfo) -> str:
+        if not is_loopback(v) and not info.data.get("allow_remote", False):
+            raise ValueError(f"{v!r} is not a loopback address: set api.allow_remote: true to expose the API")
+        return v
+
+
+class GatewaySettings(Section):
+    enabled: bool = Field(True, description="run the OpenAI-compatible gateway in front of the worker")
+    allow_remote: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, v: str, info: ValidationInfo) -> str:
+        if not is_loopback(v) and not info.data.get("allow_remote", False):
+            raise ValueError(f"{v!r} is not a loopback address: set gateway.allow_remote: true to expose it")
+        return v
+
+
+class WorkerSettings(Section):
+    enabled: bool = Field(True, description="start the policy's worker section (if it has one)")
+    stop_timeout_s: float = Field(10.0, gt=0, le=300, description="SIGTERM, then SIGKILL after this long")
+
+
+class DaemonSettings(BaseSettings):
+    """Everything `hosttune daemon` needs; see docs/daemon.md for each field."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      env_ignore_empty=True)
+
+    policy: str | None = Field(None, description="policy name or path applied at start; none: apply nothing")
+    state_dir: Path = Field(DEFAULT_STATE_DIR, description="journal, token, audit log, worker logs")
+    procfs: Path | None = Field(None, description="procfs root (fixture trees, containers)")
+    sysfs: Path | None = None
+    rootfs: Path | None = None
+    nvml_sim: Path | None = Field(None, description="simulate NVML from a GPU description file")
+    token_file: Path | None = Field(None, description=f"API bearer token (default STATE_DIR/{TOKEN_FILE_NAME})")
+    audit_log: Path | None = Field(None, description=f"JSON-lines audit log (default STATE_DIR/{AUDIT_LOG_NAME})")
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    drift_check_s: float = Field(60.0, ge=0, le=86400, description="verify the applied policy every N s; 0: off")
+    reapply_on_drift: bool = Field(False, description="re-apply drifted tunables (else only report them)")
+    telemetry_interval_s: float = Field(1.0, ge=0.1, le=3600)
+    controller_interval_s: float = Field(5.0, ge=0.5, le=3600)
+    revert_on_stop: bool = Field(False, description="revert host tuning on SIGTERM (off: fleets saw outages)")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs; the environment must win over them.
+        return env_settings, init_settings
+
+    # Derived locations -------------------------------------------------------------------------------------
+    @property
+    def token_path(self) -> Path:
+        return self.token_file or self.state_dir / TOKEN_FILE_NAME
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log or self.state_dir / AUDIT_LOG_NAME
+
+    def host_paths(self) -> HostPaths:
+        return HostPaths.from_options(
+            str(self.procfs) if self.procfs else None,
+            str(self.sysfs) if self.sysfs else None,
+            str(self.rootfs) if self.rootfs else None,
+        )
+
+
+# --- loading with file:line errors ----------------------------------------------------------------------------
+
+def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    """Record the line of every key (and list item) under `node`, keyed by its path of names."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = (*prefix, str(key_node.value))
+            out[key] = key_node.start_mark.line + 1
+            _node_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = (*prefix, str(i))
+            out[key] = item.start_mark.line + 1
+            _node_lines(item, key, out)
+
+
+def read_yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """Parse a YAML mapping and the line of each key. Syntax errors and non-mappings raise InputError."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"cannot read config: {e.strerror}", path=path) from None
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise InputError(f"YAML syntax error: {e.problem or e}", path=path,
+                         line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as e:
+        raise InputError(f"YAML error: {e}", path=path) from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise InputError("a daemon config must be a mapping of settings", path=path, line=1)
+    lines: dict[tuple[str, ...], int] = {}
+    if root is not None:
+        _node_lines(root, (), lines)
+    return data, lines
+
+
+def _resolve_relative(data: dict[str, Any], base: Path) -> None:
+    for field_path in _PATH_FIELDS:
+        holder: Any = data
+        for name in field_path[:-1]:
+            holder = holder.get(name) if isinstance(holder, dict) else None
+        if isinstance(holder, dict):
+            value = holder.get(field_path[-1])
+            if isinstance(value, str) and value and not os.path.isabs(value):
+                holder[field_path[-1]] = str(base / value)
+    policy = data.get("policy")
+    if isinstance(policy, str) and ("/" in policy or policy.endswith((".yaml", ".yml"))) \
+            and not os.path.isabs(policy):
+        data["policy"] = str(base / policy)
+
+
+def _env_name(loc: tuple[str, ...]) -> str:
+    return ENV_PREFIX + "__".join(part.upper() for part in loc)
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    """Field names valid at the parent of `loc` (for 'did you mean')."""
+    current: Any = model
+    for name in loc[:-1]:
+        field = current.model_fields.get(name) if hasattr(current, "model_fields") else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        current = field.annotation
+    return list(current.model_fields)
+
+
+def _explain(err: Mapping[str, Any]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(loc[-1], _known_fields(DaemonSettings, loc), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown setting{hint}"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def load_settings(path: Path | None = None) -> DaemonSettings:
+    """Validate the config file (optional) plus HOSTTUNE_* environment variables, or raise InputError."""
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    if path is not None:
+        data, lines = read_yaml_with_lines(path)
+        _resolve_relative(data, path.resolve().parent)
+    try:
+        return DaemonSettings(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(str(p) for p in err["loc"])
+        message = _explain(err)
+        for n in range(len(loc), 0, -1):
+            if _env_name(loc[:n]) in os.environ:
+                raise InputError(message, path=f"environment {_env_name(loc[:n])}", field=".".join(loc)) from None
+        line = None
+        for n in range(len(loc), 0, -1):
+            line = lines.get(loc[:n])
+            if line is not None:
+                break
+        raise InputError(message, path=path or "<defaults>", line=line, field=".".join(loc)) from None
+
+
+def config_path_from(arg: str | None, env: Mapping[str, str] | None = None) -> Path | None:
+    """--config wins, then $HOSTTUNE_CONFIG, then /etc/hosttune/daemon.yaml if it exists; else no file."""
+    environ = os.environ if env is None else env
+    if arg:
+        return Path(arg)
+    if environ.get(ENV_CONFIG):
+        return Path(environ[ENV_CONFIG])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None

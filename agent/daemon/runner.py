@@ -1,0 +1,275 @@
+"""`hosttune daemon`: the start sequence, the scheduler, signals, sd_notify and the watchdog.
+
+Start order (each step reported as a STATUS= line): check the token file (refuse a readable one), roll back an
+interrupted transaction, apply the configured policy, start the worker and wait for it to be ready, start the
+gateway, start the scheduler's jobs, start the API — and only then READY=1, so `systemctl start` returning means
+the host is tuned and serving.
+
+The main thread owns signals and the watchdog: handlers only set flags; the loop wakes, handles SIGHUP (reload:
+config and policy, applying the difference) or SIGTERM/SIGINT (stop), and sends WATCHDOG=1 while the API thread
+and the scheduler are alive. A main loop that stops (a hang) stops the pings and systemd restarts us.
+
+Test switch (documented in docs/daemon.md): HOSTTUNE_TEST_HANG_AFTER_S=N makes the main loop hang N seconds after
+READY — no more watchdog pings, no signal handling — so the real-systemd test can watch the watchdog kill and
+restart the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from agent.api import create_app
+from agent.api.auth import ensure_token
+from agent.api.errors import Unavailable
+from agent.config import DaemonSettings, load_settings
+from agent.daemon.http import ServerThread, bind_tcp, bind_unix
+from agent.daemon.services import Services
+from agent.errors import HostTuneError
+from agent.sdnotify import Notifier, watchdog_interval_s
+
+log = logging.getLogger("hosttune.daemon")
+
+ENV_TEST_HANG = "HOSTTUNE_TEST_HANG_AFTER_S"
+IDLE_WAKE_S = 30.0
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd (JOURNAL_STREAM set) journald adds timestamps; elsewhere we do.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") \
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+class Daemon:
+    def __init__(self, settings: DaemonSettings, config_path: Path | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.notify = notifier or Notifier()
+        self.services = Services(settings)
+        self.scheduler: BackgroundScheduler | None = None
+        self.api: ServerThread | None = None
+        self._wake = threading.Event()
+        self._stop_requested: str | None = None
+        self._reload_requested = False
+        self._ready_at: float | None = None
+
+    # -- status ---------------------------------------------------------------------------------------------------
+    def status(self, text: str) -> None:
+        log.info("%s", text)
+        self.notify.status(text)
+
+    # -- signals --------------------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        else:
+            self._stop_requested = signal.Signals(signum).name
+        self._wake.set()
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    # -- start ----------------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_token(s.token_path)  # refuse a group/world-readable token before touching the host
+
+        self.status("checking for an interrupted transaction")
+        try:
+            rolled = self.services.rollback_interrupted()
+            if rolled:
+                self.status(rolled)
+        except Unavailable as e:
+            log.warning("%s", e)
+
+        if s.policy:
+            self.status(f"applying policy {s.policy}")
+            loaded = self.services.load_policy_ref(s.policy)
+            result = self.services.apply_loaded(loaded)
+            self.status(f"policy {loaded.policy.name} applied ({result.get('changed', 0)} changed)")
+            self.start_worker(loaded)
+        self.start_gateway()
+        self.start_scheduler()
+        self.start_api()
+
+    def start_worker(self, loaded: Any) -> None:
+        spec = getattr(loaded.policy, "worker", None)
+        if spec is None or not self.settings.worker.enabled:
+            return
+        self.status(f"starting worker ({spec.engine})")
+        self.services.start_worker(loaded)
+        self.status("worker ready")
+
+    def start_gateway(self) -> None:
+        if not self.settings.gateway.enabled or self.services.worker_supervisor is None:
+            return
+        self.status("starting gateway")
+        self.services.start_gateway()
+
+    def start_scheduler(self) -> None:
+        s = self.settings
+        sched = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
+                                                               "misfire_grace_time": 30})
+        self.services.register_jobs(sched)
+        if s.drift_check_s > 0:
+            sched.add_job(self._drift_job, "interval", seconds=s.drift_check_s, id="drift")
+        sched.start()
+        self.scheduler = sched
+
+    def _drift_job(self) -> None:
+        try:
+            report = self.services.drift_check(self.settings.reapply_on_drift)
+        except HostTuneError as e:
+            log.warning("drift check failed: %s", e)
+            return
+        if report.get("drifted"):
+            action = "re-applied" if self.settings.reapply_on_drift else "reported"
+            self.notify.status(f"drift: {report['drifted']} tunables drifted ({action})")
+
+    def start_api(self) -> None:
+        a = self.settings.api
+        sock = bind_unix(a.unix_socket) if a.unix_socket else bind_tcp(a.host, a.port)
+        app = create_app(self.settings, self.services)
+        self.api = ServerThread(app, sock, "api", log_level=self.settings.log_level)
+        self.api.start()
+
+    def ready_text(self) -> str:
+        parts = [f"policy {self.settings.policy}" if self.settings.policy else "no policy"]
+        if self.api is not None:
+            parts.append(f"API {self.api.url}")
+        gw = getattr(self.services.gateway, "url", None)
+        if gw:
+            parts.append(f"gateway {gw}")
+        if self.services.worker_supervisor is not None:
+            parts.append(f"worker {self.services.worker().get('state')}")
+        return "ready: " + ", ".join(parts)
+
+    # -- run loop -------------------------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        api_ok = self.api is not None and self.api.alive
+        sched_ok = self.scheduler is not None and self.scheduler.running
+        return api_ok and sched_ok
+
+    def loop(self) -> str:
+        """Serve until a stop signal; returns the signal's name."""
+        interval = watchdog_interval_s()
+        hang_after = float(os.environ.get(ENV_TEST_HANG, "0") or 0)
+        while self._stop_requested is None:
+            if hang_after and self._ready_at is not None and time.monotonic() - self._ready_at >= hang_after:
+                self._hang()
+            if interval is not None and self.healthy():
+                self.notify.watchdog()
+            elif interval is not None:
+                log.error("API or scheduler died: withholding the watchdog ping")
+            timeout = min(interval or IDLE_WAKE_S, IDLE_WAKE_S)
+            if hang_after and self._ready_at is not None:
+                timeout = max(0.05, min(timeout, self._ready_at + hang_after - time.monotonic()))
+            self._wake.wait(timeout)
+            self._wake.clear()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+        return self._stop_requested
+
+    def _hang(self) -> None:
+        log.warning("%s: simulating a hung main loop (no watchdog pings, signals ignored)", ENV_TEST_HANG)
+        self.notify.status("test: hanging (watchdog pings stopped)")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)
+
+    # -- reload ---------------------------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the config and the policy; apply what changed, restart the worker only if its spec did."""
+        self.notify.reloading()
+        log.info("reloading configuration")
+        try:
+            new = load_settings(self.config_path)
+        except HostTuneError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            self.notify.send(READY=1, STATUS=f"reload failed (kept running config): {e}")
+            return
+        restart_needed = [name for name in ("api", "gateway", "state_dir", "token_file", "audit_log",
+                                            "procfs", "sysfs", "rootfs")
+                          if getattr(new, name) != getattr(self.settings, name)]
+        if restart_needed:
+            log.warning("changed settings that need a restart to take effect: %s", ", ".join(restart_needed))
+        try:
+            summary = self.services.reload(new)
+        except HostTuneError as e:
+            log.error("reload: policy not applied: %s", e)
+            self.notify.send(READY=1, STATUS=f"reload failed (kept running policy): {e}")
+            return
+        old = self.settings
+        self.settings = new.model_copy(update={n: getattr(old, n) for n in restart_needed})
+        self.services.settings = self.settings
+        self._reschedule(old)
+        self.notify.send(READY=1, STATUS=f"reloaded: {summary}; " + self.ready_text())
+
+    def _reschedule(self, old: DaemonSettings) -> None:
+        if self.scheduler is None:
+            return
+        s = self.settings
+        if s.drift_check_s != old.drift_check_s:
+            if self.scheduler.get_job("drift"):
+                self.scheduler.remove_job("drift")
+            if s.drift_check_s > 0:
+                self.scheduler.add_job(self._drift_job, "interval", seconds=s.drift_check_s, id="drift")
+        self.services.reschedule(self.scheduler, old)
+
+    # -- stop -----------------------------------------------------------------------------------------------------
+    def stop(self, why: str) -> None:
+        self.notify.stopping(f"stopping ({why})")
+        log.info("stopping (%s)", why)
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.api is not None:
+            self.api.stop()
+        self.services.stop_gateway()
+        self.services.stop_worker()
+        if self.settings.revert_on_stop:
+            self.notify.status("reverting host tuning (revert_on_stop)")
+            try:
+                self.services.revert()
+            except HostTuneError as e:
+                log.error("revert on stop failed: %s", e)
+        else:
+            log.info("leaving host tuning in place (revert_on_stop: false)")
+
+    def run(self) -> int:
+        self.install_signals()
+        try:
+            self.start()
+        except BaseException:
+            self.notify.status("start failed")
+            self.stop("start failed")
+            raise
+        if self._stop_requested is None:
+            self._ready_at = time.monotonic()
+            self.notify.ready(self.ready_text())
+            log.info("%s", self.ready_text())
+            print(self.ready_text(), f"(token: {self.settings.token_path})", file=sys.stderr, flush=True)
+        why = self.loop()
+        self.stop(why)
+        return 0
+
+
+def run_daemon(config_path: Path | None) -> int:
+    settings = load_settings(config_path)
+    setup_logging(settings.log_level)
+    return Daemon(settings, config_path).run()

@@ -1,0 +1,343 @@
+"""The one place where the daemon (and its API) call into the other parts of hosttune.
+
+Why one adapter: inspection, policies, the tuning engine, the worker supervisor, the gateway and telemetry are
+separate packages with their own APIs; the daemon's runner and the REST routes only see this class. Every host
+mutation (apply, revert, rollback, drift re-apply, reload) runs under one lock, so an API request, the drift job
+and a SIGHUP reload never interleave their writes.
+
+Parts are imported lazily: a build without one of them (no engine yet, no gateway) still serves everything else and
+answers 503 `unavailable` for what is missing, with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.api.errors import Conflict, NotFound, Unavailable
+from agent.api.schemas import PolicyRequest
+from agent.config import DaemonSettings
+from agent.errors import HostError, InputError
+from agent.fsio import atomic_write
+from agent.hostfs import HostPaths
+
+log = logging.getLogger(__name__)
+
+SUBMITTED_DIR = "api-policies"
+
+
+def _import(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise Unavailable(f"{what} is not available in this build ({e})") from None
+
+
+def _dump(obj: Any) -> Any:
+    """JSON-able form of pydantic models, dataclasses, lists of them."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, list | tuple):
+        return [_dump(o) for o in obj]
+    if isinstance(obj, dict):
+        return {str(k): _dump(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+class Services:
+    """Facts, policies, tuning, worker, gateway, telemetry and controller, as the daemon and the API need them."""
+
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.paths: HostPaths = settings.host_paths()
+        self.state_dir = settings.state_dir
+        self.lock = threading.RLock()
+        self.started_at = time.time()
+        self.events: deque[dict[str, Any]] = deque(maxlen=200)
+        self.last_drift: dict[str, Any] | None = None
+        self.applied_ref: str | None = None
+        self.worker_supervisor: Any = None
+        self.gateway: Any = None
+        self.telemetry_store: Any = None
+        self.controller_obj: Any = None
+        self._nvml: Any = None
+
+    # -- bookkeeping --------------------------------------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        record = {"time": time.time(), "kind": kind, **fields}
+        self.events.append(record)
+        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
+
+    # -- facts and policies -------------------------------------------------------------------------------------
+    def nvml(self) -> Any:
+        if self._nvml is None:
+            try:
+                nvml_mod = importlib.import_module("agent.nvml")
+                self._nvml = nvml_mod.open_nvml(self.settings.nvml_sim)
+            except ImportError:
+                self._nvml = None
+        return self._nvml
+
+    def host_facts(self) -> Any:
+        inspect = _import("agent.inspect", "host inspection")
+        return inspect.collect(self.paths, nvml=self.nvml())
+
+    def facts(self) -> Any:
+        return _dump(self.host_facts())
+
+    def _loader(self) -> Any:
+        return _import("agent.policy.loader", "the policy loader")
+
+    def load_policy_ref(self, ref: str | Path) -> Any:
+        return self._loader().load_policy(ref, self.host_facts())
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        return [_dump(p) for p in self._loader().list_policies()]
+
+    def _known_policy(self, name: str) -> None:
+        names = {getattr(p, "name", None) for p in self._loader().list_policies()}
+        if name not in names:
+            raise NotFound(f"no policy named {name!r} on the search path", field="name")
+
+    def show_policy(self, name: str) -> dict[str, Any]:
+        self._known_policy(name)
+        loaded = self.load_policy_ref(name)
+        return {"policy": _dump(loaded.policy), "source": str(loaded.source),
+                "chain": [str(p) for p in loaded.chain],
+                "locations": {k: f"{v[0]}:{v[1]}" for k, v in getattr(loaded, "locations", {}).items()}}
+
+    def load_request(self, request: PolicyRequest) -> Any:
+        """A policy named, or submitted inline, loaded through the same loader (and checks) as policy files.
+
+        Inline text is written under STATE_DIR/api-policies/ (0600, named by content hash) and loaded from there,
+        so its errors carry a line number and the applied state names a file that still exists afterwards.
+        """
+        if request.name is not None:
+            self._known_policy(request.name)
+            return self.load_policy_ref(request.name)
+        text = request.yaml if request.yaml is not None else yaml.safe_dump(request.policy, sort_keys=False)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        path = self.state_dir / SUBMITTED_DIR / f"request-{digest}.yaml"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(path, text)
+        try:
+            return self.load_policy_ref(path)
+        except InputError as e:
+            # Name the request body rather than our internal copy; keep the line and field.
+            if e.path == str(path):
+                e.path = "request body (yaml)" if request.yaml is not None else "request body (policy)"
+            raise
+
+    # -- tuning ---------------------------------------------------------------------------------------------------
+    def _engine(self) -> Any:
+        return _import("agent.engine.api", "the tuning engine")
+
+    def _state(self) -> Any:
+        state_mod = _import("agent.engine.state", "the tuning engine")
+        return state_mod.StateDir(self.state_dir)
+
+    @staticmethod
+    def _located(loaded: Any, e: InputError) -> InputError:
+        """A tuner's plan-time InputError names a policy field; add the policy file:line, as the CLI does."""
+        if e.path is None and e.field and hasattr(loaded, "where"):
+            where = loaded.where(e.field)
+            if where is not None:
+                e.path, e.line = str(where[0]), where[1]
+        return e
+
+    @staticmethod
+    def _conflict(e: HostError) -> HostError:
+        if "holds the state lock" in e.message:
+            return Conflict(e.message, path=e.path)
+        return e
+
+    def plan(self, request: PolicyRequest) -> dict[str, Any]:
+        return self.plan_loaded(self.load_request(request))
+
+    def plan_loaded(self, loaded: Any) -> dict[str, Any]:
+        try:
+            plan = self._engine().plan_policy(loaded.policy, self.paths, state=self._state(),
+                                              facts=self.host_facts(), source=str(loaded.source))
+        except InputError as e:
+            raise self._located(loaded, e) from None
+        out: dict[str, Any] = _dump(plan)
+        out["counts"] = plan.counts()
+        out["summary"] = plan.summary()
+        return out
+
+    def apply(self, request: PolicyRequest) -> dict[str, Any]:
+        return self.apply_loaded(self.load_request(request))
+
+    def apply_loaded(self, loaded: Any) -> dict[str, Any]:
+        """Apply as one transaction; tunables an earlier policy set and this one drops are restored (the diff)."""
+        with self.lock:
+            try:
+                result = self._engine().apply_policy(loaded.policy, self.paths, self._state(),
+                                                     facts=self.host_facts(), source=str(loaded.source))
+            except InputError as e:
+                raise self._located(loaded, e) from None
+            except HostError as e:
+                raise self._conflict(e) from None
+        out: dict[str, Any] = _dump(result)
+        out["changed"] = result.writes
+        self.applied_ref = str(loaded.source)
+        self.event("apply", policy=loaded.policy.name, writes=result.writes)
+        return out
+
+    def revert(self) -> dict[str, Any]:
+        with self.lock:
+            try:
+                result = self._engine().revert(self._state())
+            except HostError as e:
+                raise self._conflict(e) from None
+        out: dict[str, Any] = _dump(result)
+        out["ok"] = result.ok
+        self.applied_ref = None
+        self.event("revert", restored=len(result.restored), failed=len(result.failed))
+        if result.failed:
+            raise HostError("revert could not restore: " + "; ".join(result.failed))
+        return out
+
+    def rollback_interrupted(self) -> str | None:
+        with self.lock:
+            note: str | None = self._engine().recover_only(self._state())
+        if note:
+            self.event("rollback", note=note)
+        return note
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = _dump(self._engine().status(self._state()))
+        out["daemon"] = {"started_at": self.started_at, "policy_ref": self.applied_ref,
+                         "last_drift_check": self.last_drift, "events": list(self.events)[-20:]}
+        return out
+
+    def changes(self, limit: int) -> list[dict[str, Any]]:
+        """Journal history (transactions: apply/revert, status, writes), newest first."""
+        history: list[dict[str, Any]] = _dump(self._engine().status(self._state()).history)
+        return list(reversed(history))[:limit]
+
+    def verify(self) -> dict[str, Any]:
+        result = self._engine().verify(self._state())
+        out: dict[str, Any] = _dump(result)
+        out["ok"] = result.ok
+        out["drifted"] = [_dump(i) for i in result.drift]
+        out["summary"] = result.summary()
+        return out
+
+    def drift_check(self, reapply: bool) -> dict[str, Any]:
+        """The scheduler's drift job: verify, and re-apply the applied policy when asked and something drifted."""
+        try:
+            report = self.verify()
+        except Unavailable:
+            return {"skipped": "no tuning engine"}
+        drifted = report["drifted"]
+        self.last_drift = {"time": time.time(), "drifted": len(drifted)}
+        if drifted:
+            self.event("drift", tunables=len(drifted), targets=",".join(str(c["target"]) for c in drifted[:5]))
+            if reapply and self.applied_ref:
+                self.apply_loaded(self.load_policy_ref(self.applied_ref))
+        return self.last_drift
+
+    # -- reload ---------------------------------------------------------------------------------------------------
+    def reload(self, new: DaemonSettings) -> str:
+        """SIGHUP: apply the new config's policy as a difference and restart the worker only if its spec changed.
+
+        The engine's apply writes only tunables whose value differs (a second apply of the same policy writes
+        nothing); tunables the old policy set and the new one no longer mentions are restored to their originals.
+        """
+        old_spec = None
+        if self.applied_ref is not None:
+            old_spec = getattr(self.load_policy_ref(self.applied_ref).policy, "worker", None)
+        self.settings = new
+        if not new.policy:
+            return "no policy configured (host tuning left as is)"
+        loaded = self.load_policy_ref(new.policy)
+        out = self.apply_loaded(loaded)
+        self.event("reload", policy=loaded.policy.name, writes=out["changed"])
+        new_spec = getattr(loaded.policy, "worker", None)
+        worker_note = "worker unchanged"
+        if new_spec != old_spec:
+            worker_note = self._respawn_worker(loaded)
+        return f"policy {loaded.policy.name}: {out['changed']} writes, {worker_note}"
+
+    def reschedule(self, scheduler: Any, old: DaemonSettings) -> None:
+        if self.settings.telemetry_interval_s != old.telemetry_interval_s and scheduler.get_job("telemetry"):
+            scheduler.reschedule_job("telemetry", trigger="interval", seconds=self.settings.telemetry_interval_s)
+        if self.settings.controller_interval_s != old.controller_interval_s and scheduler.get_job("controller"):
+            scheduler.reschedule_job("controller", trigger="interval", seconds=self.settings.controller_interval_s)
+
+    # -- worker, gateway, telemetry, controller ----------------------------------------------------------------
+    def start_worker(self, loaded: Any) -> None:
+        raise Unavailable("the worker supervisor is not wired yet")
+
+    def _respawn_worker(self, loaded: Any) -> str:
+        spec = getattr(loaded.policy, "worker", None)
+        if spec is None or not self.settings.worker.enabled:
+            self.stop_worker()
+            return "worker stopped (not configured)"
+        if self.worker_supervisor is None:
+            self.start_worker(loaded)
+            return "worker started"
+        self.worker_supervisor.restart(spec)
+        self.event("worker_restart", reason="reload: worker spec changed")
+        return "worker restarted (spec changed)"
+
+    def stop_worker(self) -> None:
+        if self.worker_supervisor is not None:
+            self.worker_supervisor.stop(timeout_s=self.settings.worker.stop_timeout_s)
+            self.event("worker_stop")
+            self.worker_supervisor = None
+
+    def start_gateway(self) -> None:
+        raise Unavailable("the gateway is not wired yet")
+
+    def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+            self.gateway = None
+
+    def register_jobs(self, scheduler: Any) -> None:
+        """Telemetry (and, once it exists, the controller) as scheduler jobs."""
+
+    def worker(self) -> dict[str, Any]:
+        if self.worker_supervisor is None:
+            return {"state": "disabled", "reason": "no worker configured (policy worker section, worker.enabled)"}
+        return _dump(self.worker_supervisor.status())
+
+    def restart_worker(self) -> dict[str, Any]:
+        if self.worker_supervisor is None:
+            raise Unavailable("no worker is configured in this daemon")
+        self.worker_supervisor.restart()
+        self.event("worker_restart", reason="api")
+        return self.worker()
+
+    def telemetry(self, seconds: float) -> dict[str, Any]:
+        if self.telemetry_store is None:
+            raise Unavailable("telemetry is not running in this daemon")
+        return _dump(self.telemetry_store.recent(seconds))
+
+    def controller(self) -> dict[str, Any]:
+        if self.controller_obj is None:
+            return {"enabled": False, "decisions": []}
+        return {"enabled": True, "decisions": _dump(self.controller_obj.decisions())}
+
+    def metrics(self) -> str:
+        if self.telemetry_store is None:
+            return ""
+        text: str = self.telemetry_store.exposition()
+        return text
+
+    def health(self) -> dict[str, Any]:
+        worker_state = self.worker().get("state") if self.worker_supervisor is not None else "disabled"
+        return {"status": "ok", "uptime_s": round(time.time() - self.started_at, 1), "worker": worker_state,
+                "policy": self.applied_ref}
