@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.gateway.stats import GatewaySnapshot, GatewayStats
@@ -22,7 +22,7 @@ from agent.telemetry.ring import RingBuffer
 from agent.telemetry.worker import WorkerSample, WorkerSampler
 
 log = logging.getLogger(__name__)
-JOB_ID = "hosttune.telemetry.sample"
+JOB_ID = "telemetry"  # the daemon reschedules this id when telemetry_interval_s changes
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,10 @@ class Telemetry:
         horizon = time.monotonic() - seconds
         return self.ring.items(lambda s: s.mono >= horizon)
 
+    def recent(self, seconds: float | None = None) -> list[dict[str, Any]]:
+        """The last `seconds` of samples as JSON-able dicts (for the API and `hosttune status`)."""
+        return [sample_to_dict(s) for s in self.history(seconds)]
+
     def families(self, sample: TelemetrySample) -> list[MetricFamily]:
         fams: list[MetricFamily] = []
         if sample.host is not None and self.host is not None:
@@ -118,6 +122,21 @@ class Telemetry:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
+
+
+def sample_to_dict(sample: TelemetrySample) -> dict[str, Any]:
+    """JSON-able form: quantile keys become "p50"/"p95"/"p99", per-core CPU counters are left out (large and
+    only useful as Prometheus counters)."""
+    out = asdict(sample)
+    if out.get("host"):
+        out["host"].pop("cpu_seconds", None)
+    gw = out.get("gateway")
+    if gw:
+        for name in ("ttft", "itl", "e2e", "queue_wait"):
+            w = gw[name]
+            gw[name] = {"count": w["count"], "mean": w["mean"],
+                        **{f"p{round(q * 100)}": v for q, v in w["quantiles"].items()}}
+    return out
 
 
 def build_telemetry(endpoint: Any = None, gateway: GatewayStats | None = None, gpu: bool = True,
