@@ -1,0 +1,99 @@
+"""What plan, apply, verify, revert and status share: host roots, the state dir, loading a policy with facts,
+turning a tuner's field-only InputError into one that names the policy's file:line, and the change table.
+
+Not a command itself (it has no register()); the five command modules use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from agent.engine.plan import Plan
+from agent.engine.state import StateDir
+from agent.errors import HostTuneError, InputError
+from agent.hostfs import HostPaths
+from agent.inspect.models import HostFacts
+from agent.policy.loader import LoadedPolicy, load_policy
+from agent.render import table
+from agent.tuners.base import Change
+
+CHANGE_HEADERS = ("tuner", "target", "current", "desired", "action", "reason")
+WIDTH = 48
+
+
+def host_paths(args: argparse.Namespace) -> HostPaths:
+    return HostPaths.from_options(args.procfs, args.sysfs, args.rootfs).check()
+
+
+def state(args: argparse.Namespace) -> StateDir:
+    return StateDir(args.state_dir)
+
+
+def gather_facts(paths: HostPaths) -> HostFacts | None:
+    """Host facts for `when:` conditions, computed values, conflicts and block device kinds.
+    None when the inspector is not installed (the policy loader then keeps fact-dependent parts deferred)."""
+    try:
+        inspect = importlib.import_module("agent.inspect")
+    except ImportError:
+        return None
+    collect: Callable[..., HostFacts] | None = getattr(inspect, "collect", None)
+    return collect(paths) if collect is not None else None
+
+
+def load(ref: str, facts: HostFacts | None) -> LoadedPolicy:
+    return load_policy(ref, facts)
+
+
+@contextmanager
+def located(loaded: LoadedPolicy | None) -> Iterator[None]:
+    """Re-raise a tuner's InputError(field=...) with the policy file and line that set that field."""
+    try:
+        yield
+    except HostTuneError as e:
+        if loaded is not None and e.field and not e.path:
+            where = loaded.where(e.field)
+            if where is not None:
+                e.path, e.line = str(where[0]), where[1]
+            else:
+                e.path = str(loaded.source)
+        raise
+
+
+def shown(c: Change) -> tuple[str | None, str | None]:
+    """(current, desired) for a table: whole files are described, long values cut."""
+    if c.format == "text":
+        return ("(absent)" if c.current is None else "(file)"), c.desired
+    return _cut(c.current), _cut(c.desired)
+
+
+def _cut(v: str | None) -> str | None:
+    return v if v is None or len(v) <= WIDTH else v[:WIDTH - 3] + "..."
+
+
+def change_rows(changes: Sequence[Change]) -> list[list[Any]]:
+    rows = []
+    for c in changes:
+        current, desired = shown(c)
+        rows.append([c.tuner, c.target, current, desired, c.action, c.reason])
+    return rows
+
+
+def print_changes(plan: Plan, out: TextIO) -> None:
+    table(CHANGE_HEADERS, change_rows(plan.changes), out)
+    warned = [c for c in plan.changes if c.warnings]
+    for c in warned:
+        for w in c.warnings:
+            out.write(f"warning: {c.tuner} {c.target}: {w}\n")
+
+
+def check_writable(paths: HostPaths) -> None:
+    """Applying to the live host needs root; say so before anything else happens."""
+    import os
+
+    if paths.is_live and os.geteuid() != 0:
+        raise InputError("changing the live host needs root (run as root, or give --procfs/--sysfs/--rootfs "
+                         "of a copy)")

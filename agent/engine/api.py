@@ -1,0 +1,69 @@
+"""The engine's entry points, shared by the CLI commands and the daemon.
+
+plan_policy   read-only: the plan, including stale originals an earlier apply left (when a state dir is given)
+apply_policy  lock -> recover an interrupted transaction -> plan -> one transaction (see transaction.py)
+revert        lock -> recover -> restore every original (see revert.py)
+recover_only  lock -> recover (the daemon calls this at start)
+verify        read-only drift check of the applied policy
+status        read-only: applied policy, when, journal state
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from agent.engine.journal import Applied, HistoryEntry, Txn
+from agent.engine.plan import Plan, make_plan
+from agent.engine.revert import RevertResult, revert_all
+from agent.engine.state import StateDir
+from agent.engine.transaction import ApplyResult, apply_plan, recover
+from agent.engine.verify import VerifyResult, verify_applied
+from agent.engine.writer import HostWriter, crash_after_from_env
+from agent.hostfs import HostPaths
+from agent.inspect.models import HostFacts
+from agent.policy.model import Policy
+
+
+def plan_policy(policy: Policy, paths: HostPaths, *, state: StateDir | None = None, facts: HostFacts | None = None,
+                source: str | None = None) -> Plan:
+    journal = state.journal() if state is not None else None
+    return make_plan(policy, facts, paths, journal=journal, source=source)
+
+
+def apply_policy(policy: Policy, paths: HostPaths, state: StateDir, *, facts: HostFacts | None = None,
+                 source: str | None = None) -> ApplyResult:
+    with state.locked() as journal:
+        writer = HostWriter(journal, crash_after=crash_after_from_env())
+        recovered = recover(journal, writer)
+        plan = make_plan(policy, facts, paths, journal=journal, source=source)
+        return apply_plan(plan, journal, writer, recovered=recovered)
+
+
+def revert(state: StateDir) -> RevertResult:
+    with state.locked() as journal:
+        return revert_all(journal, HostWriter(journal, crash_after=crash_after_from_env()))
+
+
+def recover_only(state: StateDir) -> str | None:
+    with state.locked() as journal:
+        return recover(journal, HostWriter(journal, crash_after=crash_after_from_env()))
+
+
+def verify(state: StateDir) -> VerifyResult:
+    return verify_applied(state.journal())
+
+
+class Status(BaseModel):
+    state_dir: str
+    applied: Applied | None = None
+    last_txn: Txn | None = None
+    interrupted: bool = Field(False, description="an open transaction: the next apply/revert rolls it back first")
+    originals: int = Field(0, description="host values hosttune holds originals for (what revert restores)")
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+def status(state: StateDir) -> Status:
+    journal = state.journal()
+    data = journal.data
+    return Status(state_dir=str(state.path), applied=data.applied, last_txn=data.txn,
+                  interrupted=journal.open_txn is not None, originals=len(data.originals), history=data.history)

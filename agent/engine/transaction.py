@@ -1,0 +1,134 @@
+"""Apply a plan as one transaction, roll a transaction back, and recover from an interrupted one.
+
+apply:    recover -> begin (journal: txn open) -> stale originals back -> each change through the writer ->
+          settle (every planned value must hold at the end) -> commit (txn committed + applied state, one
+          atomic journal rewrite). Any failure, or SIGTERM/KeyboardInterrupt, rolls back every write of the
+          transaction in reverse and raises naming the failing tunable.
+rollback: restores each journaled before-value in reverse order, idempotently (re-running it after a crash in
+          the middle writes the same values again), and forgets originals that this transaction added.
+recover:  run at the start of apply and revert (and by the daemon): an open apply found in the journal means the
+          last process died mid-way; it is rolled back. An open revert is left for revert to finish.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+from pydantic import BaseModel, Field
+
+from agent.engine.journal import Applied, Journal
+from agent.engine.plan import Plan
+from agent.engine.writer import HostWriter, WriteFailed
+from agent.errors import HostError, HostTuneError
+from agent.tuners import registry
+from agent.tuners.base import Change
+
+
+class ApplyResult(BaseModel):
+    policy: str
+    txn: str
+    writes: int = Field(description="host writes made by this command (recovery included)")
+    recovered: str | None = Field(None, description="what was done about an interrupted transaction first")
+    changes: list[Change]
+
+
+class Interrupted(HostError):
+    """SIGTERM while a transaction was open: rolled back."""
+
+
+def rollback(journal: Journal, writer: HostWriter) -> list[str]:
+    """Undo the open apply transaction. Returns the problems met (empty: the host is as before it)."""
+    txn = journal.open_txn
+    if txn is None or txn.kind != "apply":
+        raise RuntimeError("rollback() needs an open apply transaction")
+    problems = []
+    failed_keys = set()
+    for record in reversed(txn.writes):
+        try:
+            registry.get(record.tuner).restore(record, writer)
+        except (HostTuneError, OSError, KeyError) as e:
+            problems.append(f"{record.key}: {e}")
+            failed_keys.add(record.key)
+    for key in txn.new_keys:
+        if key not in failed_keys:
+            journal.drop_original(key)
+    journal.finish("failed" if problems else "rolled_back",
+                   error="; ".join(problems) if problems else txn.error)
+    return problems
+
+
+def recover(journal: Journal, writer: HostWriter) -> str | None:
+    """Roll back an interrupted apply. Returns a line saying what was done, or None when there was nothing."""
+    txn = journal.open_txn
+    if txn is None or txn.kind != "apply":
+        return None
+    txn.error = "interrupted (process died mid-apply)"
+    problems = rollback(journal, writer)
+    if problems:
+        raise HostError(f"could not roll back the interrupted apply {txn.id}: {'; '.join(problems)}; "
+                        f"run `hosttune revert`")
+    return f"rolled back interrupted apply of {txn.policy} ({len(txn.writes)} writes, txn {txn.id})"
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(f"interrupted by signal {signum}")
+
+
+def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: str | None = None) -> ApplyResult:
+    """Apply every writing change of `plan` in one transaction (the caller holds the state lock and has run
+    recover()). Raises HostError naming the failing tunable after rolling everything back."""
+    txn = journal.begin("apply", policy=plan.policy)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    current: Change | None = None
+    try:
+        for change in plan.changes:
+            if change.stale and change.writes:
+                current = change
+                record = journal.original(change.key)
+                if record is not None:
+                    writer.remember_current(record)
+                    registry.get(change.tuner).restore(record, writer)
+        for change in plan.changes:
+            if change.writes and not change.stale:
+                current = change
+                registry.get(change.tuner).apply(change, writer)
+        for change in _unsettled(plan):
+            current = change
+            registry.get(change.tuner).apply(change, writer)
+        current = None
+        still = _unsettled(plan)
+        if still:
+            raise WriteFailed(still[0].target, "does not hold its value after the transaction "
+                                               "(another setting resets it)")
+    except BaseException as e:
+        what = f"{current.tuner} {current.target}" if current is not None else "commit"
+        txn.error = f"{what}: {e}"
+        problems = rollback(journal, writer)
+        state = (f"rolled back {len(txn.writes)} writes" if not problems
+                 else f"rollback incomplete ({'; '.join(problems)}); run `hosttune revert`")
+        if isinstance(e, HostTuneError | OSError):
+            field = current.field if current is not None else None
+            raise HostError(f"apply failed at {what}: {getattr(e, 'message', e)}; {state}", field=field) from e
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for change in plan.changes:
+        if change.stale:
+            journal.drop_original(change.key)
+    journal.finish("committed", applied=Applied(policy=plan.policy, source=plan.source, txn=txn.id,
+                                                 changes=[c for c in plan.changes if not c.stale]))
+    return ApplyResult(policy=plan.policy, txn=txn.id, writes=writer.writes, recovered=recovered,
+                       changes=plan.changes)
+
+
+def _unsettled(plan: Plan) -> list[Change]:
+    """Planned values (change or ok) the host does not hold now, e.g. nr_requests reset by a scheduler restore."""
+    out = []
+    for change in plan.changes:
+        if change.stale or change.action not in ("change", "ok") or change.reboot_required:
+            continue
+        tuner = registry.get(change.tuner)
+        if not tuner.satisfied(change, tuner.read(change)):
+            out.append(change)
+    return out

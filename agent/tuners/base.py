@@ -1,0 +1,143 @@
+"""The tuner contract: what every tuner (sysctl, hugepages, thp, cpu, blockdev, bootargs, gpu) provides.
+
+A tuner owns one domain of host tunables. The engine drives it in four moves:
+
+  plan(policy, facts, paths) -> [Change]   pure read: current value, desired value, action, reason
+  apply(change, writer)                   make the host hold change.value, only through the HostWriter
+  read(change) -> str | None              the value the host holds now (verify and drift)
+  restore(record, writer)                 put back a journal record's original value (rollback and revert)
+
+Rules a tuner keeps (the engine relies on them):
+- plan never writes. Validation that needs the host (a sysctl that does not exist, a scheduler the device does not
+  offer, a governor the driver lacks) raises InputError(field="<policy field path>") from plan, before any write;
+  the command turns the field into file:line.
+- Hardware that is absent gives a Change with action "not_applicable", never an error.
+- Every host write goes through the HostWriter (agent.engine.writer), which journals the original first. A tuner
+  that writes outside files (NVML) uses writer.write_custom and overrides restore.
+- Targets are unique within a tuner; the journal keys records by "tuner:target".
+
+File-backed tunables need no code beyond plan: set Change.path, .value, .format and .compare and the defaults
+below apply, verify and restore them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, Field
+
+from agent.fsio import read_text
+from agent.hostfs import HostPaths
+from agent.inspect.models import HostFacts
+from agent.policy.model import Policy
+from agent.tuners import formats
+from agent.tuners.formats import Format
+
+if TYPE_CHECKING:
+    from agent.engine.journal import Record
+    from agent.engine.writer import HostWriter
+
+Action = Literal["change", "ok", "not_applicable", "unsupported"]
+Compare = Literal["eq", "ge", "le"]
+
+
+class Change(BaseModel):
+    """One tunable in a plan. JSON output of plan/apply and the applied state in the journal use this shape."""
+
+    tuner: str
+    target: str = Field(description="what is tuned, e.g. vm.swappiness, hugepages-2048kB/node0, block/vda/scheduler")
+    current: str | None = Field(None, description="value the host holds now (None: absent or unreadable)")
+    desired: str | None = Field(None, description="what the policy asks for, as written (e.g. '>=1048576')")
+    action: Action
+    reason: str = ""
+    field: str | None = Field(None, description="policy field path, e.g. sysctl.vm.swappiness (for file:line)")
+    reboot_required: bool = Field(False, description="advice only: takes effect after a reboot, never applied")
+    warnings: list[str] = Field(default_factory=list, description="e.g. another tuning daemon manages this")
+    path: str | None = Field(None, description="host file that holds the value (None for non-file tunables)")
+    value: str | None = Field(None, description="the concrete value apply writes and verify expects")
+    format: Format = "scalar"
+    compare: Compare = Field("eq", description="eq, or ge/le for at-least/at-most constraints")
+    stale: bool = Field(False, description="puts back a journaled original: an earlier policy set this target, "
+                                           "the current one does not")
+
+    @property
+    def key(self) -> str:
+        return f"{self.tuner}:{self.target}"
+
+    @property
+    def writes(self) -> bool:
+        """True when applying this change writes to the host."""
+        return self.action == "change" and not self.reboot_required
+
+
+def satisfies(current: str | None, value: str | None, compare: Compare, fmt: Format = "scalar") -> bool:
+    """Does `current` meet `value` under `compare`? Constraints compare the first integer field."""
+    if current is None or value is None:
+        return False
+    if compare == "eq":
+        if fmt == "text":
+            return current == value
+        return formats.normalize(current) == formats.normalize(value)
+    try:
+        have, bound = int(current.split()[0]), int(value.split()[0])
+    except (ValueError, IndexError):
+        return False
+    return have >= bound if compare == "ge" else have <= bound
+
+
+class Tuner(ABC):
+    """Base of every tuner. Subclasses set `name`, `order` and `domains` and implement `plan`."""
+
+    name: ClassVar[str]
+    order: ClassVar[int] = 50
+    """Apply order (lower first); revert runs in reverse journal order, so it needs no order of its own."""
+    domains: ClassVar[tuple[str, ...]] = ()
+    """Words other tuning daemons' `manages` lists (HostFacts.conflicts) use for what this tuner touches."""
+    enabled_by_default: ClassVar[bool] = True
+
+    @abstractmethod
+    def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
+        """Changes for this tuner's part of the policy (an empty list when the policy does not mention it)."""
+
+    def read(self, change: Change) -> str | None:
+        if change.path is None:
+            return None
+        return formats.parse(change.format, read_text(Path(change.path)))
+
+    def satisfied(self, change: Change, current: str | None) -> bool:
+        return satisfies(current, change.value, change.compare, change.format)
+
+    def check_readback(self, change: Change, raw: str | None) -> str | None:
+        """None when the value read back after a write is what was asked for, else what went wrong."""
+        current = formats.parse(change.format, raw)
+        if self.satisfied(change, current):
+            return None
+        return f"wrote {change.value!r}, reads back {current!r}"
+
+    def restore_value(self, change: Change, original_raw: str) -> str:
+        """What to write to a live kernel file to bring back `original_raw` (e.g. the bracketed choice)."""
+        return formats.restore_value(change.format, original_raw)
+
+    def apply(self, change: Change, writer: HostWriter) -> None:
+        if change.path is None or change.value is None:
+            raise NotImplementedError(f"{self.name}: {change.target} is not file-backed; override apply")
+        writer.write_file(
+            tuner=self.name, target=change.target, path=Path(change.path), value=change.value,
+            fmt=change.format, desired=change.desired,
+            restore_value=lambda raw: self.restore_value(change, raw),
+            check=lambda raw: self.check_readback(change, raw))
+
+    def restore(self, record: Record, writer: HostWriter) -> None:
+        writer.restore_file(record)
+
+
+def change(tuner: str, target: str, *, current: str | None, desired: str | None, value: str | None,
+           path: Path | None, field: str | None, fmt: Format = "scalar", compare: Compare = "eq",
+           ok_reason: str = "already set", change_reason: str = "") -> Change:
+    """A file-backed Change whose action is decided by comparing current with value."""
+    ok = satisfies(current, value, compare, fmt)
+    return Change(tuner=tuner, target=target, current=current, desired=desired,
+                  action="ok" if ok else "change", reason=ok_reason if ok else change_reason, field=field,
+                  path=str(path) if path is not None else None, value=value, format=fmt, compare=compare)

@@ -1,0 +1,100 @@
+"""hugepages tuner: persistent 2M and 1G pools, global or per NUMA node.
+
+Global pools are /sys/kernel/mm/hugepages/hugepages-<kB>kB/nr_hugepages; per-node pools are
+/sys/devices/system/node/nodeN/hugepages/hugepages-<kB>kB/nr_hugepages (the global count is their sum, so a
+policy sets a size either globally or per node, not both).
+
+Two things the kernel does quietly and this tuner does not:
+- a pool asked to grow may come up short (fragmented memory; common for 1G pages at run time). The write is read
+  back and a short pool is an error naming the count the kernel gave, and the transaction rolls back.
+- a pool asked to shrink below the pages in use (total - free, plus reserved ones globally) turns the rest into
+  surplus pages. The plan never goes below that floor and says so in `reason`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.errors import InputError
+from agent.fsio import read_int
+from agent.hostfs import HostPaths
+from agent.inspect.models import HostFacts
+from agent.policy.model import HugepageSpec, Policy
+from agent.tuners.base import Change, Tuner, change
+from agent.tuners.registry import register
+
+SIZE_KB = {"2M": 2048, "1G": 1048576}
+
+
+def pool_dir(paths: HostPaths, size_kb: int, node: int | None) -> Path:
+    name = f"hugepages-{size_kb}kB"
+    if node is None:
+        return paths.sys("kernel/mm/hugepages", name)
+    return paths.sys("devices/system/node", f"node{node}", "hugepages", name)
+
+
+def pages_in_use(pool: Path, *, global_pool: bool) -> int:
+    """Pages the pool cannot give back now: allocated (total - free), plus reserved ones for the global pool."""
+    total = read_int(pool / "nr_hugepages") or 0
+    free = read_int(pool / "free_hugepages") or 0
+    reserved = (read_int(pool / "resv_hugepages") or 0) if global_pool else 0
+    return max(0, total - free + reserved)
+
+
+@register
+class HugepagesTuner(Tuner):
+    name = "hugepages"
+    order = 20
+    domains = ("hugepages", "memory")
+
+    def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
+        self._check_pools(policy.hugepages)
+        return [self._plan_one(i, spec, paths) for i, spec in enumerate(policy.hugepages)]
+
+    @staticmethod
+    def _check_pools(specs: list[HugepageSpec]) -> None:
+        global_sizes = {s.size for s in specs if s.node is None}
+        for i, spec in enumerate(specs):
+            if spec.node is not None and spec.size in global_sizes:
+                raise InputError(f"{spec.size} pages are set both globally and for node {spec.node}; the global "
+                                 f"pool is the sum of the node pools, set one or the other", field=f"hugepages.{i}")
+
+    def _plan_one(self, i: int, spec: HugepageSpec, paths: HostPaths) -> Change:
+        field = f"hugepages.{i}.count"
+        size_kb = SIZE_KB[spec.size]
+        where = "global" if spec.node is None else f"node{spec.node}"
+        target = f"hugepages-{size_kb}kB/{where}"
+        pool = pool_dir(paths, size_kb, spec.node)
+        nr = pool / "nr_hugepages"
+        if not nr.exists():
+            if spec.node is not None and not paths.sys("devices/system/node", f"node{spec.node}").is_dir():
+                why = f"no NUMA node {spec.node} on this host"
+            else:
+                why = f"no {spec.size} hugepage pool on this host"
+            return Change(tuner=self.name, target=target, desired=str(spec.count), action="not_applicable",
+                          reason=why, field=field)
+        current = read_int(nr)
+        in_use = pages_in_use(pool, global_pool=spec.node is None)
+        value = spec.count
+        reason = ""
+        if spec.count < in_use:
+            value = in_use
+            reason = f"{in_use} pages in use: shrinks only to {in_use}"
+        return change(self.name, target, current=None if current is None else str(current),
+                      desired=str(spec.count), value=str(value), path=nr, field=field,
+                      ok_reason=reason or "already set", change_reason=reason)
+
+    def check_readback(self, change: Change, raw: str | None) -> str | None:
+        asked = int(change.value or 0)
+        try:
+            got = int((raw or "").split()[0])
+        except (ValueError, IndexError):
+            return f"nr_hugepages reads back {raw!r}"
+        size = "1G" if change.target.startswith("hugepages-1048576kB") else "2M"
+        if got < asked:
+            return (f"short allocation: asked for {asked} pages of {size}, the kernel gave {got} (not enough "
+                    f"contiguous free memory; for a pool that must exist, reserve it on the kernel command line: "
+                    f"hugepagesz={size} hugepages={asked})")
+        if got > asked:
+            return f"pool holds {got} pages of {size}, asked for {asked}: pages in use cannot be freed"
+        return None

@@ -1,0 +1,58 @@
+"""The tuner registry: self-registration, order, and a clean base for new tuners (gpu.py builds on it)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+
+from agent.hostfs import HostPaths
+from agent.inspect.models import HostFacts
+from agent.policy.model import Policy
+from agent.tuners import formats, registry
+from agent.tuners.base import Change, Tuner, satisfies
+
+
+def test_builtin_tuners_register_themselves_in_order() -> None:
+    names = [t.name for t in registry.tuners()]
+    for expected in ("sysctl", "hugepages", "thp", "cpu", "blockdev", "bootargs"):
+        assert expected in names
+    assert names.index("sysctl") < names.index("hugepages") < names.index("thp") < names.index("blockdev")
+    assert names[-1] == "bootargs" or names.index("bootargs") > names.index("blockdev")
+
+
+def test_duplicate_name_is_refused() -> None:
+    class Again(Tuner):
+        name: ClassVar[str] = "sysctl"
+
+        def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
+            return []
+
+    with pytest.raises(RuntimeError, match="twice"):
+        registry.register(Again)
+
+
+def test_only_selects_and_unknown_fails() -> None:
+    assert [t.name for t in registry.tuners(["thp", "sysctl"])] == ["sysctl", "thp"]
+    with pytest.raises(KeyError):
+        registry.tuners(["nope"])
+
+
+@pytest.mark.parametrize(("current", "value", "compare", "ok"), [
+    ("60", "60", "eq", True), ("32768\t60999", "32768 60999", "eq", True), ("5", "60", "eq", False),
+    ("2000000", "1048576", "ge", True), ("65530", "1048576", "ge", False),
+    ("10", "20", "le", True), ("30", "20", "le", False), (None, "1", "eq", False), ("abc", "1", "ge", False)])
+def test_satisfies(current: str | None, value: str, compare: str, ok: bool) -> None:
+    assert satisfies(current, value, compare) is ok  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("raw", "value", "rendered"), [
+    ("always [madvise] never\n", "never", "always madvise [never]\n"),
+    ("always defer defer+madvise [madvise] never\n", "defer", "always [defer] defer+madvise madvise never\n"),
+    ("always defer defer+madvise [madvise] never\n", "defer+madvise", "always defer [defer+madvise] madvise never\n"),
+    ("none [mq-deadline] kyber bfq \n", "none", "[none] mq-deadline kyber bfq \n"),
+])
+def test_choice_render_matches_kernel_format(raw: str, value: str, rendered: str) -> None:
+    assert formats.render("choice", raw, value) == rendered
+    assert formats.parse("choice", rendered) == value
+    assert formats.restore_value("choice", raw) == formats.parse("choice", raw)
