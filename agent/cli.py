@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway",
     "daemon",
     "install_unit",
+    "fit",
 )
 
 DESCRIPTION = """\

@@ -138,9 +138,10 @@ def test_crash_loop_goes_failed_and_stops_trying(h: Harness) -> None:
     sup.start()
     assert sup.wait_for({WorkerState.FAILED}, 15)
     st = sup.status()
-    assert "crash loop" in st.reason and "3 crashes" in st.reason
-    assert str(model) in st.reason  # the stderr line naming the file is the reason's core
-    assert "exit status 1" in st.reason
+    reason = st.reason or ""
+    assert "crash loop" in reason and "3 crashes" in reason
+    assert str(model) in reason  # the stderr line naming the file is the reason's core
+    assert "exit status 1" in reason
     assert any(str(model) in ln for ln in st.stderr_tail)
     starts = len(h.starts())
     assert starts == FAST.crashloop_count

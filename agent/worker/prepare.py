@@ -1,0 +1,85 @@
+"""From a policy's worker section and the host facts to something the supervisor can run: resolve the model,
+read its metadata, place the worker, fill the knobs the policy left open from the fit advisor, and build the
+launch command for any (later, changed) spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import InputError
+from agent.hostfs import HostPaths
+from agent.inspect.models import HostFacts
+from agent.policy.model import WorkerSpec
+from agent.worker.binding import BindPreference
+from agent.worker.engines import Engine, Launch, engine_for
+from agent.worker.fit import FitReport, device_memory, plan_fit
+from agent.worker.gguf_meta import GgufInfo, read_gguf
+from agent.worker.models import resolve_model
+from agent.worker.placement import Placement, plan_placement
+
+
+@dataclass
+class PreparedWorker:
+    spec: WorkerSpec
+    engine: Engine
+    facts: HostFacts
+    paths: HostPaths
+    model: Path | None
+    info: GgufInfo | None
+    placement: Placement
+    fit: FitReport | None
+    notes: list[str] = field(default_factory=list)
+
+    def build(self, spec: WorkerSpec) -> Launch:
+        """Launch for `spec`; placement is planned again when the spec's placement-relevant fields changed."""
+        placement = self.placement
+        if (spec.placement, spec.threads, spec.gpu, spec.gpu_layers) != (
+                self.spec.placement, self.spec.threads, self.spec.gpu, self.spec.gpu_layers):
+            placement = plan_placement(self.facts, spec, self.model, paths=self.paths,
+                                       model_bytes=self.info.weight_bytes if self.info else None)
+        return self.engine.launch(spec, self.model, placement)
+
+
+def fit_device(facts: HostFacts, placement: Placement) -> str:
+    """The memory the worker will live in: its GPU, its NUMA node on multi-node hosts, else the host."""
+    if placement.gpu is not None:
+        return f"gpu:{placement.gpu}"
+    if placement.node is not None and placement.membind and len(facts.cpu.numa_nodes) > 1:
+        return f"cpu:{placement.node}"
+    return "cpu"
+
+
+def prepare_worker(spec: WorkerSpec, facts: HostFacts, *, paths: HostPaths | None = None,
+                   headroom_pct: float = 10.0, prefer_binding: BindPreference = "auto") -> PreparedWorker:
+    paths = paths or HostPaths.live()
+    engine = engine_for(spec, prefer_binding)
+    notes: list[str] = []
+    model: Path | None = None
+    if spec.engine != "command" or spec.model != "default":
+        model = resolve_model(spec.model)
+    info: GgufInfo | None = None
+    if model is not None and spec.engine == "llamacpp":
+        try:
+            info = read_gguf(model)
+        except InputError as e:
+            # Not fatal here: the engine is the judge of its own input, and the supervisor reports its verdict.
+            notes.append(f"model metadata unreadable ({e}); knobs not sized")
+    placement = plan_placement(facts, spec, model, paths=paths, model_bytes=info.weight_bytes if info else None)
+    report: FitReport | None = None
+    if info is not None:
+        report = plan_fit(info, device_memory(facts, fit_device(facts, placement)), headroom_pct=headroom_pct,
+                          ctx=spec.ctx, parallel=spec.parallel, cache_type_k=spec.cache_type_k or "f16",
+                          cache_type_v=spec.cache_type_v or "f16")
+        notes += report.notes
+        rec = report.recommended
+        if spec.ctx is None and rec is not None:
+            update: dict[str, int] = {"ctx": rec.ctx_total}
+            if spec.parallel is None:
+                update["parallel"] = rec.parallel
+            spec = spec.model_copy(update=update)
+            notes.append(f"ctx {rec.ctx_total} ({rec.ctx_per_slot} per slot) x parallel {rec.parallel} from the "
+                         f"fit advisor ({report.device.name}: {report.device.free_bytes} bytes free)")
+    return PreparedWorker(spec=spec, engine=engine, facts=facts, paths=paths, model=model, info=info,
+                          placement=placement, fit=report, notes=notes)
