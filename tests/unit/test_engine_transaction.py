@@ -163,7 +163,7 @@ def test_target_vanishing_mid_apply_rolls_back(host: HostPaths, state_dir: Path)
     victim.unlink()
     victim.mkdir()
     try:
-        with StateDir(state_dir).locked() as journal, pytest.raises(HostError, match="thp.defrag"):
+        with StateDir(state_dir).locked() as journal, pytest.raises(HostError, match=r"thp\.defrag"):
             from agent.engine.transaction import apply_plan
             apply_plan(plan, journal, HostWriter(journal))
     finally:

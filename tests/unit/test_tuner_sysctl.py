@@ -51,7 +51,7 @@ def test_malformed_keys_are_input_errors(host: HostPaths, key: str) -> None:
 
 
 def test_missing_key_names_field(host: HostPaths) -> None:
-    with pytest.raises(InputError, match="no sysctl 'vm.nosuch'") as e:
+    with pytest.raises(InputError, match=r"no sysctl 'vm\.nosuch'") as e:
         plan(host, {"vm.nosuch": 1})
     assert e.value.field == "sysctl.vm.nosuch"
 
