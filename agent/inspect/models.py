@@ -133,7 +133,9 @@ class GpuStatus(Model):
     reason: str | None = None
     driver_version: str | None = None
     nvml_version: str | None = None
+    cuda_driver_version: str | None = Field(None, description="CUDA version the driver supports, e.g. 12.8")
     count: int = 0
+    errors: list[str] = Field(default_factory=list, description="GPUs NVML lists but could not read (e.g. lost)")
 
 
 class CpufreqCpu(Model):
