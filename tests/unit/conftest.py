@@ -41,6 +41,11 @@ def build_server(root: Path, *, cpufreq: bool = True, nodes: int = 2) -> None:
                        "fs/file-max": "9223372036854775807\n"}.items():
         _w(proc / "sys" / key, value)
     _w(proc / "sys/kernel/osrelease", "6.18.0\n", 0o444)
+    _w(proc / "meminfo", "MemTotal:       263856128 kB\nMemFree:        250000000 kB\n"
+       "MemAvailable:   255000000 kB\nCached:          1000000 kB\nHugepagesize:       2048 kB\n", 0o444)
+    _w(proc / "cpuinfo", "".join(f"processor\t: {n}\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon\n"
+                                 f"physical id\t: {n // 2}\ncore id\t\t: {n % 2}\nflags\t\t: avx2 avx512f\n\n"
+                                 for n in range(4)), 0o444)
     _w(proc / "cmdline", "BOOT_IMAGE=/vmlinuz root=/dev/nvme0n1p2 ro quiet hugepagesz=1G\n", 0o444)
     for kb in (2048, 1048576):
         pool = sys / f"kernel/mm/hugepages/hugepages-{kb}kB"
