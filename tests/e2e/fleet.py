@@ -290,8 +290,14 @@ def run_playbook(fleet: Fleet, playbook: Path, inventory: Path, home: Path, extr
                  timeout: float = 600) -> PlaybookRun:
     exe = Path(sys.executable).parent / "ansible-playbook"
     argv = fleet.in_controller([str(exe), "-i", str(inventory), str(playbook), *extra_args])
+    started = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=ansible_env(home),
                           cwd=playbook.parent)
+    # Keep every run's output next to the fleet: the first thing to read when a CI run fails.
+    logs = sorted(home.glob("run-*.log"))
+    log = home / f"run-{len(logs) + 1:02d}-{playbook.stem}.log"
+    log.write_text(f"# {shlex.join(argv)}\n# rc={proc.returncode} {time.monotonic() - started:.1f}s\n"
+                   f"{proc.stdout}\n{proc.stderr}")
     return PlaybookRun(proc.returncode, proc.stdout, proc.stderr, parse_recap(proc.stdout))
 
 

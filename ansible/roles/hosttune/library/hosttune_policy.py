@@ -136,6 +136,31 @@ def _stage(policy_dir: str, staged: dict[str, str]) -> str:
     return tmp
 
 
+def _verify(module: AnsibleModule, p: dict[str, Any], common: list[str], plan: Any,
+            writes: list[dict[str, Any]]) -> None:
+    """Healthy = the journal's applied policy is this one, every tunable it applied still holds (`hosttune
+    verify`), and planning this policy again finds nothing to write. Exits the module either way."""
+    rc, doc, out, err = _run_json(module, [p["executable"], "verify", *common])
+    want = plan.get("policy") if isinstance(plan, dict) else None
+    applied = doc.get("policy") if isinstance(doc, dict) else None
+    drift = _drift(doc)
+    problems = []
+    if rc not in (0, 1) or doc is None:
+        problems.append(f"hosttune verify failed (exit {rc}): {err.strip()}")
+    if rc == 1 or drift:
+        problems.append("drift: " + ", ".join(f"{_label(d)} is {d.get('current')} (want {d.get('expected')})"
+                                              for d in drift) if drift else "drift or an interrupted transaction")
+    if want and applied != want:
+        problems.append(f"applied policy is {applied!r}, not {want!r}")
+    if writes:
+        problems.append("drift: plan still wants " + ", ".join(
+            f"{_label(c)} {_pick(c, 'current')} -> {_pick(c, 'desired', 'value')}" for c in writes))
+    if problems:
+        module.fail_json(msg=f"{p['policy']} does not hold: " + "; ".join(problems), rc=rc, verify=doc,
+                         drift=drift, changes=writes, reboot_required=False)
+    module.exit_json(changed=False, verify=doc, drift=[], changes=[], reboot_required=False)
+
+
 def _run_json(module: AnsibleModule, argv: list[str]) -> tuple[int, Any, str, str]:
     rc, out, err = module.run_command(argv, check_rc=False)
     try:
@@ -169,20 +194,13 @@ def main() -> None:
         policy_path = os.path.join(policy_dir, f"{p['policy']}.yaml")
         common = ["--state-dir", p["state_dir"], "--json"]
 
-        if p["state"] == "verified":
-            rc, doc, out, err = _run_json(module, [p["executable"], "verify", policy_path, *common])
-            drift = _drift(doc)
-            if rc == 0:
-                module.exit_json(changed=False, changes=[], drift=[], reboot_required=False, result=doc)
-            msg = "host drifted from policy" if rc == 1 else f"hosttune verify failed (exit {rc})"
-            module.fail_json(msg=f"{msg} {p['policy']}: {err.strip()}".strip(), rc=rc, drift=drift, result=doc,
-                             stdout=out, stderr=err, changes=[], reboot_required=False)
-
         rc, doc, out, err = _run_json(module, [p["executable"], "plan", policy_path, *common])
         if rc != 0:
             module.fail_json(msg=f"hosttune plan {p['policy']} failed (exit {rc}): {err.strip()}", rc=rc,
                              stdout=out, stderr=err)
         writes, reboot = _pending(_changes(doc))
+        if p["state"] == "verified":
+            _verify(module, p, common, doc, writes)
         result: dict[str, Any] = {"changes": writes, "reboot": reboot, "reboot_required": bool(reboot), "plan": doc}
         if module._diff and writes:
             result["diff"] = _diff(p["policy"], writes)
