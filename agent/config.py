@@ -73,6 +73,9 @@ class GatewaySettings(Section):
     allow_remote: bool = False
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    limit: int = Field(4, ge=1, le=4096, description="requests in flight to the worker (the controller moves it)")
+    max_queue: int = Field(128, ge=0, le=100000, description="requests waiting for admission; more get 503")
+    queue_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for admission or a restarting worker")
 
     @field_validator("host")
     @classmethod
@@ -85,6 +88,7 @@ class GatewaySettings(Section):
 class WorkerSettings(Section):
     enabled: bool = Field(True, description="start the policy's worker section (if it has one)")
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="SIGTERM, then SIGKILL after this long")
+    ready_timeout_s: float = Field(300.0, gt=0, le=3600, description="longest model load before READY gives up")
 
 
 class DaemonSettings(BaseSettings):

@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -33,6 +32,7 @@ from agent.api.auth import ensure_token
 from agent.api.errors import Unavailable
 from agent.config import DaemonSettings, load_settings
 from agent.daemon.http import ServerThread, bind_tcp, bind_unix
+from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
 from agent.errors import HostTuneError
 from agent.sdnotify import Notifier, watchdog_interval_s
@@ -61,7 +61,8 @@ class Daemon:
         self.services = Services(settings)
         self.scheduler: BackgroundScheduler | None = None
         self.api: ServerThread | None = None
-        self._wake = threading.Event()
+        self.mainloop = MainLoop()
+        self.services.run_mutation = self.mainloop.call
         self._stop_requested: str | None = None
         self._reload_requested = False
         self._ready_at: float | None = None
@@ -73,13 +74,14 @@ class Daemon:
 
     # -- signals --------------------------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags here: the wakeup fd (mainloop) wakes the loop; taking a lock in a handler can deadlock.
         if signum == signal.SIGHUP:
             self._reload_requested = True
         else:
             self._stop_requested = signal.Signals(signum).name
-        self._wake.set()
 
     def install_signals(self) -> None:
+        self.mainloop.install_wakeup()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
 
@@ -179,8 +181,7 @@ class Daemon:
             timeout = min(interval or IDLE_WAKE_S, IDLE_WAKE_S)
             if hang_after and self._ready_at is not None:
                 timeout = max(0.05, min(timeout, self._ready_at + hang_after - time.monotonic()))
-            self._wake.wait(timeout)
-            self._wake.clear()
+            self.mainloop.run_once(timeout)
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
@@ -239,6 +240,7 @@ class Daemon:
         log.info("stopping (%s)", why)
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        self.mainloop.close()  # requests still waiting for a host mutation get an error, not a hang
         if self.api is not None:
             self.api.stop()
         self.services.stop_gateway()

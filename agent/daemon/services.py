@@ -11,12 +11,14 @@ answers 503 `unavailable` for what is missing, with the reason.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,8 @@ def _dump(obj: Any) -> Any:
     """JSON-able form of pydantic models, dataclasses, lists of them."""
     if hasattr(obj, "model_dump"):
         return obj.model_dump(mode="json")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _dump(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, list | tuple):
         return [_dump(o) for o in obj]
     if isinstance(obj, dict):
@@ -68,9 +72,12 @@ class Services:
         self.applied_ref: str | None = None
         self.worker_supervisor: Any = None
         self.gateway: Any = None
+        self.gateway_obj: Any = None
         self.telemetry_store: Any = None
         self.controller_obj: Any = None
         self._nvml: Any = None
+        # How host mutations run: inline here; the daemon hands them to its main-thread loop (see mainloop.py).
+        self.run_mutation: Callable[[Callable[[], Any]], Any] = lambda fn: fn()
 
     # -- bookkeeping --------------------------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
@@ -133,10 +140,13 @@ class Services:
         try:
             return self.load_policy_ref(path)
         except InputError as e:
-            # Name the request body rather than our internal copy; keep the line and field.
-            if e.path == str(path):
-                e.path = "request body (yaml)" if request.yaml is not None else "request body (policy)"
-            raise
+            raise self._public(e) from None
+
+    def _public(self, e: InputError) -> InputError:
+        """Name the request body rather than our internal copy of it; keep the line and field."""
+        if e.path and Path(e.path).parent == self.state_dir / SUBMITTED_DIR:
+            e.path = "request body"
+        return e
 
     # -- tuning ---------------------------------------------------------------------------------------------------
     def _engine(self) -> Any:
@@ -146,14 +156,13 @@ class Services:
         state_mod = _import("agent.engine.state", "the tuning engine")
         return state_mod.StateDir(self.state_dir)
 
-    @staticmethod
-    def _located(loaded: Any, e: InputError) -> InputError:
+    def _located(self, loaded: Any, e: InputError) -> InputError:
         """A tuner's plan-time InputError names a policy field; add the policy file:line, as the CLI does."""
         if e.path is None and e.field and hasattr(loaded, "where"):
             where = loaded.where(e.field)
             if where is not None:
                 e.path, e.line = str(where[0]), where[1]
-        return e
+        return self._public(e)
 
     @staticmethod
     def _conflict(e: HostError) -> HostError:
@@ -180,10 +189,12 @@ class Services:
 
     def apply_loaded(self, loaded: Any) -> dict[str, Any]:
         """Apply as one transaction; tunables an earlier policy set and this one drops are restored (the diff)."""
+        facts = self.host_facts()
+        engine, state = self._engine(), self._state()
         with self.lock:
             try:
-                result = self._engine().apply_policy(loaded.policy, self.paths, self._state(),
-                                                     facts=self.host_facts(), source=str(loaded.source))
+                result = self.run_mutation(lambda: engine.apply_policy(loaded.policy, self.paths, state, facts=facts,
+                                                                       source=str(loaded.source)))
             except InputError as e:
                 raise self._located(loaded, e) from None
             except HostError as e:
@@ -195,9 +206,10 @@ class Services:
         return out
 
     def revert(self) -> dict[str, Any]:
+        engine, state = self._engine(), self._state()
         with self.lock:
             try:
-                result = self._engine().revert(self._state())
+                result = self.run_mutation(lambda: engine.revert(state))
             except HostError as e:
                 raise self._conflict(e) from None
         out: dict[str, Any] = _dump(result)
@@ -209,8 +221,9 @@ class Services:
         return out
 
     def rollback_interrupted(self) -> str | None:
+        engine, state = self._engine(), self._state()
         with self.lock:
-            note: str | None = self._engine().recover_only(self._state())
+            note: str | None = self.run_mutation(lambda: engine.recover_only(state))
         if note:
             self.event("rollback", note=note)
         return note
@@ -278,7 +291,27 @@ class Services:
 
     # -- worker, gateway, telemetry, controller ----------------------------------------------------------------
     def start_worker(self, loaded: Any) -> None:
-        raise Unavailable("the worker supervisor is not wired yet")
+        """Place and start the policy's worker under the supervisor; wait until it answers (ready_timeout_s)."""
+        spec = loaded.policy.worker
+        prepare = _import("agent.worker.prepare", "the worker")
+        supervisor_mod = _import("agent.worker.supervisor", "the worker supervisor")
+        ws = self.settings.worker
+        headroom = loaded.policy.slo.memory_headroom_pct if loaded.policy.slo is not None else 10.0
+        try:
+            prepared = prepare.prepare_worker(spec, self.host_facts(), paths=self.paths, headroom_pct=headroom)
+            prepared.build(prepared.spec)  # argv errors surface now, with the policy's file:line
+        except InputError as e:
+            raise self._located(loaded, e) from None
+        policy = supervisor_mod.RestartPolicy(ready_timeout_s=ws.ready_timeout_s, stop_timeout_s=ws.stop_timeout_s)
+        sup = supervisor_mod.Supervisor(prepared.spec, prepared.build, state_dir=self.state_dir, policy=policy,
+                                        paths=self.paths)
+        self.worker_supervisor = sup
+        sup.start()
+        self.event("worker_start", engine=spec.engine, placement=getattr(prepared.placement, "node", None))
+        if not sup.wait_for({"ready", "failed"}, timeout=ws.ready_timeout_s + 5) or sup.state != "ready":
+            status = sup.status()
+            raise HostError(f"the worker did not become ready: state {status.state}, "
+                            f"{status.last_exit_reason or status.reason or 'no reason given'}")
 
     def _respawn_worker(self, loaded: Any) -> str:
         spec = getattr(loaded.policy, "worker", None)
@@ -288,26 +321,46 @@ class Services:
         if self.worker_supervisor is None:
             self.start_worker(loaded)
             return "worker started"
-        self.worker_supervisor.restart(spec)
+        self.worker_supervisor.restart(spec, reason="reload: worker spec changed")
         self.event("worker_restart", reason="reload: worker spec changed")
         return "worker restarted (spec changed)"
 
     def stop_worker(self) -> None:
         if self.worker_supervisor is not None:
-            self.worker_supervisor.stop(timeout_s=self.settings.worker.stop_timeout_s)
-            self.event("worker_stop")
+            status = self.worker_supervisor.stop()
+            self.event("worker_stop", state=str(status.state), last_exit=status.last_exit)
             self.worker_supervisor = None
 
     def start_gateway(self) -> None:
-        raise Unavailable("the gateway is not wired yet")
+        """The OpenAI-compatible gateway in front of the supervised worker, with its own uvicorn thread."""
+        gw_app = _import("agent.gateway.app", "the gateway")
+        gw_settings = _import("agent.gateway.settings", "the gateway")
+        gw_server = _import("agent.gateway.server", "the gateway")
+        g = self.settings.gateway
+        settings = gw_settings.GatewaySettings(limit=g.limit, max_queue=g.max_queue, queue_timeout_s=g.queue_timeout_s)
+        gateway = gw_app.Gateway(SupervisedEndpoint(self), settings)
+        server = gw_server.GatewayServer(gateway.app(), host=g.host, port=g.port, allow_remote=g.allow_remote)
+        server.start()
+        self.gateway_obj = gateway
+        self.gateway = server
+        self.event("gateway_start", url=server.url)
 
     def stop_gateway(self) -> None:
         if self.gateway is not None:
             self.gateway.stop()
             self.gateway = None
+            self.gateway_obj = None
 
     def register_jobs(self, scheduler: Any) -> None:
-        """Telemetry (and, once it exists, the controller) as scheduler jobs."""
+        """Telemetry at telemetry_interval_s: host always, the worker's metrics and the gateway's latencies when
+        they run. (The controller's job joins here when it exists.)"""
+        collector = _import("agent.telemetry.collector", "telemetry")
+        worker_mod = _import("agent.telemetry.worker", "telemetry")
+        stats = self.gateway_obj.stats if self.gateway_obj is not None else None
+        telemetry = collector.build_telemetry(gateway=stats, gpu=self.nvml() is not None)
+        telemetry.worker = worker_mod.WorkerSampler(SupervisedEndpoint(self))
+        telemetry.register_jobs(scheduler, interval_s=self.settings.telemetry_interval_s)
+        self.telemetry_store = telemetry
 
     def worker(self) -> dict[str, Any]:
         if self.worker_supervisor is None:
@@ -324,7 +377,8 @@ class Services:
     def telemetry(self, seconds: float) -> dict[str, Any]:
         if self.telemetry_store is None:
             raise Unavailable("telemetry is not running in this daemon")
-        return _dump(self.telemetry_store.recent(seconds))
+        samples = self.telemetry_store.recent(seconds)
+        return {"interval_s": self.settings.telemetry_interval_s, "count": len(samples), "samples": _dump(samples)}
 
     def controller(self) -> dict[str, Any]:
         if self.controller_obj is None:
@@ -341,3 +395,27 @@ class Services:
         worker_state = self.worker().get("state") if self.worker_supervisor is not None else "disabled"
         return {"status": "ok", "uptime_s": round(time.time() - self.started_at, 1), "worker": worker_state,
                 "policy": self.applied_ref}
+
+
+class SupervisedEndpoint:
+    """The gateway's and telemetry's view of the worker (agent.gateway.upstream.WorkerEndpoint): whatever
+    supervisor the services hold right now, so a reload that replaces the worker needs no re-wiring."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def base_url(self) -> str | None:
+        sup = self.services.worker_supervisor
+        return sup.base_url if sup is not None else None
+
+    def pid(self) -> int | None:
+        sup = self.services.worker_supervisor
+        return sup.pid if sup is not None else None
+
+    def is_ready(self) -> bool:
+        sup = self.services.worker_supervisor
+        return sup is not None and sup.state == "ready"
+
+    def report_failure(self) -> None:
+        # The supervisor's own liveness probe decides about restarts; one failed request is not evidence enough.
+        log.debug("gateway reported a failed request to the worker")
