@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "daemon",
     "install_unit",
     "fit",
+    "worker",
 )
 
 DESCRIPTION = """\

@@ -153,6 +153,8 @@ class Supervisor:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop_requested = False
+            if self._status.state == WorkerState.FAILED:  # a new start re-arms a failed worker
+                self._restart_request = (self._spec, "start after failure")
             self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
             self._thread.start()
 
@@ -201,14 +203,15 @@ class Supervisor:
             st.state, st.since, st.reason = state, now, reason
             st.recent_crashes = len(self._crash_times)
             st.stderr_tail = list(self._stderr_tail)[-15:]
+            snapshot = st.model_copy(deep=True)
+            # Written before anyone is woken: whoever sees the new state in memory finds it on disk too.
+            self._write_state(snapshot)
             if state == WorkerState.READY:
                 self.ready.set()
             else:
                 self.ready.clear()
-            snapshot = st.model_copy(deep=True)
             self._cond.notify_all()
         self._event("state", state=state.value, reason=reason, pid=snapshot.pid)
-        self._write_state(snapshot)
         for cb in list(self._listeners):
             try:
                 cb(snapshot)
@@ -234,7 +237,8 @@ class Supervisor:
             self._set_state(WorkerState.FAILED, f"supervisor error: {e}", pid=None)
             return
         self._kill_current("stop requested")
-        self._set_state(WorkerState.STOPPED, "stop requested", pid=None, next_start_in_s=None)
+        if self._status.state != WorkerState.FAILED:  # failed stays failed: its reason is what the user needs
+            self._set_state(WorkerState.STOPPED, "stop requested", pid=None, next_start_in_s=None)
 
     def _take_restart(self) -> tuple[WorkerSpec, str] | None:
         with self._cond:
