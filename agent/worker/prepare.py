@@ -22,7 +22,7 @@ from agent.worker.placement import Placement, plan_placement
 
 @dataclass
 class PreparedWorker:
-    spec: WorkerSpec
+    spec: WorkerSpec  # as the policy gave it, with ctx/parallel filled by the fit advisor when left open
     engine: Engine
     facts: HostFacts
     paths: HostPaths
@@ -30,16 +30,23 @@ class PreparedWorker:
     info: GgufInfo | None
     placement: Placement
     fit: FitReport | None
+    headroom_pct: float = 10.0
     notes: list[str] = field(default_factory=list)
 
     def build(self, spec: WorkerSpec) -> Launch:
-        """Launch for `spec`; placement is planned again when the spec's placement-relevant fields changed."""
+        """Launch for `spec` (the supervisor calls this for every start, and after restart(new_spec)). A changed
+        model is resolved again, a changed placement re-planned, and open knobs sized like the first time."""
+        model, info = self.model, self.info
+        if spec.model != self.spec.model or spec.engine != self.spec.engine:
+            model, info, _ = _model(spec)
         placement = self.placement
-        if (spec.placement, spec.threads, spec.gpu, spec.gpu_layers) != (
-                self.spec.placement, self.spec.threads, self.spec.gpu, self.spec.gpu_layers):
-            placement = plan_placement(self.facts, spec, self.model, paths=self.paths,
-                                       model_bytes=self.info.weight_bytes if self.info else None)
-        return self.engine.launch(spec, self.model, placement)
+        if (model, spec.placement, spec.threads, spec.gpu, spec.gpu_layers) != (
+                self.model, self.spec.placement, self.spec.threads, self.spec.gpu, self.spec.gpu_layers):
+            placement = plan_placement(self.facts, spec, model, paths=self.paths,
+                                       model_bytes=info.weight_bytes if info else None)
+        if info is not None:
+            spec, _, _ = _size(spec, info, self.facts, placement, self.headroom_pct)
+        return self.engine.launch(spec, model, placement)
 
 
 def fit_device(facts: HostFacts, placement: Placement) -> str:
@@ -51,35 +58,45 @@ def fit_device(facts: HostFacts, placement: Placement) -> str:
     return "cpu"
 
 
+def _model(spec: WorkerSpec) -> tuple[Path | None, GgufInfo | None, list[str]]:
+    if spec.engine == "command" and spec.model == "default":
+        return None, None, []
+    model = resolve_model(spec.model)
+    if spec.engine != "llamacpp":
+        return model, None, []
+    try:
+        return model, read_gguf(model), []
+    except InputError as e:
+        # Not fatal here: the engine is the judge of its own input, and the supervisor reports its verdict.
+        return model, None, [f"model metadata unreadable ({e}); knobs not sized"]
+
+
+def _size(spec: WorkerSpec, info: GgufInfo, facts: HostFacts, placement: Placement,
+          headroom_pct: float) -> tuple[WorkerSpec, FitReport, list[str]]:
+    report = plan_fit(info, device_memory(facts, fit_device(facts, placement)), headroom_pct=headroom_pct,
+                      ctx=spec.ctx, parallel=spec.parallel, cache_type_k=spec.cache_type_k or "f16",
+                      cache_type_v=spec.cache_type_v or "f16")
+    notes = list(report.notes)
+    rec = report.recommended
+    if spec.ctx is None and rec is not None:
+        update: dict[str, int] = {"ctx": rec.ctx_total}
+        if spec.parallel is None:
+            update["parallel"] = rec.parallel
+        spec = spec.model_copy(update=update)
+        notes.append(f"ctx {rec.ctx_total} ({rec.ctx_per_slot} per slot) x parallel {rec.parallel} from the fit "
+                     f"advisor ({report.device.name}: {report.device.free_bytes} bytes free)")
+    return spec, report, notes
+
+
 def prepare_worker(spec: WorkerSpec, facts: HostFacts, *, paths: HostPaths | None = None,
                    headroom_pct: float = 10.0, prefer_binding: BindPreference = "auto") -> PreparedWorker:
     paths = paths or HostPaths.live()
     engine = engine_for(spec, prefer_binding)
-    notes: list[str] = []
-    model: Path | None = None
-    if spec.engine != "command" or spec.model != "default":
-        model = resolve_model(spec.model)
-    info: GgufInfo | None = None
-    if model is not None and spec.engine == "llamacpp":
-        try:
-            info = read_gguf(model)
-        except InputError as e:
-            # Not fatal here: the engine is the judge of its own input, and the supervisor reports its verdict.
-            notes.append(f"model metadata unreadable ({e}); knobs not sized")
+    model, info, notes = _model(spec)
     placement = plan_placement(facts, spec, model, paths=paths, model_bytes=info.weight_bytes if info else None)
     report: FitReport | None = None
     if info is not None:
-        report = plan_fit(info, device_memory(facts, fit_device(facts, placement)), headroom_pct=headroom_pct,
-                          ctx=spec.ctx, parallel=spec.parallel, cache_type_k=spec.cache_type_k or "f16",
-                          cache_type_v=spec.cache_type_v or "f16")
-        notes += report.notes
-        rec = report.recommended
-        if spec.ctx is None and rec is not None:
-            update: dict[str, int] = {"ctx": rec.ctx_total}
-            if spec.parallel is None:
-                update["parallel"] = rec.parallel
-            spec = spec.model_copy(update=update)
-            notes.append(f"ctx {rec.ctx_total} ({rec.ctx_per_slot} per slot) x parallel {rec.parallel} from the "
-                         f"fit advisor ({report.device.name}: {report.device.free_bytes} bytes free)")
+        spec, report, fit_notes = _size(spec, info, facts, placement, headroom_pct)
+        notes += fit_notes
     return PreparedWorker(spec=spec, engine=engine, facts=facts, paths=paths, model=model, info=info,
-                          placement=placement, fit=report, notes=notes)
+                          placement=placement, fit=report, headroom_pct=headroom_pct, notes=notes)

@@ -1,0 +1,88 @@
+"""Preparing a worker from a policy section: model resolution, placement, knobs sized by the fit advisor, and
+rebuilding the launch for a changed spec (what restart(new_spec) and a daemon reload do)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+from worker_facts import GiB, one_node_vm, two_socket_server
+
+from agent.policy.model import WorkerPlacement, WorkerSpec
+from agent.worker.prepare import prepare_worker
+
+
+@pytest.fixture(autouse=True)
+def fake_llama_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    exe = tmp_path / "bin" / "llama-server"
+    exe.parent.mkdir()
+    exe.write_text("#!/bin/sh\nexit 0\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("HOSTTUNE_LLAMA_SERVER", str(exe))
+    return exe
+
+
+def gguf_file(path: Path, n_layer: int = 2, ctx: int = 4096) -> Path:
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(n_layer)
+    w.add_embedding_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(1)
+    w.add_context_length(ctx)
+    w.add_vocab_size(500)
+    w.add_tensor("token_embd.weight", np.zeros((500, 128), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def arg(argv: list[str], flag: str) -> str:
+    """A llama-server flag's value, looking past the binding prefix (which ends with the last `--`)."""
+    server = argv[len(argv) - argv[::-1].index("--"):] if "--" in argv else argv
+    return server[server.index(flag) + 1]
+
+
+def test_open_knobs_are_sized_and_set_ones_kept(tmp_path: Path) -> None:
+    model = gguf_file(tmp_path / "m.gguf")
+    prepared = prepare_worker(WorkerSpec(model=str(model)), one_node_vm(free=8 * GiB))
+    assert prepared.fit is not None and prepared.info is not None
+    rec = prepared.fit.recommended
+    assert rec is not None and (prepared.spec.ctx, prepared.spec.parallel) == (rec.ctx_total, rec.parallel)
+    assert prepared.spec.ctx == 4 * 4096  # 4 slots of the model's whole training context fit easily
+    launch = prepared.build(prepared.spec)
+    assert arg(launch.argv, "-c") == "16384" and arg(launch.argv, "-np") == "4" and arg(launch.argv, "-t") == "2"
+    kept = prepare_worker(WorkerSpec(model=str(model), ctx=1024, parallel=2), one_node_vm())
+    assert (kept.spec.ctx, kept.spec.parallel) == (1024, 2)
+    only_parallel = prepare_worker(WorkerSpec(model=str(model), parallel=8), one_node_vm(free=8 * GiB))
+    assert (only_parallel.spec.ctx, only_parallel.spec.parallel) == (8 * 4096, 8)
+
+
+def test_build_follows_a_new_model_and_placement(tmp_path: Path) -> None:
+    first = gguf_file(tmp_path / "a.gguf")
+    second = gguf_file(tmp_path / "b.gguf", ctx=1024)
+    prepared = prepare_worker(WorkerSpec(model=str(first), gpu_layers=0), two_socket_server())
+    assert prepared.placement.node == 0  # most free memory (no disk known for tmp files here)
+    changed = WorkerSpec(model=str(second), gpu_layers=0, placement=WorkerPlacement(numa_node=1))
+    launch = prepared.build(changed)
+    assert arg(launch.argv, "-m") == str(second)
+    assert launch.placement is not None and launch.placement.node == 1 and launch.placement.cpus[0] == 4
+    assert arg(launch.argv, "-c") == str(4 * 1024)  # sized again against the new model's context
+
+
+def test_unreadable_model_is_left_to_the_engine(tmp_path: Path) -> None:
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"garbage")
+    prepared = prepare_worker(WorkerSpec(model=str(bad)), one_node_vm())
+    assert prepared.info is None and prepared.fit is None and prepared.spec.ctx is None
+    assert any(str(bad) in n for n in prepared.notes)
+    assert arg(prepared.build(prepared.spec).argv, "-m") == str(bad)
+
+
+def test_command_engine_needs_no_model() -> None:
+    prepared = prepare_worker(WorkerSpec(engine="command", argv=["/bin/true"]), two_socket_server())
+    assert prepared.model is None and prepared.fit is None
+    assert prepared.build(prepared.spec).argv[-1] == "/bin/true"
