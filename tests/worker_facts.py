@@ -1,8 +1,13 @@
-"""HostFacts built in code for worker tests: small, explicit hosts whose numbers the tests can reason about."""
+"""HostFacts built in code for worker tests (small, explicit hosts whose numbers the tests can reason about),
+and GGUF files written with gguf's own GGUFWriter."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter
 
 from agent.inspect.models import (
     BlockDevice,
@@ -53,3 +58,25 @@ def two_socket_server(node0_free: int = 200 * GiB, node1_free: int = 180 * GiB) 
 
 def one_node_vm(free: int = 20 * GiB) -> HostFacts:
     return facts([([0, 1], free)], [[0], [1]], disks=[("vda", None)], mem_available=free)
+
+
+def write_gguf(path: Path, *, n_layer: int = 4, n_embd: int = 256, n_head: int = 8, n_head_kv: int = 2,
+               key_length: int | None = 64, value_length: int | None = 48, ctx: int = 4096) -> Path:
+    w = GGUFWriter(str(path), "qwen2")
+    w.add_block_count(n_layer)
+    w.add_embedding_length(n_embd)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_context_length(ctx)
+    w.add_vocab_size(1000)
+    if key_length is not None:
+        w.add_key_length(key_length)
+    if value_length is not None:
+        w.add_value_length(value_length)
+    w.add_tensor("token_embd.weight", np.zeros((1000, n_embd), dtype=np.float16))
+    w.add_tensor("output.weight", np.zeros((1000, n_embd), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

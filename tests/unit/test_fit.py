@@ -11,10 +11,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFWriter
-from worker_facts import GiB, one_node_vm, two_socket_server
+from gguf import GGUFReader
+from worker_facts import GiB, one_node_vm, two_socket_server, write_gguf
 
 from agent.errors import InputError
 from agent.worker.fit import device_memory, kv_bytes_per_token, plan_fit
@@ -64,28 +63,6 @@ def test_bundled_model_kv_per_token_matches_layer_and_head_metadata() -> None:
         assert kv_bytes_per_token(info, cache_type, cache_type) == expected, cache_type
     # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims -> 23040 bytes per token in f16
     assert kv_bytes_per_token(info) == 2 * 30 * 3 * 64 * 2
-
-
-def write_gguf(path: Path, *, n_layer: int = 4, n_embd: int = 256, n_head: int = 8, n_head_kv: int = 2,
-               key_length: int | None = 64, value_length: int | None = 48, ctx: int = 4096) -> Path:
-    w = GGUFWriter(str(path), "qwen2")
-    w.add_block_count(n_layer)
-    w.add_embedding_length(n_embd)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_head_kv)
-    w.add_context_length(ctx)
-    w.add_vocab_size(1000)
-    if key_length is not None:
-        w.add_key_length(key_length)
-    if value_length is not None:
-        w.add_value_length(value_length)
-    w.add_tensor("token_embd.weight", np.zeros((1000, n_embd), dtype=np.float16))
-    w.add_tensor("output.weight", np.zeros((1000, n_embd), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def test_key_and_value_lengths_and_gqa(tmp_path: Path) -> None:
