@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,14 @@ def test_bindexec_reports_an_impossible_binding() -> None:
     out = subprocess.run([sys.executable, "-m", "agent.worker.bindexec", "--", "/nonexistent/server"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 127 and "/nonexistent/server" in out.stderr
+
+
+@pytest.mark.skipif(shutil.which("numactl") is None, reason="numactl not installed (scripts/install-system-deps.sh)")
+def test_numactl_binding_really_binds_under_the_death_signal_shim() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    b = plan_binding(placement([cpus[0]], 0), parent_death_signal=15)
+    assert b.mechanism == "numactl"
+    status = run_bound(b.prefix, "/bin/cat", "/proc/self/status")
+    assert re.search(rf"^Cpus_allowed_list:\s*{cpus[0]}$", status, re.M)
+    numa_maps = run_bound(b.prefix, "/bin/cat", "/proc/self/numa_maps")
+    assert numa_maps and all(" bind:0" in ln for ln in numa_maps.splitlines())
