@@ -19,6 +19,7 @@ lookup, for a whole process (scripts/gpu-check.sh uses it to prove nothing mutat
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -218,17 +219,59 @@ class Nvml:
         self.close()
 
 
+ENV_SIM = "HOSTTUNE_NVML_SIM"
+ENV_DRY_RUN = "HOSTTUNE_NVML_DRY_RUN"
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def open_nvml(sim: Path | str | None = None, *, dry_run: bool = False) -> Nvml:
     """An Nvml session on the real library, or on the C-level simulator described by the JSON file `sim`.
 
-    Installing the simulator replaces the binding's library for this whole process (pynvml is process-global).
+    Without `sim`, HOSTTUNE_NVML_SIM names the description (the same variable --nvml-sim defaults to), so every
+    part of one process (inspection, the GPU tuner, telemetry) sees the same GPUs. HOSTTUNE_NVML_DRY_RUN=1 makes
+    every session read-only whatever the caller asked. Installing the simulator replaces the binding's library
+    for this whole process (pynvml is process-global); a simulator already installed from the same file is kept,
+    so its in-memory state survives a second open.
     """
+    dry_run = dry_run or _env_flag(ENV_DRY_RUN)
+    if sim is None and os.environ.get(ENV_SIM):
+        sim = os.environ[ENV_SIM]
     if sim is not None:
-        from agent.nvml_sim import install
+        from agent.nvml_sim import install, installed
 
-        install(Path(sim))
+        current = installed()
+        path = Path(sim)
+        if current is None or current.source is None or current.source.resolve() != path.resolve():
+            install(path)
         return Nvml(dry_run=dry_run, simulated=True)
     return Nvml(dry_run=dry_run)
+
+
+_session: Nvml | None = None
+_session_lock = threading.Lock()
+
+
+def session() -> Nvml:
+    """The process-wide NVML session that tuners and samplers share (opened with open_nvml() on first use).
+
+    Tuners are created by the registry without arguments, so they find NVML here; the CLI, the daemon and tests
+    choose which NVML it is with use_session().
+    """
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = open_nvml()
+        return _session
+
+
+def use_session(nvml: Nvml | None) -> None:
+    """Make `nvml` the process-wide session (None: forget it; the next session() opens a fresh one)."""
+    global _session
+    with _session_lock:
+        _session = nvml
 
 
 class MutationGuard:
