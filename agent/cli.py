@@ -18,6 +18,7 @@ from agent.errors import HostTuneError
 # Modules under agent.commands, each with register(subparsers, common) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway",
+    "bench",
     "daemon",
     "install_unit",
     "fit",

@@ -1,0 +1,89 @@
+"""One benchmark request, measured as the client sees it (chunk accounting shared with the gateway: sse.py)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from agent.bench.corpus import BenchRequest
+from agent.gateway.sse import StreamTally
+
+API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "llamacpp": "/completion"}
+
+
+@dataclass
+class RequestResult:
+    kind: str
+    start: float                     # seconds since the level started
+    end: float
+    ok: bool
+    status: int | None = None
+    error: str | None = None         # http_503, http_4xx, http_5xx, transport, timeout, stream_error
+    retry_after: str | None = None
+    ttft_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    tokens_in: int | None = None
+    tokens_out: int = 0
+
+    @property
+    def e2e_s(self) -> float:
+        return self.end - self.start
+
+
+def build_body(api: str, req: BenchRequest, model: str | None, ignore_eos: bool) -> dict[str, Any]:
+    body: dict[str, Any]
+    if api == "chat":
+        messages = ([{"role": "system", "content": req.system}] if req.system else []) + [
+            {"role": "user", "content": req.prompt}]
+        body = {"messages": messages, "max_tokens": req.max_tokens, "stream": True,
+                "stream_options": {"include_usage": True}}
+    elif api == "completions":
+        body = {"prompt": f"{req.system or ''}\n\n{req.prompt}\n\n", "max_tokens": req.max_tokens, "stream": True}
+    elif api == "llamacpp":
+        body = {"prompt": f"{req.system or ''}\n\n{req.prompt}\n\n", "n_predict": req.max_tokens, "stream": True}
+    else:
+        raise ValueError(f"unknown api {api!r}")
+    if model:
+        body["model"] = model
+    if ignore_eos:
+        body["ignore_eos"] = True
+    return body
+
+
+async def send(client: httpx.AsyncClient, url: str, api: str, req: BenchRequest, origin: float,
+               model: str | None = None, ignore_eos: bool = False) -> RequestResult:
+    """POST one streaming request; never raises for HTTP or transport failures (they are results)."""
+    body = build_body(api, req, model, ignore_eos)
+    t0 = time.monotonic()
+    tally = StreamTally(started=t0, stream=True)
+    status = None
+    try:
+        async with client.stream("POST", url + API_PATHS[api], json=body) as r:
+            status = r.status_code
+            if status != 200:
+                await r.aread()
+                kind = "http_503" if status == 503 else ("http_4xx" if status < 500 else "http_5xx")
+                return RequestResult(req.kind, t0 - origin, time.monotonic() - origin, False, status, kind,
+                                     retry_after=r.headers.get("retry-after"))
+            async for chunk in r.aiter_raw():
+                tally.feed(chunk, time.monotonic())
+    except httpx.TimeoutException:
+        return _partial(req, tally, origin, t0, status, "timeout")
+    except httpx.HTTPError:
+        return _partial(req, tally, origin, t0, status, "transport")
+    end = time.monotonic()
+    if tally.error:
+        return _partial(req, tally, origin, t0, status, "stream_error", end)
+    return RequestResult(req.kind, t0 - origin, end - origin, True, status,
+                         ttft_s=None if tally.first_content_at is None else tally.first_content_at - t0,
+                         itl_s=tally.itl_s, tokens_in=tally.tokens_in, tokens_out=tally.tokens_out or 0)
+
+
+def _partial(req: BenchRequest, tally: StreamTally, origin: float, t0: float, status: int | None, kind: str,
+             end: float | None = None) -> RequestResult:
+    end = time.monotonic() if end is None else end
+    return RequestResult(req.kind, t0 - origin, end - origin, False, status, kind,
+                         tokens_out=tally.tokens_out or 0)

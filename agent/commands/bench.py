@@ -1,0 +1,184 @@
+"""`hosttune bench`: load-generate against the gateway or any OpenAI-compatible URL and report what users feel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent.errors import InputError
+
+HELP = """\
+Send a realistic request mix (short chat, long-prompt summarisation, long generation; built-in texts) to an
+OpenAI-compatible server and report output tokens/s, requests/s, time to first token and inter-token latency
+(p50/p95/p99) and errors, per load level.
+
+Load levels: closed loop (--concurrency 1,2,4: that many clients, each sending its next request when the last
+finished) and/or open loop (--rate 0.5,1,2: Poisson arrivals per second, regardless of how fast the server
+is). Each level ends after --duration seconds or --requests requests, whichever comes first; requests in flight
+then are awaited. A progress line goes to stderr.
+
+--sweep runs the grid over engine knobs that need a restart (one private llama-server per point, on the bundled
+or --model-file model) and reports the best point that meets --slo-ttft-p95-ms: the baseline for the controller.
+"""
+
+EPILOG = """\
+examples:
+  hosttune bench --url http://127.0.0.1:8080 --concurrency 1,2,4 --duration 30
+  hosttune bench --url http://127.0.0.1:8080 --rate 0.5,1,2 --requests 50 --json --out bench.json
+  hosttune bench --url http://127.0.0.1:8080 --mix generate --max-tokens 128 --plot bench.png
+  hosttune bench --sweep "np=1,2,4;ub=128,512" --concurrency 4 --duration 20 --slo-ttft-p95-ms 800
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="load-generate against an OpenAI-compatible URL (or sweep engine knobs)",
+                       description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", metavar="URL", help="server base URL (the gateway, llama-server, any OpenAI API)")
+    p.add_argument("--api", choices=["chat", "completions", "llamacpp"], default="chat",
+                   help="/v1/chat/completions (default), /v1/completions or llama.cpp's /completion")
+    p.add_argument("--model", help="model name to send (servers with one model ignore it)")
+    p.add_argument("--concurrency", metavar="N,N,...", help="closed-loop levels (default 1,2,4 if no --rate)")
+    p.add_argument("--rate", metavar="R,R,...", help="open-loop levels: Poisson arrivals per second")
+    p.add_argument("--duration", type=float, default=30.0, metavar="S", help="seconds per level (default 30)")
+    p.add_argument("--requests", type=int, metavar="N", help="requests per level (ends the level early)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests first (default 1)")
+    p.add_argument("--mix", metavar="KIND=W,...", help="chat/summarize/generate weights (default 6/2/2)")
+    p.add_argument("--long-prompt-words", type=int, default=400, metavar="N",
+                   help="document length of summarize requests (default 400 words)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="cap every request's output tokens")
+    p.add_argument("--ignore-eos", action="store_true", help="ask the server to generate the full max_tokens")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S", help="per-request timeout (default 300)")
+    p.add_argument("--max-outstanding", type=int, default=256, metavar="N",
+                   help="open loop: most requests in flight; later arrivals count as dropped (default 256)")
+    p.add_argument("--seed", type=int, default=1, help="random seed of the request mix (default 1)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--out", type=Path, metavar="FILE.json", help="also write the JSON report here")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="write a PNG (needs matplotlib: extra `bench`)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--sweep", metavar="GRID", help='engine knob grid, e.g. "np=1,2,4;ub=128,512"')
+    g.add_argument("--model-file", default="default", metavar="PATH", help="model for --sweep (default: bundled)")
+    g.add_argument("--threads", type=int, default=2, help="llama-server -t for --sweep (default 2)")
+    g.add_argument("--base-knobs", metavar="KNOB=V;...", help='knobs fixed for every point, e.g. "c=4096"')
+    g.add_argument("--slo-ttft-p95-ms", type=float, metavar="MS", help="TTFT p95 the best point must meet")
+    p.set_defaults(func=run)
+
+
+def _int_list(text: str | None, flag: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"expected integers like 1,2,4, got {text!r}", field=flag) from None
+    if not values or any(v < 1 for v in values):
+        raise InputError("levels must be >= 1", field=flag)
+    return values
+
+
+def _float_list(text: str | None, flag: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"expected numbers like 0.5,1,2, got {text!r}", field=flag) from None
+    if not values or any(v <= 0 for v in values):
+        raise InputError("rates must be > 0", field=flag)
+    return values
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.duration is not None and args.duration <= 0:
+        raise InputError("must be > 0", field="--duration")
+    for flag, value in (("--requests", args.requests), ("--max-tokens", args.max_tokens),
+                        ("--long-prompt-words", args.long_prompt_words), ("--max-outstanding", args.max_outstanding)):
+        if value is not None and value < 1:
+            raise InputError("must be >= 1", field=flag)
+    if args.warmup < 0:
+        raise InputError("must be >= 0", field="--warmup")
+    if args.timeout <= 0:
+        raise InputError("must be > 0", field="--timeout")
+    if args.url is None and not args.sweep:
+        raise InputError("give the server to load (--url URL) or a --sweep grid", field="--url")
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.bench.corpus import MixSpec, parse_mix
+    from agent.bench.load import Bounds, Progress, Target
+    from agent.bench.report import plot, print_table
+    from agent.bench.runner import bench, preflight
+
+    _check(args)
+    concurrency = _int_list(args.concurrency, "--concurrency")
+    rates = _float_list(args.rate, "--rate")
+    if not concurrency and not rates:
+        concurrency = [1, 2, 4]
+    mix = MixSpec(parse_mix(args.mix), long_prompt_words=args.long_prompt_words, max_tokens=args.max_tokens)
+    bounds = Bounds(duration_s=args.duration, requests=args.requests)
+    progress = Progress(enabled=not args.quiet)
+
+    def measure(url: str) -> dict[str, Any]:
+        target = Target(url=url.rstrip("/"), api=args.api, model=args.model, ignore_eos=args.ignore_eos,
+                        timeout_s=args.timeout)
+        return bench(target, mix, concurrency, rates, bounds, seed=args.seed, warmup=args.warmup,
+                     progress=progress)
+
+    if args.sweep:
+        report = _sweep(args, measure)
+    else:
+        preflight(args.url)
+        report = measure(args.url)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot and not args.sweep:
+        note = plot(report["levels"], args.plot, f"hosttune bench: {args.url} ({args.api})")
+        if note:
+            print(note, file=sys.stderr)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.sweep:
+        _print_sweep(report)
+    else:
+        print_table(report["levels"])
+    return 0
+
+
+def _sweep(args: argparse.Namespace, measure: Any) -> dict[str, Any]:
+    from agent.bench.sweep import LocalSweepControl, parse_grid, run_sweep
+    from agent.worker.models import resolve_model
+
+    grid = parse_grid(args.sweep)
+    base = parse_grid(args.base_knobs)[0] if args.base_knobs else {}
+    control = LocalSweepControl(resolve_model(args.model_file), threads=args.threads, base_knobs=base)
+    slo = args.slo_ttft_p95_ms / 1000 if args.slo_ttft_p95_ms else None
+
+    def on_point(point: dict[str, Any]) -> None:
+        if not args.quiet:
+            knobs = " ".join(f"{k}={v}" for k, v in point["knobs"].items())
+            print(f"sweep point {knobs}: {point.get('error') or 'done'} ({point['wall_s']:.1f} s)", file=sys.stderr)
+
+    return run_sweep(grid, control, measure, slo, on_point)
+
+
+def _print_sweep(report: dict[str, Any]) -> None:
+    from agent.render import table
+
+    rows = []
+    for p in report["points"]:
+        knobs = " ".join(f"{k}={v}" for k, v in p["knobs"].items())
+        if p.get("error"):
+            rows.append([knobs, "-", "-", "-", p["error"][:60]])
+        for lv in p["levels"]:
+            p95 = lv["ttft_s"]["p95"]
+            rows.append([knobs, lv["label"], f"{lv['tokens_per_s']:.1f}",
+                         "-" if p95 is None else f"{p95 * 1000:.0f}", sum(lv["errors"].values())])
+    table(["knobs", "level", "tok/s", "ttft p95 ms", "errors"], rows)
+    best = report["best"]
+    print(f"sweep wall time {report['wall_s']:.1f} s; best: "
+          + (f"{best['knobs']} at {best['label']}: {best['tokens_per_s']:.1f} tok/s" if best else "none met the SLO"))
