@@ -261,6 +261,7 @@ class GpuTuner(Tuner):
     name = "gpu"
     order = 70
     domains: ClassVar[tuple[str, ...]] = ("gpu", "nvidia")
+    sections: ClassVar[tuple[str, ...]] = ("gpu",)
 
     def __init__(self, nvml: Nvml | None = None) -> None:
         self._nvml = nvml
