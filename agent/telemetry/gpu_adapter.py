@@ -27,10 +27,13 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "mem_util_pct": ("mem_util_pct", "utilization_memory", "mem_util"),
     "mem_used_bytes": ("mem_used_bytes", "memory_used_bytes", "fb_used_bytes"),
     "mem_total_bytes": ("mem_total_bytes", "memory_total_bytes", "fb_total_bytes"),
+    "mem_free_bytes": ("mem_free_bytes", "memory_free_bytes", "fb_free_bytes"),
     "sm_clock_mhz": ("sm_clock_mhz", "clock_sm_mhz", "graphics_clock_mhz", "sm_clock"),
     "mem_clock_mhz": ("mem_clock_mhz", "clock_mem_mhz", "memory_clock_mhz", "mem_clock"),
     "power_w": ("power_w", "power_watts", "power_usage_w"),
     "power_mw": ("power_mw", "power_usage_mw"),
+    "power_limit_w": ("power_limit_w",),
+    "power_limit_mw": ("power_limit_mw", "enforced_power_limit_mw"),
     "temp_c": ("temp_c", "temperature_c", "gpu_temp_c"),
     "throttle_reasons": ("throttle_reasons", "clocks_event_reasons", "clock_throttle_reasons"),
 }
@@ -46,9 +49,11 @@ class GpuSample:
     mem_util_pct: float | None = None
     mem_used_bytes: int | None = None
     mem_total_bytes: int | None = None
+    mem_free_bytes: int | None = None
     sm_clock_mhz: float | None = None
     mem_clock_mhz: float | None = None
     power_w: float | None = None
+    power_limit_w: float | None = None
     temp_c: float | None = None
     throttle_reasons: int | None = None
 
@@ -65,12 +70,18 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
+def _watts(reading: Any, w_key: str, mw_key: str) -> float | None:
+    watts = _num(_get(reading, w_key))
+    if watts is None and (mw := _num(_get(reading, mw_key))) is not None:
+        watts = mw / 1000.0
+    return watts
+
+
 def normalize(reading: Any, position: int) -> GpuSample:
-    power = _num(_get(reading, "power_w"))
-    if power is None and (mw := _num(_get(reading, "power_mw"))) is not None:
-        power = mw / 1000.0
-    used, total, throttle = (_num(_get(reading, k)) for k in ("mem_used_bytes", "mem_total_bytes",
-                                                               "throttle_reasons"))
+    used, total, free, throttle = (_num(_get(reading, k)) for k in ("mem_used_bytes", "mem_total_bytes",
+                                                                     "mem_free_bytes", "throttle_reasons"))
+    if free is None and used is not None and total is not None:
+        free = total - used
     index = _num(_get(reading, "index"))
     uuid, name = _get(reading, "uuid"), _get(reading, "name")
     return GpuSample(
@@ -78,8 +89,10 @@ def normalize(reading: Any, position: int) -> GpuSample:
         uuid=str(uuid) if uuid is not None else None, name=str(name) if name is not None else None,
         util_pct=_num(_get(reading, "util_pct")), mem_util_pct=_num(_get(reading, "mem_util_pct")),
         mem_used_bytes=None if used is None else int(used), mem_total_bytes=None if total is None else int(total),
+        mem_free_bytes=None if free is None else int(free),
         sm_clock_mhz=_num(_get(reading, "sm_clock_mhz")), mem_clock_mhz=_num(_get(reading, "mem_clock_mhz")),
-        power_w=power, temp_c=_num(_get(reading, "temp_c")),
+        power_w=_watts(reading, "power_w", "power_mw"),
+        power_limit_w=_watts(reading, "power_limit_w", "power_limit_mw"), temp_c=_num(_get(reading, "temp_c")),
         throttle_reasons=None if throttle is None else int(throttle))
 
 
@@ -130,11 +143,11 @@ class GpuSampler:
             ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).",
              lambda g: None if g.mem_used_bytes is None else g.mem_used_bytes / MIB),
             ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).",
-             lambda g: None if g.mem_used_bytes is None or g.mem_total_bytes is None
-             else (g.mem_total_bytes - g.mem_used_bytes) / MIB),
+             lambda g: None if g.mem_free_bytes is None else g.mem_free_bytes / MIB),
             ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz).", lambda g: g.sm_clock_mhz),
             ("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz).", lambda g: g.mem_clock_mhz),
             ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", lambda g: g.power_w),
+            ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "Enforced power limit (in W).", lambda g: g.power_limit_w),
             ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", lambda g: g.temp_c),
             ("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "Current clock throttle reasons (NVML bitmask).",
              lambda g: g.throttle_reasons),

@@ -104,7 +104,7 @@ def test_worker_sampler_against_a_live_http_worker(worker: FakeWorker) -> None:
 def test_gpu_adapter_normalizes_readings_into_dcgm_names() -> None:
     readings: list[Any] = [
         {"index": 0, "uuid": "GPU-aaaa", "name": "NVIDIA H200", "util_pct": 87, "mem_used_bytes": 10 << 30,
-         "mem_total_bytes": 141 << 30, "sm_clock_mhz": 1980, "mem_clock_mhz": 3201, "power_mw": 412_500,
+         "mem_total_bytes": 141 << 30, "sm_clock_mhz": 1980, "mem_clock_mhz": 3201, "power_mw": 412_500, "power_limit_mw": 700_000,
          "temp_c": 61, "throttle_reasons": 4},
         {"gpu": 1, "utilization_gpu": 3},
     ]
@@ -115,6 +115,7 @@ def test_gpu_adapter_normalizes_readings_into_dcgm_names() -> None:
     assert sample_value(fams, "DCGM_FI_DEV_FB_USED", {"gpu": "0"}) == 10 * 1024
     assert sample_value(fams, "DCGM_FI_DEV_FB_FREE", {"gpu": "0"}) == 131 * 1024
     assert sample_value(fams, "DCGM_FI_DEV_POWER_USAGE", {"gpu": "0"}) == pytest.approx(412.5)
+    assert sample_value(fams, "DCGM_FI_DEV_POWER_MGMT_LIMIT", {"gpu": "0"}) == pytest.approx(700.0)
     assert sample_value(fams, "DCGM_FI_DEV_GPU_UTIL", {"gpu": "1"}) == 3
     assert sample_value(fams, "DCGM_FI_DEV_SM_CLOCK", {"gpu": "1"}) is None  # not supported -> absent, not 0
     assert normalize(object(), 5).index == 5
