@@ -8,15 +8,15 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/hosttune
 export HOSTTUNE_CACHE := $(CACHE)
 
-.PHONY: run test setup venv engine model system-deps lint typecheck test-unit test-fast clean
+.PHONY: run test setup venv engine model system-deps rootfs install lint typecheck test-unit test-fast clean
 
 run: setup
-	$(VENV)/bin/hosttune inspect
+	HOSTTUNE_STATE_DIR=$${HOSTTUNE_STATE_DIR:-$(CACHE)/run-state} $(VENV)/bin/hosttune daemon --config systemd/daemon-run.yaml
 
 test: setup
 	scripts/run-tests.sh
 
-setup: venv engine model system-deps
+setup: venv engine model system-deps rootfs
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,14 @@ model: venv
 
 system-deps:
 	scripts/install-system-deps.sh
+
+# The cached Debian rootfs the real-systemd test tier boots (root only; a no-op once built).
+rootfs:
+	scripts/build-rootfs.sh >/dev/null
+
+# The systemd unit, tmpfiles.d entry and example config, pointing at this installation.
+install: venv
+	$(VENV)/bin/hosttune install-unit
 
 lint: venv
 	$(VENV)/bin/ruff check agent tests scripts bench
