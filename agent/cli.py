@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "install_unit",
     "fit",
     "worker",
+    "policy",
 )
 
 DESCRIPTION = """\

@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 SYSCTL_KEY_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+$")
 SYSCTL_CONSTRAINT_RE = re.compile(r"^(>=|<=)\s*(-?\d+)$")
+CMDLINE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
 class Section(BaseModel):
@@ -154,6 +155,17 @@ class Policy(Section):
     worker: WorkerSpec | None = None
     slo: SloSpec | None = None
 
+    @field_validator("sysctl", mode="before")
+    @classmethod
+    def _sysctl_no_booleans(cls, v: object) -> object:
+        # Before pydantic's lax int coercion turns YAML `true` into 1, which would hide the mistake.
+        if isinstance(v, dict):
+            for key, value in v.items():
+                if isinstance(value, bool):
+                    raise PydanticCustomError("sysctl_entry", "{problem}",
+                                              {"problem": f"{key}: use 0/1, not a boolean", "key": key})
+        return v
+
     @field_validator("sysctl")
     @classmethod
     def _sysctl_keys(cls, v: dict[str, int | str]) -> dict[str, int | str]:
@@ -162,6 +174,19 @@ class Policy(Section):
             if problem:
                 # ctx "key" lets the policy loader point at the offending entry's line, not the section's.
                 raise PydanticCustomError("sysctl_entry", "{problem}", {"problem": problem, "key": key})
+        return v
+
+    @field_validator("kernel_cmdline")
+    @classmethod
+    def _cmdline_params(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        # These are rendered into boot-loader advice: one printable token per parameter, nothing smuggled in.
+        for key, value in v.items():
+            if not CMDLINE_KEY_RE.match(key):
+                raise PydanticCustomError("cmdline_param", "{problem}", {
+                    "problem": f"invalid boot parameter name {key!r}", "key": key})
+            if value is not None and (not value.isprintable() or any(c.isspace() for c in value)):
+                raise PydanticCustomError("cmdline_param", "{problem}", {
+                    "problem": f"{key}: the value must be one printable token without spaces", "key": key})
         return v
 
     @field_validator("hugepages")

@@ -1,0 +1,199 @@
+"""Load a policy: find it, follow `extends`, apply `when`, merge, evaluate computed values, validate.
+
+    loaded = load_policy("llm-cpu-throughput", facts)      # a name on the search path, or a file path
+    loaded.policy            # the resolved Policy the tuners consume (no expressions, no conditions left)
+    loaded.where("sysctl.vm.swappiness")  -> (Path(".../base.yaml"), 12)
+
+Every problem is an InputError naming file:line and the dotted field; nothing here touches the host.
+docs/policies.md is the user's manual for the semantics.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.errors import InputError
+from agent.inspect.models import HostFacts
+from agent.policy.chain import SUFFIXES, ChainLoader, find_named, is_path_ref, merge
+from agent.policy.computed import evaluate_computed
+from agent.policy.conditions import Condition, ConditionApplier
+from agent.policy.model import Policy
+from agent.policy.namespace import FactNamespace
+from agent.policy.validate import validate_tree
+from agent.policy.yamlnodes import Node, locations
+
+ENV_POLICY_PATH = "HOSTTUNE_POLICY_PATH"
+ETC_POLICIES = Path("/etc/hosttune/policies")
+REPO_POLICIES = Path(__file__).resolve().parent.parent.parent / "policies"
+DEFAULT_CPU_POLICY = "llm-cpu-throughput"
+DEFAULT_GPU_POLICY = "llm-gpu-throughput"
+OWN_KEYS = ("name", "description")  # never inherited: they describe one file
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy  # resolved: extends merged, when applied, computed values evaluated
+    source: Path  # the file named by the user (or found for the name)
+    chain: list[Path]  # extends chain, base first, the source last
+    locations: dict[str, tuple[Path, int]]  # dotted field -> (file, line) its final value came from
+    computed: dict[str, str] = field(default_factory=dict)  # field -> expression that produced its value
+    deferred: dict[str, str] = field(default_factory=dict)  # field -> expression left unevaluated (no facts)
+    conditions: list[Condition] = field(default_factory=list)  # every `when` met, with its result
+    facts_used: bool = False  # False: offline, conditions needing facts were kept unevaluated
+
+    def where(self, field: str) -> tuple[Path, int] | None:
+        """Location of a field, or of its nearest enclosing section that has one."""
+        probe = field
+        while probe:
+            if probe in self.locations:
+                return self.locations[probe]
+            probe = probe.rpartition(".")[0]
+        return None
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    name: str
+    path: Path
+    description: str | None
+    extends: list[str] = field(default_factory=list)
+
+
+def policy_search_path() -> list[Path]:
+    """$HOSTTUNE_POLICY_PATH (colon-separated), /etc/hosttune/policies, this checkout's policies/, and
+    <sys.prefix>/share/hosttune/policies (wheel installs). Earlier directories shadow later ones."""
+    dirs = [Path(p) for p in os.environ.get(ENV_POLICY_PATH, "").split(":") if p]
+    dirs += [ETC_POLICIES, REPO_POLICIES, Path(sys.prefix) / "share" / "hosttune" / "policies"]
+    out: list[Path] = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def default_policy_name(facts: HostFacts | None) -> str:
+    """The policy `make run` and the daemon use when none is named: GPU throughput where there are GPUs."""
+    return DEFAULT_GPU_POLICY if facts is not None and facts.gpus else DEFAULT_CPU_POLICY
+
+
+def list_policies(search_path: Sequence[Path] | None = None) -> list[PolicyInfo]:
+    dirs = list(search_path) if search_path is not None else policy_search_path()
+    seen: dict[str, PolicyInfo] = {}
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for path in sorted(p for p in d.iterdir() if p.suffix in SUFFIXES and p.is_file()):
+            if path.stem not in seen:
+                seen[path.stem] = _info(path)
+    return sorted(seen.values(), key=lambda i: i.name)
+
+
+def _info(path: Path) -> PolicyInfo:
+    description: str | None = None
+    extends: list[str] = []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = None
+        description = "(unreadable: run `hosttune policy validate` on it)"
+    if isinstance(data, dict):
+        if isinstance(data.get("description"), str):
+            description = data["description"]
+        ext = data.get("extends")
+        extends = [ext] if isinstance(ext, str) else [e for e in ext if isinstance(e, str)] if isinstance(
+            ext, list) else []
+    return PolicyInfo(path.stem, path, description, extends)
+
+
+def find_policy(ref: str | Path, search_path: Sequence[Path] | None = None) -> Path:
+    """A path as given, or NAME looked up as NAME.yaml on the search path."""
+    dirs = list(search_path) if search_path is not None else policy_search_path()
+    if isinstance(ref, Path) or is_path_ref(ref):
+        path = Path(ref)
+        if not path.is_file():
+            raise InputError("policy file not found", path=path)
+        return path
+    found, _ = find_named(ref, dirs)
+    if found is None:
+        names = [i.name for i in list_policies(dirs)]
+        from agent.policy.fieldtypes import closest
+
+        guess = closest(ref, names)
+        hint = f" (did you mean {guess!r}?)" if guess else f" (available: {', '.join(names) or 'none'})"
+        raise InputError(f"no policy named {ref!r} on the search path{hint}")
+    return found
+
+
+def load_policy(ref: str | Path, facts: HostFacts | None = None, *, search_path: Sequence[Path] | None = None,
+                context: Mapping[str, Any] | None = None) -> LoadedPolicy:
+    dirs = list(search_path) if search_path is not None else policy_search_path()
+    source = find_policy(ref, dirs)
+    files = ChainLoader(dirs).load(source)
+    model_ref = _worker_model(files)
+    ns = FactNamespace(facts, context, model=lambda: _model_facts(model_ref))
+
+    applier = ConditionApplier(ns)
+    merged: Node | None = None
+    leaf = files[-1]
+    for pf in files:
+        if pf is not leaf:
+            for key in OWN_KEYS:
+                pf.root.value.pop(key, None)
+        applier.apply(pf.root)
+        merged = pf.root if merged is None else merge(merged, pf.root)
+    assert merged is not None
+    if "name" not in merged.value:
+        merged.value["name"] = Node(source.stem, source, 1)
+    if leaf.extends is not None:
+        merged.value["extends"] = leaf.extends
+
+    computed = evaluate_computed(merged, ns)
+    policy = validate_tree(merged, computed.evaluated)
+    return LoadedPolicy(policy=policy, source=source, chain=[pf.path for pf in files], locations=locations(merged),
+                        computed=computed.evaluated, deferred=computed.deferred, conditions=applier.seen,
+                        facts_used=facts is not None)
+
+
+def _worker_model(files: list[Any]) -> Node | None:
+    """The worker's model as the chain names it (the last plain `worker.model`), for `model.*` names.
+
+    Taken before conditions apply, so a condition may itself use model.* without a chicken-and-egg problem.
+    Returns a default-model Node when some file has a worker section but none names a model.
+    """
+    found: Node | None = None
+    has_worker = False
+    for pf in files:
+        worker = pf.root.value.get("worker")
+        if worker is None or not worker.is_map():
+            continue
+        has_worker = True
+        model = worker.value.get("model")
+        if model is not None and isinstance(model.value, str) and not model.value.startswith("="):
+            found = model
+    if found is None and has_worker:
+        return Node("default", files[-1].path, 1)
+    return found
+
+
+def _model_facts(model: Node | None) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    from agent.worker.models import resolve_model
+
+    try:
+        path = resolve_model(str(model.value))
+        size = path.stat().st_size
+    except InputError as e:
+        raise InputError(f"model.* names need the worker model: {e.message}", path=model.file, line=model.line,
+                         field="worker.model") from None
+    except OSError as e:
+        raise InputError(f"cannot read the worker model: {e.strerror}", path=model.file, line=model.line,
+                         field="worker.model") from None
+    return {"path": str(path), "size_bytes": size}
