@@ -84,10 +84,13 @@ def change_rows(changes: Sequence[Change]) -> list[list[Any]]:
 
 def print_changes(plan: Plan, out: TextIO) -> None:
     table(CHANGE_HEADERS, change_rows(plan.changes), out)
-    warned = [c for c in plan.changes if c.warnings]
-    for c in warned:
+    grouped: dict[str, list[str]] = {}
+    for c in plan.changes:
         for w in c.warnings:
-            out.write(f"warning: {c.tuner} {c.target}: {w}\n")
+            grouped.setdefault(w, []).append(c.target)
+    for warning, targets in grouped.items():
+        which = targets[0] if len(targets) == 1 else f"{targets[0]} and {len(targets) - 1} more"
+        out.write(f"warning: {warning} ({which})\n")
 
 
 def check_writable(paths: HostPaths) -> None:

@@ -22,6 +22,7 @@ from agent.tuners import formats, registry
 from agent.tuners.base import Change, Tuner
 
 ACTIONS = ("change", "ok", "not_applicable", "unsupported")
+TUNED_SECTIONS = ("sysctl", "hugepages", "thp", "cpu", "block", "gpu", "kernel_cmdline")
 
 
 class Plan(BaseModel):
@@ -86,16 +87,30 @@ def restore_change(record: Record) -> Change:
                   format=record.format, stale=True)
 
 
+def unclaimed_sections(policy: Policy, tuners: list[Tuner]) -> list[Change]:
+    """A policy section that no enabled tuner plans (a tuner missing from this build) is shown, not dropped."""
+    claimed = {s for t in tuners for s in t.sections}
+    out = []
+    for section in TUNED_SECTIONS:
+        if getattr(policy, section) and section not in claimed:
+            out.append(Change(tuner=section, target=section, action="unsupported", field=section,
+                              reason=f"no {section} tuner in this hosttune (installed tuners: "
+                                     f"{', '.join(t.name for t in tuners)})"))
+    return out
+
+
 def make_plan(policy: Policy, facts: HostFacts | None, paths: HostPaths, *, journal: Journal | None = None,
               source: str | None = None, tuners: list[Tuner] | None = None) -> Plan:
     """Every tuner's changes in apply order, with conflict warnings, then stale originals to restore.
     InputError from a tuner (bad policy value for this host) propagates: nothing has been written."""
     changes: list[Change] = []
-    for tuner in tuners if tuners is not None else registry.tuners():
+    active = tuners if tuners is not None else registry.tuners()
+    for tuner in active:
         warnings = conflict_warnings(tuner, facts)
         for c in tuner.plan(policy, facts, paths):
             if warnings and c.action in ("change", "ok"):
                 c.warnings.extend(warnings)
             changes.append(c)
+    changes.extend(unclaimed_sections(policy, active))
     changes.extend(stale_changes(changes, journal))
     return Plan(policy=policy.name, source=source, changes=changes)

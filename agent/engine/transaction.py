@@ -109,7 +109,8 @@ def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: s
                  else f"rollback incomplete ({'; '.join(problems)}); run `hosttune revert`")
         if isinstance(e, HostTuneError | OSError):
             field = current.field if current is not None else None
-            raise HostError(f"apply failed at {what}: {getattr(e, 'message', e)}; {state}", field=field) from e
+            detail = e.detail if isinstance(e, WriteFailed) else getattr(e, "message", str(e))
+            raise HostError(f"apply failed at {what}: {detail}; {state}", field=field) from e
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

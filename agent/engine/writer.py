@@ -58,6 +58,7 @@ class WriteFailed(HostError):
     def __init__(self, target: str, message: str, *, path: str | None = None) -> None:
         super().__init__(f"{target}: {message}", path=path)
         self.target = target
+        self.detail = message
 
 
 class HostWriter:

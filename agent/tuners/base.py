@@ -88,7 +88,7 @@ def satisfies(current: str | None, value: str | None, compare: Compare, fmt: For
 
 
 class Tuner(ABC):
-    """Base of every tuner. Subclasses set `name`, `order` and `domains` and implement `plan`."""
+    """Base of every tuner. Subclasses set `name`, `order`, `domains` and `sections` and implement `plan`."""
 
     name: ClassVar[str]
     order: ClassVar[int] = 50
@@ -96,6 +96,8 @@ class Tuner(ABC):
     domains: ClassVar[tuple[str, ...]] = ()
     """Words other tuning daemons' `manages` lists (HostFacts.conflicts) use for what this tuner touches."""
     enabled_by_default: ClassVar[bool] = True
+    sections: ClassVar[tuple[str, ...]] = ()
+    """Policy fields this tuner plans (e.g. ("gpu",)); a set section no enabled tuner claims is `unsupported`."""
 
     @abstractmethod
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:

@@ -97,6 +97,7 @@ class BlockdevTuner(Tuner):
     name = "blockdev"
     order = 50
     domains = ("block", "blockdev", "disk", "io")
+    sections = ("block",)
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         all_disks = disks(paths, facts)
@@ -106,7 +107,8 @@ class BlockdevTuner(Tuner):
             matched = [d for d in all_disks if matches(spec.match, d)]
             if not matched:
                 changes.append(Change(tuner=self.name, target=f"block.{i}", action="not_applicable",
-                                      reason=f"no block device matches {spec.match.model_dump(exclude_none=True)}",
+                                      reason="no block device matches " + " ".join(
+                                          f"{k}={v}" for k, v in spec.match.model_dump(exclude_none=True).items()),
                                       field=f"block.{i}.match"))
                 continue
             for disk in matched:

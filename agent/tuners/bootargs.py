@@ -39,6 +39,7 @@ class BootargsTuner(Tuner):
     name = "bootargs"
     order = 90
     domains = ("bootargs", "cmdline", "bootloader")
+    sections = ("kernel_cmdline",)
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         cmdline = paths.proc("cmdline")

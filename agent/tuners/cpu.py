@@ -55,6 +55,7 @@ class CpuTuner(Tuner):
     name = "cpu"
     order = 40
     domains = ("cpu", "cpufreq", "governor", "power")
+    sections = ("cpu",)
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         if policy.cpu is None:

@@ -33,12 +33,17 @@ def pool_dir(paths: HostPaths, size_kb: int, node: int | None) -> Path:
     return paths.sys("devices/system/node", f"node{node}", "hugepages", name)
 
 
-def pages_in_use(pool: Path, *, global_pool: bool) -> int:
-    """Pages the pool cannot give back now: allocated (total - free), plus reserved ones for the global pool."""
+def pages_in_use(pool: Path, *, global_pool: bool) -> tuple[int, str]:
+    """Pages the pool cannot give back now, and how that was decided: allocated (total - free), plus reserved
+    ones for the global pool. Counters that contradict each other (more free than total: not a live kernel, or
+    a torn read) mean "cannot tell", and then every page counts as in use, so the pool is never shrunk."""
     total = read_int(pool / "nr_hugepages") or 0
     free = read_int(pool / "free_hugepages") or 0
     reserved = (read_int(pool / "resv_hugepages") or 0) if global_pool else 0
-    return max(0, total - free + reserved)
+    if free > total:
+        return total, f"free ({free}) exceeds total ({total}): pages in use unknown, not shrinking below {total}"
+    in_use = min(total, total - free + reserved)
+    return in_use, f"{in_use} pages in use: shrinks only to {in_use}"
 
 
 @register
@@ -46,6 +51,7 @@ class HugepagesTuner(Tuner):
     name = "hugepages"
     order = 20
     domains = ("hugepages", "memory")
+    sections = ("hugepages",)
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         self._check_pools(policy.hugepages)
@@ -74,12 +80,12 @@ class HugepagesTuner(Tuner):
             return Change(tuner=self.name, target=target, desired=str(spec.count), action="not_applicable",
                           reason=why, field=field)
         current = read_int(nr)
-        in_use = pages_in_use(pool, global_pool=spec.node is None)
+        in_use, why = pages_in_use(pool, global_pool=spec.node is None)
         value = spec.count
         reason = ""
         if spec.count < in_use:
             value = in_use
-            reason = f"{in_use} pages in use: shrinks only to {in_use}"
+            reason = why
         return change(self.name, target, current=None if current is None else str(current),
                       desired=str(spec.count), value=str(value), path=nr, field=field,
                       ok_reason=reason or "already set", change_reason=reason)

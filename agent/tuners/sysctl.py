@@ -71,6 +71,7 @@ class SysctlTuner(Tuner):
     name = "sysctl"
     order = 10
     domains = ("sysctl",)
+    sections = ("sysctl",)
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         changes = []

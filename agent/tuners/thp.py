@@ -23,6 +23,7 @@ class ThpTuner(Tuner):
     name = "thp"
     order = 30
     domains = ("thp", "transparent_hugepage", "memory")
+    sections = ("thp",)
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         if policy.thp is None:

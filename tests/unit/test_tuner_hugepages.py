@@ -34,6 +34,13 @@ def test_reserved_pages_count_as_in_use_globally(host: HostPaths) -> None:
     assert c.value == "6"
 
 
+def test_inconsistent_counters_mean_no_shrinking(host: HostPaths) -> None:
+    # more free than total cannot happen on a live kernel: pages in use are unknown, so keep them all
+    host.sys("kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("20\n")
+    (c,) = plan(host, HugepageSpec(size="2M", count=2))
+    assert c.value == "8" and c.action == "ok" and "not shrinking" in c.reason
+
+
 def test_per_node_pool(host: HostPaths) -> None:
     (c,) = plan(host, HugepageSpec(size="2M", count=12, node=1))
     assert c.target == "hugepages-2048kB/node1"
