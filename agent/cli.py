@@ -17,6 +17,11 @@ from agent.errors import HostTuneError
 
 # Modules under agent.commands, each with register(subparsers, common) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
+    "plan",
+    "apply",
+    "verify",
+    "revert",
+    "status",
     "gateway",
     "bench",
     "daemon",
