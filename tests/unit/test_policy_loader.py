@@ -420,3 +420,28 @@ def test_default_policy_name() -> None:
     assert default_policy_name(ci_vm()) == "llm-cpu-throughput"
     assert default_policy_name(None) == "llm-cpu-throughput"
     assert default_policy_name(gpu_server()) == "llm-gpu-throughput"
+
+
+def test_when_on_a_free_form_section_guards_the_whole_section(tmp_path: Path) -> None:
+    p = write(tmp_path / "p.yaml", """
+        name: p
+        sysctl:
+          when: "numa.count >= 2"
+          vm.zone_reclaim_mode: 0
+        kernel_cmdline:
+          when: gpus.count > 0
+          iommu: pt
+          nosmt: null
+    """)
+    on_vm = load_policy(p, ci_vm(), search_path=[]).policy
+    assert on_vm.sysctl == {} and on_vm.kernel_cmdline == {}
+    on_server = load_policy(p, gpu_server(), search_path=[]).policy
+    assert on_server.sysctl == {"vm.zone_reclaim_mode": 0}
+    assert on_server.kernel_cmdline == {"iommu": "pt", "nosmt": None}  # a null with nothing to delete is a flag
+
+
+def test_bad_boot_parameters_are_refused(tmp_path: Path) -> None:
+    p = write(tmp_path / "p.yaml", "name: p\nkernel_cmdline:\n  iommu: pt\n  isolcpus: 1-3 init=/bin/sh\n")
+    with pytest.raises(InputError) as e:
+        load_policy(p, None, search_path=[])
+    assert (e.value.line, e.value.field) == (4, "kernel_cmdline.isolcpus") and "one printable token" in e.value.message
