@@ -2,8 +2,10 @@
 systemd-nspawn container booting the cached Debian rootfs (tests/e2e/nspawn.py).
 
 What runs inside: this working tree's hosttune (bound read-only), the unit exactly as `hosttune install-unit`
-renders it, a config that applies no host-global tuning (the container shares this machine's kernel), and — for the
-stop test — a `command` worker. Test-only changes are drop-ins, as an operator would write them.
+renders it, plus one drop-in that keeps global tunables read-only for the daemon (the container shares this
+machine's kernel; only /proc/sys/net, private to the container, stays writable), a config that applies nothing
+global (no policy, or one net.* sysctl), and — for the stop test — a `command` worker (python -m http.server)
+supervised by the daemon. Other test-only changes are drop-ins too, as an operator would write them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ HOSTTUNE = REPO / ".venv/bin/hosttune"
 PYTHON = REPO / ".venv/bin/python"
 API_PORT = 7711
 BASE_CONFIG = f"state_dir: /var/lib/hosttune\napi: {{port: {API_PORT}}}\ndrift_check_s: 0\n"
+# The container shares this machine's kernel. nspawn mounts /proc/sys read-only, but the unit's own namespace
+# (ReadWritePaths=/proc/sys) would make it writable again for the daemon: this drop-in keeps every global tunable
+# read-only and leaves /proc/sys/net writable (the container's private network namespace).
+SHARED_KERNEL_DROPIN = """\
+[Service]
+ProtectKernelTunables=yes
+ReadWritePaths=
+ReadWritePaths=/var/lib/hosttune /proc/sys/net
+"""
 
 
 def make_container(tmp_path: Path, config: str = BASE_CONFIG, dropin: str | None = None) -> nspawn.Container:
@@ -34,6 +45,7 @@ def make_container(tmp_path: Path, config: str = BASE_CONFIG, dropin: str | None
     c = nspawn.Container(rootfs, tmp_path / "ct")
     install(c.upper, HOSTTUNE)
     c.write("/etc/hosttune/daemon.yaml", config)
+    c.write("/etc/systemd/system/hosttune.service.d/00-shared-kernel.conf", SHARED_KERNEL_DROPIN)
     if dropin:
         c.write("/etc/systemd/system/hosttune.service.d/test.conf", dropin)
     return c
@@ -100,6 +112,11 @@ def test_start_returns_only_after_ready(container: nspawn.Container) -> None:
     # The token file was created 0600 on first start.
     mode = container.run(["stat", "-c", "%a", "/var/lib/hosttune/api.token"]).stdout.strip()
     assert mode == "600"
+    # The daemon sees global tunables read-only and only its own network namespace's sysctls writable.
+    mounts = container.run(["cat", f"/proc/{props['MainPID']}/mountinfo"]).stdout.splitlines()
+    options = {line.split()[4]: line.split()[5].split(",")[0] for line in mounts}
+    assert options["/proc/sys"] == "ro" and options["/proc/sys/net"] == "rw", options
+    assert options["/sys"] == "ro"
 
 
 def test_status_shows_the_status_text(container: nspawn.Container) -> None:
@@ -165,3 +182,49 @@ def test_world_readable_token_is_refused(tmp_path: Path) -> None:
         assert r.returncode != 0
         assert "readable or writable by group/others" in journal(c)
         assert show(c, "ActiveState")["ActiveState"] in ("failed", "activating", "inactive")
+
+
+WORKER_POLICY = f"""\
+name: ct-worker
+# Nothing host-global (the container shares this machine's kernel): a sysctl of the container's own network
+# namespace, and the worker.
+sysctl:
+  net.core.somaxconn: 8191
+worker:
+  engine: command
+  port: 8099
+  argv: [{PYTHON}, -m, http.server, "8099", --bind, 127.0.0.1]
+  health_url: http://127.0.0.1:8099/
+  placement: {{mode: none}}
+"""
+
+
+def test_stop_stops_the_worker_cleanly(tmp_path: Path) -> None:
+    config = BASE_CONFIG + "policy: /etc/hosttune/policies/ct-worker.yaml\ngateway: {port: 8098}\n"
+    c = make_container(tmp_path, config=config)
+    c.write("/etc/hosttune/policies/ct-worker.yaml", WORKER_POLICY)
+    host_somaxconn = Path("/proc/sys/net/core/somaxconn").read_text()
+    with c:
+        c.run(["systemctl", "start", "hosttune.service"], timeout=120)
+        assert "worker ready" in show(c, "StatusText")["StatusText"]
+        assert "policy ct-worker applied (1 changed)" in journal(c)
+        assert c.run(["cat", "/proc/sys/net/core/somaxconn"]).stdout.strip() == "8191"
+        assert Path("/proc/sys/net/core/somaxconn").read_text() == host_somaxconn
+        status, worker = api_get(c, "/v1/worker")
+        assert status == 200 and worker["state"] == "ready"
+        worker_pid = str(worker["pid"])
+        # The worker runs inside the unit's cgroup, as a child of the daemon.
+        procs = c.run(["systemctl", "show", "--property=ControlGroup", "--value", "hosttune.service"]).stdout.strip()
+        tree = c.run(["systemd-cgls", "--no-pager", procs]).stdout
+        assert f"{worker_pid} " in tree and "http.server" in tree, tree
+
+        c.run(["systemctl", "stop", "hosttune.service"], timeout=120)
+        props = show(c, "ActiveState", "Result", "ExecMainStatus")
+        assert props == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, props
+        assert c.run(["kill", "-0", worker_pid], check=False).returncode != 0, "the worker outlived the unit"
+        log = journal(c)
+        assert "worker stopped" in log and "terminated (SIGTERM)" in log, log[-3000:]
+        # Stopped by the daemon itself, before systemd had to kill anything (KillMode=mixed leftovers).
+        assert "with signal SIGKILL" not in log
+        assert "leaving host tuning in place" in log
+        assert c.run(["cat", "/proc/sys/net/core/somaxconn"]).stdout.strip() == "8191"
