@@ -267,3 +267,21 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(") ")[1][0] != "Z"
+
+
+def test_drift_job_reports_and_reapplies(host: HostPaths, tmp_path: Path, policy_file: Path,
+                                         daemons: list[DaemonProcess]) -> None:
+    cfg = base_config(host, tmp_path, policy=str(policy_file), drift_check_s=0.5, reapply_on_drift=True)
+    d = DaemonProcess(write_config(tmp_path / "daemon.yaml", **cfg), tmp_path)
+    daemons.append(d)
+    ready = d.wait_ready()
+    swappiness = host.procfs / "sys/vm/swappiness"
+    assert swappiness.read_text().strip() == "7"
+    swappiness.write_text("55\n")  # someone else changes a tuned value behind the daemon's back
+    i = d.notify.wait_for("STATUS", "drift: 1 tunables drifted (re-applied)", after=ready, timeout_s=15)
+    assert i > ready
+    assert swappiness.read_text().strip() == "7"
+    good = {"Authorization": f"Bearer {token(tmp_path)}"}
+    status = httpx.get(f"http://127.0.0.1:{cfg['api']['port']}/v1/status", headers=good).json()
+    kinds = [e["kind"] for e in status["daemon"]["events"]]
+    assert "drift" in kinds and kinds.count("apply") >= 2
