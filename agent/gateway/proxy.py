@@ -149,6 +149,8 @@ class Proxy:
         for attempt in (0, 1):
             if not await wait_ready(self.endpoint, deadline):
                 return self._reject(rec, "not_ready")
+            if attempt == 1 and not await self._answers_health(deadline):
+                return self._reject(rec, "not_ready")
             base = self.endpoint.base_url()
             if rec.queue_wait_s is None:
                 rec.queue_wait_s = time.monotonic() - rec.started
@@ -182,6 +184,25 @@ class Proxy:
                     await upstream.aclose()
                 return self._fail(rec, 504, "timeout", f"worker timed out: {type(e).__name__}")
         raise AssertionError("unreachable")
+
+    async def _answers_health(self, deadline: float) -> bool:
+        """Before the retry: the provider may still say "ready" for a moment after its worker died (a supervisor
+        notices the exit asynchronously), so also wait until the worker itself answers /health with anything but
+        503 (llama-server's "loading") or a connection error."""
+        while True:
+            base = self.endpoint.base_url()
+            if base and self.endpoint.is_ready():
+                try:
+                    r = await self.client.get(f"{base}/health", timeout=1.0)
+                    if r.status_code != 503:
+                        return True
+                except httpx.HTTPError:
+                    pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(0.1, remaining))
+            await wait_ready(self.endpoint, deadline)
 
     async def passthrough_get(self, request: Request) -> Response:
         """GET /v1/models and friends: no admission (cheap, no tokens), 503 while the worker is not ready."""

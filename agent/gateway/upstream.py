@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
@@ -66,6 +66,29 @@ class StaticUpstream:
 
     def report_failure(self) -> None:
         return None
+
+
+class SupervisedWorker:
+    """The endpoint of a worker run by agent.worker.supervisor.Supervisor (duck-typed: anything with `base_url`,
+    `state` and `pid` attributes). Ready means the supervisor's state is "ready"; it notices a dead worker on its
+    own, so report_failure() has nothing to do (the gateway still checks /health before its one retry)."""
+
+    def __init__(self, supervisor: Any) -> None:
+        self.supervisor = supervisor
+
+    def base_url(self) -> str | None:
+        url = self.supervisor.base_url
+        return str(url).rstrip("/") if url else None
+
+    def is_ready(self) -> bool:
+        return str(getattr(self.supervisor.state, "value", self.supervisor.state)) == "ready"
+
+    def report_failure(self) -> None:
+        return None
+
+    def pid(self) -> int | None:
+        pid = self.supervisor.pid
+        return int(pid) if pid else None
 
 
 class ProbedUpstream:

@@ -121,7 +121,7 @@ def test_admission_limit_bounds_concurrency_at_the_worker(worker: FakeWorker) ->
     with served:
         def one() -> None:
             with httpx.Client(timeout=20) as c:
-                results.append(c.post(served.url + CHAT, json=chat(True, ttft_s=0.15, tokens=3)).status_code)
+                results.append(c.post(served.url + CHAT, json=chat(True, ttft_s=0.4, itl_s=0, tokens=1)).status_code)
         threads = [threading.Thread(target=one) for _ in range(6)]
         for t in threads:
             t.start()
@@ -130,8 +130,12 @@ def test_admission_limit_bounds_concurrency_at_the_worker(worker: FakeWorker) ->
         recs = last(gw, 6)
     assert results == [200] * 6
     assert worker.state.max_active == 2 and worker.state.requests == 6
+    # arrivals were spread by thread start-up; each later pair waited for one more 0.4 s round of service
+    spread = max(r.started for r in recs) - min(r.started for r in recs)
+    assert spread < 0.4, "clients did not arrive together (machine too loaded)"
     waits = sorted(r.queue_wait_s or 0.0 for r in recs)
-    assert waits[-1] >= 0.15 * 2  # the last pair waited for two rounds of service
+    assert waits[1] < 0.2
+    assert waits[2] >= 0.4 - spread - 0.02 and waits[4] >= 0.8 - spread - 0.02
 
 
 def test_full_queue_and_queue_timeout_answer_503_with_retry_after(worker: FakeWorker) -> None:
@@ -322,3 +326,37 @@ def test_metrics_health_models_and_stats_endpoints(worker: FakeWorker) -> None:
     p99 = sample_value(fams, "hosttune_gateway_ttft_seconds", {"quantile": "0.99"})
     assert p50 is not None and p99 is not None and 0 < p50 <= p99
     assert stats["outcomes"]["ok"] == 3 and stats["ttft"]["count"] == 3 and stats["itl"]["count"] == 9
+
+
+def test_retry_waits_for_the_worker_to_answer_even_if_the_provider_still_says_ready(worker: FakeWorker) -> None:
+    """A supervisor notices a dead worker a little late; the retry must not be spent on the corpse."""
+    served, gw = serve(StaticUpstream(worker.url), queue_timeout_s=10)  # always "ready"
+    with served, httpx.Client(timeout=20) as c:
+        threading.Timer(0.1, worker.kill).start()      # dies during the 0.3 s "prompt processing"
+        threading.Timer(0.7, worker.start).start()     # and is back 0.6 s later
+        t0 = time.monotonic()
+        r = c.post(served.url + CHAT, json=chat(False, ttft_s=0.3, tokens=2))
+        took = time.monotonic() - t0
+        rec = last(gw)[0]
+    assert r.status_code == 200 and rec.outcome == "ok" and rec.retried
+    assert took >= 0.6
+
+
+class FakeSupervisor:
+    def __init__(self, url: str) -> None:
+        self.base_url: str | None = url + "/"
+        self.state = "starting"
+        self.pid: int | None = 4242
+
+
+def test_supervised_worker_adapter() -> None:
+    from agent.gateway.upstream import SupervisedWorker, WorkerEndpoint
+
+    sup = FakeSupervisor("http://127.0.0.1:1")
+    ep = SupervisedWorker(sup)
+    assert isinstance(ep, WorkerEndpoint)
+    assert ep.base_url() == "http://127.0.0.1:1" and not ep.is_ready() and ep.pid() == 4242
+    sup.state = "ready"
+    assert ep.is_ready()
+    sup.base_url, sup.pid = None, None
+    assert ep.base_url() is None and ep.pid() is None
