@@ -1,0 +1,95 @@
+"""What 1 Hz telemetry costs: CPU per sample, and the sampling process's CPU share over a run at 1 Hz.
+
+    .venv/bin/python bench/telemetry_cost.py [--samples 100] [--seconds 30] [--json FILE]
+
+Samplers as the daemon runs them: host (psutil), worker (a real idle llama-server's /metrics and /slots) and the
+gateway's windows filled like a busy minute (300 TTFTs, 9,000 inter-token gaps: ~150 tokens/s for 60 s); GPU
+through agent/telemetry/gpu.py when NVML is present. Budget (issue 5 / the daemon): <= 0.5% of one core at 1 Hz,
+i.e. <= 5 ms of CPU per sample. Measured twice: idle (no traffic: empty gateway windows) and busy; the 1 Hz run
+(BackgroundScheduler, process CPU time over --seconds) is the idle case the daemon budget is about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from agent.bench.llama_local import LocalLlamaServer
+from agent.gateway.stats import GatewayStats, RequestRecord
+from agent.gateway.upstream import StaticUpstream
+from agent.telemetry.collector import build_telemetry
+from agent.worker.models import default_model_path
+
+
+def busy_stats() -> GatewayStats:
+    stats = GatewayStats(window_s=60)
+    rng = random.Random(1)
+    for _ in range(300):
+        stats.finish(RequestRecord(route="/v1/chat/completions", stream=True, started=0.0, queue_wait_s=0.001,
+                                   ttft_s=rng.uniform(0.05, 0.4), itl_s=[rng.uniform(0.005, 0.02) for _ in range(30)],
+                                   e2e_s=1.0, tokens_in=50, tokens_out=30, outcome="ok"))
+    return stats
+
+
+def process_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    with LocalLlamaServer(default_model_path(), threads=2, extra_args=["-np", "4", "-c", "4096"]) as llama:
+        busy = build_telemetry(endpoint=StaticUpstream(llama.url), gateway=busy_stats())
+        busy.sample_once()  # first sample sets up the HTTP connection and the CPU baseline
+        busy_costs = [busy.sample_once().cpu_cost_s * 1000 for _ in range(args.samples)]
+        busy.close()
+        # idle: what the daemon pays with no traffic (empty gateway windows), per sample and at 1 Hz
+        tel = build_telemetry(endpoint=StaticUpstream(llama.url), gateway=GatewayStats(window_s=60))
+        tel.sample_once()
+        costs = [tel.sample_once().cpu_cost_s * 1000 for _ in range(args.samples)]
+        scheduler = BackgroundScheduler()
+        tel.register_jobs(scheduler, interval_s=1.0)
+        time.sleep(0.5)
+        cpu0, t0 = process_cpu(), time.monotonic()
+        scheduler.start()
+        time.sleep(args.seconds)
+        scheduler.shutdown(wait=True)
+        cpu1, t1 = process_cpu(), time.monotonic()
+        tel.close()
+    last = tel.latest()
+    def figures(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.mean(values), "p50": statistics.median(values),
+                "p95": statistics.quantiles(values, n=20)[-1], "max": max(values)}
+
+    out = {
+        "idle_per_sample_cpu_ms": figures(costs),
+        "busy_per_sample_cpu_ms": figures(busy_costs),
+        "idle_run_at_1hz": {"seconds": t1 - t0, "process_cpu_s": cpu1 - cpu0,
+                       "core_share_pct": (cpu1 - cpu0) / (t1 - t0) * 100},
+        "samplers": {"host": last is not None and last.host is not None,
+                     "worker": last is not None and last.worker is not None and last.worker.up,
+                     "gateway": last is not None and last.gateway is not None,
+                     "gpus": 0 if last is None else len(last.gpus)},
+    }
+    print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
