@@ -104,8 +104,8 @@ def test_worker_sampler_against_a_live_http_worker(worker: FakeWorker) -> None:
 def test_gpu_adapter_normalizes_readings_into_dcgm_names() -> None:
     readings: list[Any] = [
         {"index": 0, "uuid": "GPU-aaaa", "name": "NVIDIA H200", "util_pct": 87, "mem_used_bytes": 10 << 30,
-         "mem_total_bytes": 141 << 30, "sm_clock_mhz": 1980, "mem_clock_mhz": 3201, "power_mw": 412_500, "power_limit_mw": 700_000,
-         "temp_c": 61, "throttle_reasons": 4},
+         "mem_total_bytes": 141 << 30, "sm_clock_mhz": 1980, "mem_clock_mhz": 3201, "power_mw": 412_500,
+         "power_limit_mw": 700_000, "temp_c": 61, "throttle_reasons": 4},
         {"gpu": 1, "utilization_gpu": 3},
     ]
     gpus = GpuSampler(lambda: readings).sample()
