@@ -13,8 +13,11 @@ OUT=${1:?usage: scripts/build-wheelhouse.sh OUT.tar [PYTHON]}
 PY=${2:-.venv/bin/python}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# Build from a clean copy of the tracked sources: no stray build/ or egg-info from the working tree leaks in.
-git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$tmp" --one-top-level=src
+# Build from a clean copy of just what the wheel is made of (the package, plus the data files pyproject takes
+# from systemd/ and policies/): no stray build/ or egg-info, and not tests/, whose fixture sysfs trees hold
+# symlinks that setuptools' package discovery would walk for minutes.
+git ls-files -z --cached --others --exclude-standard -- pyproject.toml README.md 'LICENSE*' agent systemd policies \
+  | tar --null -T - -cf - | tar -xf - -C "$tmp" --one-top-level=src
 SOURCE_DATE_EPOCH=315532800 "$PY" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$tmp/wheels" "$tmp/src" >&2
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$tmp/wheels" -cf "$OUT.tmp" .
 mv "$OUT.tmp" "$OUT"
