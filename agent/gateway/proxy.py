@@ -106,7 +106,10 @@ class Proxy:
         """Admit, open the worker's reply (with hold and one retry), and hand back a streaming Response.
         A client that disconnects while queued or held gives its place up at once."""
         started = time.monotonic()
-        body = await request.body()
+        body = await self._read_body(request)
+        if body is None:
+            return JSONResponse({"error": {"message": f"request body larger than {self.settings.max_body_bytes} "
+                                           "bytes", "type": "invalid_request_error", "code": 413}}, status_code=413)
         rec = RequestRecord(route=request.url.path, stream=wants_stream(body), started=started)
         work = asyncio.ensure_future(self._admit_and_open(request, body, rec))
         watcher = asyncio.ensure_future(_until_disconnect(request.receive))
@@ -123,6 +126,21 @@ class Proxy:
             self.stats.finish(rec)
             return Response(status_code=499)
         return work.result()
+
+    async def _read_body(self, request: Request) -> bytes | None:
+        """The request body, or None when it exceeds max_body_bytes (refused before it is all read)."""
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _admit_and_open(self, request: Request, body: bytes, rec: RequestRecord) -> Response:
         deadline = rec.started + self.settings.queue_timeout_s

@@ -360,3 +360,19 @@ def test_supervised_worker_adapter() -> None:
     assert ep.is_ready()
     sup.base_url, sup.pid = None, None
     assert ep.base_url() is None and ep.pid() is None
+
+
+def test_oversized_body_is_refused_before_reaching_the_worker(worker: FakeWorker) -> None:
+    served, _gw = serve(StaticUpstream(worker.url), max_body_bytes=4096)
+    with served, httpx.Client(timeout=10) as c:
+        big = {"prompt": "x" * 5000, "stream": False}
+        r = c.post(served.url + "/v1/completions", json=big)
+        assert r.status_code == 413 and "larger than 4096" in r.json()["error"]["message"]
+
+        def chunks() -> Iterator[bytes]:  # no content-length: the cap applies while reading
+            yield json.dumps(big).encode()
+        r2 = c.post(served.url + "/v1/completions", content=chunks())
+        assert r2.status_code == 413
+        ok = c.post(served.url + "/v1/completions", json={"prompt": "x", "fake": {"tokens": 1}})
+        assert ok.status_code == 200
+    assert worker.state.requests == 1
