@@ -2,11 +2,12 @@
 
     .venv/bin/python bench/gateway_overhead.py [--concurrency 1,4] [--requests 40] [--rounds 3] [--json FILE]
 
-One llama-server (bundled model, -t 2, -np 4) and one gateway process (`hosttune gateway`, admission limit above
-the load so it never queues) serve both paths. Rounds alternate direct / gateway (ABAB...) so slow drift on a
-shared machine hits both alike; each round sends the same seeded request sequence (short chat prompts, exactly
---max-tokens output tokens with ignore_eos). Reported per level: output tokens/s and TTFT/ITL p50 — the median
-over rounds — and the gateway's difference. Goal (issue 5): <= 2% throughput, <= 1 ms p50 TTFT.
+One llama-server (bundled model, -t 2, -np 4, 1024 context tokens per slot) and one gateway process
+(`hosttune gateway`, admission limit above the load so it never queues) serve both paths. Rounds alternate
+direct / gateway (ABAB...) so slow drift on a shared machine hits both alike; each round sends the same seeded
+request sequence (short chat prompts, exactly --max-tokens output tokens with ignore_eos). Reported per level:
+output tokens/s and TTFT/ITL p50 — the median over rounds — and the gateway's difference.
+Goal (issue 5): <= 2% throughput, <= 1 ms p50 TTFT.
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=40, help="requests per round")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3, help="rounds per path (alternating)")
+    ap.add_argument("--threads", type=int, default=2, help="llama-server -t (default 2)")
+    ap.add_argument("--np", type=int, default=4, help="llama-server -np (default 4)")
     ap.add_argument("--json", type=Path, help="write the raw results here")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, Any] = {"levels": {}, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
-    with LocalLlamaServer(default_model_path(), threads=2, extra_args=["-np", "4", "-c", "4096"]) as llama:
+    engine = ["-np", str(args.np), "-c", str(1024 * args.np)]
+    results["engine"] = {"threads": args.threads, "args": engine}
+    with LocalLlamaServer(default_model_path(), threads=args.threads, extra_args=engine) as llama:
         gw_port = free_port()
         gateway = start_gateway(llama.url, gw_port)
         try:
