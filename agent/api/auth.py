@@ -1,65 +1,21 @@
-"""Bearer-token authentication for every /v1 route, and the token file it checks against.
+"""Bearer-token authentication for every /v1 route (a router-level dependency, constant-time compare).
 
-Why a file and not a config value: the token must never sit in a world-readable config or in the unit's
-environment (visible in /proc/PID/environ to root only, but also in `systemctl show`). It is created 0600 on first
-start, and the daemon refuses to start when it is readable by group or others, not a regular file, or owned by
-someone else — a leaked token can retune the host as root.
+The token file itself (creation 0600, refusal of a readable one) is agent/api/tokenfile.py.
 """
 
 from __future__ import annotations
 
 import hmac
-import os
-import secrets
-import stat
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from agent.errors import InputError
+from agent.api.tokenfile import MIN_TOKEN_CHARS, ensure_token
 
-MIN_TOKEN_CHARS = 16
+__all__ = ["MIN_TOKEN_CHARS", "ensure_token", "require_token"]
+
 _bearer = HTTPBearer(auto_error=False, description="the token in the daemon's token file (api.token)")
-
-
-def _check_existing(path: Path) -> str:
-    try:
-        st = path.lstat()
-    except OSError as e:
-        raise InputError(f"cannot read the API token file: {e.strerror}", path=path) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError("the API token file is not a regular file (a symlink or device is refused)", path=path)
-    if st.st_mode & 0o077:
-        raise InputError(f"the API token file is readable or writable by group/others (mode "
-                         f"{stat.S_IMODE(st.st_mode):04o}); refusing to start: chmod 600 it", path=path)
-    if st.st_uid != os.geteuid():
-        raise InputError(f"the API token file is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})",
-                         path=path)
-    token = path.read_text().strip()
-    if len(token) < MIN_TOKEN_CHARS:
-        raise InputError(f"the API token is shorter than {MIN_TOKEN_CHARS} characters", path=path)
-    return token
-
-
-def ensure_token(path: Path) -> str:
-    """Return the API token, creating the file (0600, random 256-bit token) if it does not exist yet."""
-    if path.exists() or path.is_symlink():
-        return _check_existing(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        return _check_existing(path)  # another process created it between our checks
-    except OSError as e:
-        raise InputError(f"cannot create the API token file: {e.strerror}", path=path) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return token
 
 
 def require_token(request: Request,

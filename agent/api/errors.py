@@ -14,24 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.errors import HostError, HostTuneError, InputError
+from agent.api.exceptions import Conflict, NotFound, Unavailable
+from agent.errors import HostTuneError, InputError
+
+__all__ = ["Conflict", "NotFound", "Unavailable", "error_body", "install_error_handlers", "status_for"]
 
 log = logging.getLogger(__name__)
 
 _HTTP_KINDS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "request_too_large", 503: "unavailable"}
-
-
-class NotFound(InputError):
-    """A named thing (policy) does not exist: 404 over the API, exit 2 on the CLI."""
-
-
-class Unavailable(HostError):
-    """A part this request needs is not installed or not running (no worker configured, no engine): 503."""
-
-
-class Conflict(HostError):
-    """The request cannot run now (another transaction holds the host): 409."""
 
 
 def status_for(exc: HostTuneError) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from agent.config import config_path_from
-
 HELP = """\
 Run hosttune in the foreground: roll back an interrupted transaction, apply the configured policy, start the
 worker and the gateway, run telemetry / drift checks, and serve the REST API; then tell systemd READY=1.
@@ -34,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.config import load_settings
+    from agent.config import config_path_from, load_settings
 
     path = config_path_from(args.config)
     if args.check:
-        from agent.api.auth import ensure_token
+        from agent.api.tokenfile import ensure_token
 
         settings = load_settings(path)
         if settings.token_path.exists():

@@ -25,13 +25,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
-from agent.api import create_app
-from agent.api.auth import ensure_token
-from agent.api.errors import Unavailable
+from agent.api.exceptions import Unavailable
+from agent.api.tokenfile import ensure_token
 from agent.config import DaemonSettings, load_settings
-from agent.daemon.http import ServerThread, bind_tcp, bind_unix
 from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
 from agent.errors import HostTuneError
@@ -60,8 +56,8 @@ class Daemon:
         self.config_path = config_path
         self.notify = notifier or Notifier()
         self.services = Services(settings)
-        self.scheduler: BackgroundScheduler | None = None
-        self.api: ServerThread | None = None
+        self.scheduler: Any = None  # apscheduler BackgroundScheduler, imported when started
+        self.api: Any = None  # agent.daemon.http.ServerThread
         self.mainloop = MainLoop()
         self.services.run_mutation = self.mainloop.call
         self._stop_requested: str | None = None
@@ -102,20 +98,21 @@ class Daemon:
 
         if s.policy:
             self.status(f"applying policy {s.policy}")
-            loaded = self.services.load_policy_ref(s.policy)
-            result = self.services.apply_loaded(loaded)
+            facts = self.services.host_facts()  # once: the policy resolves, applies and places against it
+            loaded = self.services.load_policy_ref(s.policy, facts)
+            result = self.services.apply_loaded(loaded, facts)
             self.status(f"policy {loaded.policy.name} applied ({result.get('changed', 0)} changed)")
-            self.start_worker(loaded)
+            self.start_worker(loaded, facts)
         self.start_gateway()
         self.start_scheduler()
         self.start_api()
 
-    def start_worker(self, loaded: Any) -> None:
+    def start_worker(self, loaded: Any, facts: Any = None) -> None:
         spec = getattr(loaded.policy, "worker", None)
         if spec is None or not self.settings.worker.enabled:
             return
         self.status(f"starting worker ({spec.engine})")
-        self.services.start_worker(loaded)
+        self.services.start_worker(loaded, facts)
         self.status("worker ready")
 
     def start_gateway(self) -> None:
@@ -125,6 +122,8 @@ class Daemon:
         self.services.start_gateway()
 
     def start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
         s = self.settings
         sched = BackgroundScheduler(daemon=True, job_defaults={"coalesce": True, "max_instances": 1,
                                                                "misfire_grace_time": 30})
@@ -145,6 +144,9 @@ class Daemon:
             self.notify.status(f"drift: {report['drifted']} tunables drifted ({action})")
 
     def start_api(self) -> None:
+        from agent.api.app import create_app
+        from agent.daemon.http import ServerThread, bind_tcp, bind_unix
+
         a = self.settings.api
         sock = bind_unix(a.unix_socket) if a.unix_socket else bind_tcp(a.host, a.port)
         app = create_app(self.settings, self.services)

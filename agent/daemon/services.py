@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from agent.api.errors import Conflict, NotFound, Unavailable
+from agent.api.exceptions import Conflict, NotFound, Unavailable
 from agent.api.schemas import PolicyRequest
 from agent.config import DaemonSettings
 from agent.errors import HostError, InputError
@@ -105,8 +105,8 @@ class Services:
     def _loader(self) -> Any:
         return _import("agent.policy.loader", "the policy loader")
 
-    def load_policy_ref(self, ref: str | Path) -> Any:
-        return self._loader().load_policy(ref, self.host_facts())
+    def load_policy_ref(self, ref: str | Path, facts: Any = None) -> Any:
+        return self._loader().load_policy(ref, facts if facts is not None else self.host_facts())
 
     def list_policies(self) -> list[dict[str, Any]]:
         return [_dump(p) for p in self._loader().list_policies()]
@@ -123,7 +123,7 @@ class Services:
                 "chain": [str(p) for p in loaded.chain],
                 "locations": {k: f"{v[0]}:{v[1]}" for k, v in getattr(loaded, "locations", {}).items()}}
 
-    def load_request(self, request: PolicyRequest) -> Any:
+    def load_request(self, request: PolicyRequest, facts: Any = None) -> Any:
         """A policy named, or submitted inline, loaded through the same loader (and checks) as policy files.
 
         Inline text is written under STATE_DIR/api-policies/ (0600, named by content hash) and loaded from there,
@@ -131,14 +131,14 @@ class Services:
         """
         if request.name is not None:
             self._known_policy(request.name)
-            return self.load_policy_ref(request.name)
+            return self.load_policy_ref(request.name, facts)
         text = request.yaml if request.yaml is not None else yaml.safe_dump(request.policy, sort_keys=False)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         path = self.state_dir / SUBMITTED_DIR / f"request-{digest}.yaml"
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write(path, text)
         try:
-            return self.load_policy_ref(path)
+            return self.load_policy_ref(path, facts)
         except InputError as e:
             raise self._public(e) from None
 
@@ -171,12 +171,14 @@ class Services:
         return e
 
     def plan(self, request: PolicyRequest) -> dict[str, Any]:
-        return self.plan_loaded(self.load_request(request))
+        facts = self.host_facts()
+        return self.plan_loaded(self.load_request(request, facts), facts)
 
-    def plan_loaded(self, loaded: Any) -> dict[str, Any]:
+    def plan_loaded(self, loaded: Any, facts: Any = None) -> dict[str, Any]:
+        facts = facts if facts is not None else self.host_facts()
         try:
             plan = self._engine().plan_policy(loaded.policy, self.paths, state=self._state(),
-                                              facts=self.host_facts(), source=str(loaded.source))
+                                              facts=facts, source=str(loaded.source))
         except InputError as e:
             raise self._located(loaded, e) from None
         out: dict[str, Any] = _dump(plan)
@@ -185,11 +187,13 @@ class Services:
         return out
 
     def apply(self, request: PolicyRequest) -> dict[str, Any]:
-        return self.apply_loaded(self.load_request(request))
-
-    def apply_loaded(self, loaded: Any) -> dict[str, Any]:
-        """Apply as one transaction; tunables an earlier policy set and this one drops are restored (the diff)."""
         facts = self.host_facts()
+        return self.apply_loaded(self.load_request(request, facts), facts)
+
+    def apply_loaded(self, loaded: Any, facts: Any = None) -> dict[str, Any]:
+        """Apply as one transaction; tunables an earlier policy set and this one drops are restored (the diff).
+        `facts`: the host facts the policy was resolved against (collected again when not given)."""
+        facts = facts if facts is not None else self.host_facts()
         engine, state = self._engine(), self._state()
         with self.lock:
             try:
@@ -258,7 +262,8 @@ class Services:
         if drifted:
             self.event("drift", tunables=len(drifted), targets=",".join(str(c["target"]) for c in drifted[:5]))
             if reapply and self.applied_ref:
-                self.apply_loaded(self.load_policy_ref(self.applied_ref))
+                facts = self.host_facts()
+                self.apply_loaded(self.load_policy_ref(self.applied_ref, facts), facts)
         return self.last_drift
 
     # -- reload ---------------------------------------------------------------------------------------------------
@@ -274,8 +279,9 @@ class Services:
         self.settings = new
         if not new.policy:
             return "no policy configured (host tuning left as is)"
-        loaded = self.load_policy_ref(new.policy)
-        out = self.apply_loaded(loaded)
+        facts = self.host_facts()
+        loaded = self.load_policy_ref(new.policy, facts)
+        out = self.apply_loaded(loaded, facts)
         self.event("reload", policy=loaded.policy.name, writes=out["changed"])
         new_spec = getattr(loaded.policy, "worker", None)
         worker_note = "worker unchanged"
@@ -290,7 +296,7 @@ class Services:
             scheduler.reschedule_job("controller", trigger="interval", seconds=self.settings.controller_interval_s)
 
     # -- worker, gateway, telemetry, controller ----------------------------------------------------------------
-    def start_worker(self, loaded: Any) -> None:
+    def start_worker(self, loaded: Any, facts: Any = None) -> None:
         """Place and start the policy's worker under the supervisor; wait until it answers (ready_timeout_s)."""
         spec = loaded.policy.worker
         prepare = _import("agent.worker.prepare", "the worker")
@@ -298,7 +304,8 @@ class Services:
         ws = self.settings.worker
         headroom = loaded.policy.slo.memory_headroom_pct if loaded.policy.slo is not None else 10.0
         try:
-            prepared = prepare.prepare_worker(spec, self.host_facts(), paths=self.paths, headroom_pct=headroom)
+            prepared = prepare.prepare_worker(spec, facts if facts is not None else self.host_facts(),
+                                              paths=self.paths, headroom_pct=headroom)
             prepared.build(prepared.spec)  # argv errors surface now, with the policy's file:line
         except InputError as e:
             raise self._located(loaded, e) from None

@@ -192,6 +192,9 @@ def test_command_worker_is_supervised_and_stopped_cleanly(host: HostPaths, tmp_p
         f"  health_url: http://127.0.0.1:{wport}/\n"
         "  placement: {mode: none}\n")
     cfg = base_config(host, tmp_path, policy=str(policy), gateway={"port": free_port()})
+    # The worker really runs here, so it is placed on this machine's facts (live roots): the policy tunes nothing.
+    for root in ("procfs", "sysfs", "rootfs"):
+        del cfg[root]
     base = f"http://127.0.0.1:{cfg['api']['port']}"
     d = DaemonProcess(write_config(tmp_path / "daemon.yaml", **cfg), tmp_path)
     daemons.append(d)
