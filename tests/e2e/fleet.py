@@ -282,6 +282,7 @@ def ansible_env(home: Path) -> dict[str, str]:
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
         "ANSIBLE_GATHERING": "explicit",
         "TMPDIR": str(home / "tmp"),
+        "ANSIBLE_LOG_PATH": str(home / "ansible.log"),  # timestamped: where a slow run spent its time
     })
     return env
 

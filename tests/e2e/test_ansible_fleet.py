@@ -99,7 +99,9 @@ def inventory(fleet: Fleet, wheelhouse: Path, work: Path) -> Path:
         "hosttune_verify_retries": 8,
         "hosttune_verify_delay": 1,
         "hosttune_rollout_soak_seconds": 3,
-        "hosttune_daemon_settings": {"gateway": {"enabled": False}},
+        # No gateway (no worker to front); slow background jobs: three daemons share two cores with the test.
+        "hosttune_daemon_settings": {"gateway": {"enabled": False}, "telemetry_interval_s": 30,
+                                     "controller_interval_s": 60},
     }
     (inv / "group_vars/hosttune.yml").write_text(yaml.safe_dump(group_vars))
     return inv
