@@ -17,6 +17,7 @@ from agent.errors import HostTuneError
 
 # Modules under agent.commands, each with register(subparsers, common) -> None.
 COMMAND_MODULES: tuple[str, ...] = (
+    "inspect",
     "plan",
     "apply",
     "verify",

@@ -18,6 +18,17 @@ import tiers
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite golden files (tests/fixtures/hosts/*/expected.json) from the current output")
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True when the run was asked to rewrite golden files instead of comparing with them."""
+    return bool(request.config.getoption("--update-golden"))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for tier in tiers.CHECKS:
         if item.get_closest_marker(tier) is None:
