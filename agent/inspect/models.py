@@ -78,7 +78,7 @@ class ThpFacts(Model):
 
 class BlockDevice(Model):
     name: str
-    kind: str = Field(description="nvme, virtio, scsi, sata, loop, md, dm, mmc, null_blk, other")
+    kind: str = Field(description="nvme, virtio, sata, scsi, usb, loop, dm, md, mmc, null_blk, zram, xen, ram, other")
     rotational: bool | None = None
     removable: bool | None = None
     size_bytes: int | None = None

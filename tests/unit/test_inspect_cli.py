@@ -122,3 +122,12 @@ def test_environment_roots_and_option_precedence(tmp_path: Path) -> None:
     assert facts["cpu"]["sockets"] == 2  # sysfs still from the environment
     broken = run_inspect("--json", "--sysfs", str(tmp_path / "absent"), env=env)
     assert broken.returncode == 2 and str(tmp_path / "absent") in broken.stderr
+
+
+def test_docs_name_every_field() -> None:
+    """docs/inspect.md documents every field of the JSON: a field added to the models must be added there too."""
+    docs = (Path(__file__).resolve().parents[2] / "docs/inspect.md").read_text()
+    schema = HostFacts.model_json_schema()
+    models = [schema, *schema["$defs"].values()]
+    missing = sorted({f for m in models for f in m["properties"] if f"`{f}`" not in docs})
+    assert missing == []
