@@ -56,3 +56,15 @@ def test_choice_render_matches_kernel_format(raw: str, value: str, rendered: str
     assert formats.render("choice", raw, value) == rendered
     assert formats.parse("choice", rendered) == value
     assert formats.restore_value("choice", raw) == formats.parse("choice", raw)
+
+
+def test_a_section_no_tuner_claims_is_unsupported_not_dropped(host: HostPaths) -> None:
+    from agent.engine.plan import make_plan
+    from agent.tuners.sysctl import SysctlTuner
+
+    policy = Policy.model_validate({"name": "t", "sysctl": {"vm.swappiness": 1},
+                                    "thp": {"enabled": "never"}, "gpu": [{"power_limit_w": 300}]})
+    plan = make_plan(policy, None, host, tuners=[SysctlTuner()])
+    rows = {(c.tuner, c.action) for c in plan.changes}
+    assert rows == {("sysctl", "change"), ("thp", "unsupported"), ("gpu", "unsupported")}
+    assert not plan.writes[1:]
