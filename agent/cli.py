@@ -23,13 +23,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "verify",
     "revert",
     "status",
-    "gateway",
-    "bench",
     "daemon",
     "install_unit",
+    "gateway",
+    "bench",
+    "policy",
     "fit",
     "worker",
-    "policy",
 )
 
 DESCRIPTION = """\
