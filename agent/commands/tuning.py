@@ -26,11 +26,21 @@ WIDTH = 48
 
 
 def host_paths(args: argparse.Namespace) -> HostPaths:
+    use_nvml_sim(args)
     return HostPaths.from_options(args.procfs, args.sysfs, args.rootfs).check()
 
 
 def state(args: argparse.Namespace) -> StateDir:
+    use_nvml_sim(args)
     return StateDir(args.state_dir)
+
+
+def use_nvml_sim(args: argparse.Namespace) -> None:
+    """--nvml-sim FILE: the process-wide NVML session (inspection, the GPU tuner, verify, revert) is simulated."""
+    sim = getattr(args, "nvml_sim", None)
+    if sim:
+        from agent.nvml import open_nvml, use_session
+        use_session(open_nvml(sim))
 
 
 def gather_facts(paths: HostPaths) -> HostFacts | None:
@@ -41,7 +51,10 @@ def gather_facts(paths: HostPaths) -> HostFacts | None:
     except ImportError:
         return None
     collect: Callable[..., HostFacts] | None = getattr(inspect, "collect", None)
-    return collect(paths) if collect is not None else None
+    if collect is None:
+        return None
+    from agent.nvml import session
+    return collect(paths, nvml=session())
 
 
 def load(ref: str, facts: HostFacts | None) -> LoadedPolicy:

@@ -27,6 +27,7 @@ import yaml
 from agent.api.exceptions import Conflict, NotFound, Unavailable
 from agent.api.schemas import PolicyRequest
 from agent.config import DaemonSettings
+from agent.engine.state import StateLocked
 from agent.errors import HostError, InputError
 from agent.fsio import atomic_write
 from agent.hostfs import HostPaths
@@ -166,7 +167,7 @@ class Services:
 
     @staticmethod
     def _conflict(e: HostError) -> HostError:
-        if "holds the state lock" in e.message:
+        if isinstance(e, StateLocked):
             return Conflict(e.message, path=e.path)
         return e
 

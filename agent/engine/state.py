@@ -16,6 +16,11 @@ from pathlib import Path
 from agent.engine.journal import JOURNAL_NAME, Journal
 from agent.errors import HostError
 
+
+class StateLocked(HostError):
+    """Another hosttune process (apply, revert, the daemon) holds the state lock."""
+
+
 LOCK_NAME = "lock"
 
 
@@ -48,7 +53,7 @@ class StateDir:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise HostError("another hosttune process holds the state lock (apply or revert running)",
+                raise StateLocked("another hosttune process holds the state lock (apply or revert running)",
                                 path=self.path / LOCK_NAME) from None
             yield Journal(self.journal_path)
         finally:

@@ -13,6 +13,7 @@ recover:  run at the start of apply and revert (and by the daemon): an open appl
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 
 from pydantic import BaseModel, Field
@@ -79,7 +80,10 @@ def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: s
     """Apply every writing change of `plan` in one transaction (the caller holds the state lock and has run
     recover()). Raises HostError naming the failing tunable after rolling everything back."""
     txn = journal.begin("apply", policy=plan.policy)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Python only lets the main thread install handlers; a daemon applying from another thread relies on its
+    # own SIGTERM handling (it finishes the transaction before it stops).
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if on_main else None
     current: Change | None = None
     try:
         for change in plan.changes:
@@ -113,7 +117,8 @@ def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: s
             raise HostError(f"apply failed at {what}: {detail}; {state}", field=field) from e
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     for change in plan.changes:
         if change.stale:
             journal.drop_original(change.key)

@@ -37,7 +37,8 @@ class Placement(BaseModel):
 
     def summary(self) -> str:
         where = f"node {self.node}" if self.node is not None else "no node binding"
-        return f"{where}, cpus {format_cpu_list(self.cpus)}, {self.threads} threads"
+        cpus = f"cpus {format_cpu_list(self.cpus)}" if self.cpus else "not pinned"
+        return f"{where}, {cpus}, {self.threads} threads"
 
 
 def whole_disk_of_file(paths: HostPaths, path: Path, max_depth: int = 4) -> str | None:
@@ -131,7 +132,10 @@ def plan_placement(facts: HostFacts, spec: WorkerSpec, model_path: Path | None =
                          reasons=(gpu_reasons if uses_gpu else []) + reasons)
 
     if mode == "none":
-        return result(None, sorted(online), False, ["placement none: all online CPUs, no memory binding"])
+        # Not pinned at all: threads still follow the host's physical cores, but no CPU list is handed to the
+        # binder (a list taken from facts of another host, e.g. a fixture, need not exist here).
+        unpinned = result(None, sorted(online), False, ["placement none: not pinned, no memory binding"])
+        return unpinned.model_copy(update={"cpus": []})
 
     explicit_cpus = spec.placement.cpus
     explicit_node = spec.placement.numa_node

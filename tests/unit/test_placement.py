@@ -129,9 +129,10 @@ def test_unknown_gpu_rejected() -> None:
     assert e.value.field == "worker.gpu"
 
 
-def test_mode_none_uses_everything_unbound() -> None:
+def test_mode_none_is_not_pinned() -> None:
     p = plan_placement(two_socket_server(), WorkerSpec(gpu_layers=0, placement=WorkerPlacement(mode="none")))
-    assert p.node is None and not p.membind and p.cpus == list(range(16)) and p.threads == 8
+    assert p.node is None and not p.membind and p.cpus == [] and not p.bound and p.threads == 8
+    assert "not pinned" in p.summary()
 
 
 def test_one_node_vm() -> None:
