@@ -36,6 +36,11 @@ description: Fleet test policy - a per-host listen backlog (net.* sysctls are pe
 sysctl:
   net.core.somaxconn: {value}   # why: a value no host starts with, so every change is visible
 """
+# fleet-b also advises a boot parameter no kernel has: reboot-only advice the role must report, never act on.
+REBOOT_TEXT = """\
+kernel_cmdline:
+  hosttune_fleet_test: "1"
+"""
 
 # Another agent on the host that keeps forcing the old backlog back: the host applies fleet-b, then drifts.
 FIGHTER = (
@@ -88,7 +93,7 @@ def inventory(fleet: Fleet, wheelhouse: Path, work: Path) -> Path:
     policies = []
     for name, value in (("fleet-a", POLICY_A), ("fleet-b", POLICY_B)):
         path = work / f"{name}.yaml"
-        path.write_text(POLICY_TEXT.format(name=name, value=value))
+        path.write_text(POLICY_TEXT.format(name=name, value=value) + (REBOOT_TEXT if name == "fleet-b" else ""))
         policies.append(str(path))
     fleet.write_inventory(inv / "hosts.ini")
     group_vars = {
@@ -186,7 +191,13 @@ class TestFleet:
         # The plan's diff names the tunable with the host's value and the policy's.
         assert re.search(rf"-\s*sysctl: net\.core\.somaxconn = {POLICY_A}", run.stdout), run.tail()
         assert re.search(rf"\+\s*sysctl: net\.core\.somaxconn = {POLICY_B}", run.stdout), run.tail()
+        # Reboot contract: the boot parameter is reported per host, is not a diff line, and nothing reboots.
+        assert "hosttune_fleet_test" not in "".join(re.findall(r"^[-+].*$", run.stdout, re.M)), run.tail()
+        reboot_task = run.stdout.split("TASK [hosttune : Reboot for the kernel command line", 1)[1]
+        reboot_task = reboot_task.split("TASK [", 1)[0]
         for host in self.HOSTS:
+            assert f"{host} needs a reboot for fleet-b" in run.stdout, run.tail()
+            assert f"skipping: [{host}]" in reboot_task
             assert run.recap[host]["changed"] > 0
             assert somaxconn(fleet, host) == POLICY_A
             assert configured_policy(fleet, host) == "fleet-a"
