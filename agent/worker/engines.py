@@ -160,4 +160,8 @@ def engine_for(spec: WorkerSpec, prefer_binding: BindPreference = "auto") -> Eng
         return LlamaCppEngine(prefer_binding=prefer_binding)
     if spec.engine == "command":
         return CommandEngine(prefer_binding=prefer_binding)
-    raise InputError(f"engine {spec.engine} arrives with issue 6; use llamacpp or command", field="worker.engine")
+    if spec.engine == "torch":
+        from agent.worker.torch_engine import TorchEngine  # imports no torch; the worker process does
+
+        return TorchEngine(prefer_binding=prefer_binding)
+    raise InputError(f"unknown engine {spec.engine}", field="worker.engine")

@@ -1,0 +1,106 @@
+"""Engine adapter for `worker: {engine: torch}`: runs agent.worker.torch_server with this interpreter, placed and
+bound like any worker, health at /health and metrics at /metrics.
+
+Policy knobs map onto the torch worker's live levers: `parallel` -> --max-batch, `ctx` -> --kv-budget-tokens.
+Those two change at run time through POST /control (authenticated with a token this adapter writes, mode 0600,
+into a private directory), so restart_needed() leaves them out; everything else (model, dtype, threads, port, ...)
+needs a restart. control_client() gives the controller a client for the levers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from agent.errors import InputError
+from agent.policy.model import WorkerSpec
+from agent.worker.binding import BindPreference, plan_binding
+from agent.worker.engines import Launch, base_url, changed_fields
+from agent.worker.placement import Placement
+from agent.worker.torch_control import TorchWorkerControl
+
+LIVE_KNOBS = frozenset({"parallel", "ctx"})
+RESERVED_FLAGS = {"--model", "--host", "--port", "--control-token-file", "--max-batch", "--kv-budget-tokens",
+                  "--dtype", "--threads", "--device"}
+TOKEN_FILE = "torch-control.token"
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, prefer_binding: BindPreference = "auto", parent_death_signal: int | None = signal.SIGTERM,
+                 token_dir: Path | None = None, python: str = sys.executable) -> None:
+        self._prefer: BindPreference = prefer_binding
+        self._death_signal = parent_death_signal
+        self._token_dir = token_dir
+        self._token_file: Path | None = None
+        self._python = python
+
+    def token_file(self) -> Path:
+        """The control token, written once per adapter and kept across worker restarts."""
+        if self._token_file is None:
+            if self._token_dir is None:
+                self._token_dir = Path(tempfile.mkdtemp(prefix="hosttune-torch-"))
+                atexit.register(shutil.rmtree, self._token_dir, True)
+            self._token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path = self._token_dir / TOKEN_FILE
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+            os.chmod(path, 0o600)
+            self._token_file = path
+        return self._token_file
+
+    def argv(self, spec: WorkerSpec, model: Path, placement: Placement | None) -> list[str]:
+        for i, arg in enumerate(spec.extra_args):
+            if arg.split("=", 1)[0] in RESERVED_FLAGS:
+                raise InputError(f"{arg} is set by hosttune from the worker spec; use the matching worker field",
+                                 field=f"worker.extra_args[{i}]")
+        args = ["-m", "agent.worker.torch_server", "--model", str(model), "--host", spec.host, "--port",
+                str(spec.port), "--control-token-file", str(self.token_file())]
+        if spec.dtype is not None:
+            args += ["--dtype", spec.dtype]
+        if spec.parallel is not None:
+            args += ["--max-batch", str(spec.parallel)]
+        if spec.ctx is not None:
+            args += ["--kv-budget-tokens", str(spec.ctx)]
+        threads = spec.threads if spec.threads is not None else (placement.threads if placement else None)
+        if threads is not None:
+            args += ["--threads", str(threads)]
+        if placement is not None and placement.gpu is not None:
+            args += ["--device", "cuda"]
+        return [*args, *spec.extra_args]
+
+    def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch:
+        if model is None:
+            raise InputError("the torch engine needs a model (a GGUF file, or `default`)", field="worker.model")
+        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
+        if placement is not None and placement.gpu_uuid:
+            env["CUDA_VISIBLE_DEVICES"] = placement.gpu_uuid
+        url = base_url(spec.host, spec.port)
+        return Launch(engine=self.name, argv=[*binding.prefix, self._python, *self.argv(spec, model, placement)],
+                      env=env, base_url=url, health_url=f"{url}/health", metrics_url=f"{url}/metrics", model=model,
+                      placement=placement, binding=binding)
+
+    def restart_needed(self, old: WorkerSpec, new: WorkerSpec) -> list[str]:
+        return [f for f in changed_fields(old, new) if f not in LIVE_KNOBS]
+
+    def control_client(self, spec: WorkerSpec, timeout_s: float = 5.0) -> TorchWorkerControl:
+        """Client for the live levers of the worker this adapter launched for `spec`."""
+        return TorchWorkerControl(base_url(spec.host, spec.port), token_file=self.token_file(), timeout_s=timeout_s)
+
+    def live_update(self, old: WorkerSpec, new: WorkerSpec) -> dict[str, int | None]:
+        """The POST /control fields that carry old -> new for the live knobs (empty when neither changed)."""
+        out: dict[str, int | None] = {}
+        if new.parallel != old.parallel:
+            out["max_batch"] = new.parallel or 8
+        if new.ctx != old.ctx:
+            out["kv_budget_tokens"] = new.ctx
+        return out
