@@ -208,6 +208,9 @@ def sysctl_entry_problem(key: str, value: object) -> str | None:
         return f"invalid sysctl key {key!r}: use dotted names like vm.swappiness"
     if isinstance(value, bool):
         return f"{key}: use 0/1, not a boolean"
+    if isinstance(value, str) and not (value.isascii() and all(c.isprintable() or c in " \t" for c in value)):
+        # The writer stores bytes as latin-1 and a newline would write a second line: one line of ASCII only.
+        return f"{key}: the value must be one line of printable ASCII text"
     if isinstance(value, str) and value[:2] in (">=", "<=") and not SYSCTL_CONSTRAINT_RE.match(value):
         return f"{key}: constraint must look like '>=123' or '<=123'"
     return None
