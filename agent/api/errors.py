@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.api.auth import refusal_before_body
 from agent.api.exceptions import Conflict, NotFound, Unavailable
 from agent.errors import HostTuneError, InputError
 
@@ -64,6 +65,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refused = await refusal_before_body(request)
+        if refused is not None:
+            return await _http(request, refused)
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"])

@@ -1,0 +1,157 @@
+"""API fuzzing with schemathesis against the daemon app's own OpenAPI document (issue 10).
+
+The app is the real one (agent.api.create_app over agent.daemon.services.Services) on a copy of the fixture
+"server" host tree, called in-process through ASGI. Every operation of /openapi.json gets generated requests:
+- with the daemon's token: no response is a 5xx (bad input is 4xx; a refused host write is 409), but for the
+  designed 503 of restarting a worker this daemon does not supervise;
+- without a token, or with a generated one: no response is a 5xx, every /v1 route answers 401/403 (or 413 for
+  a body over the limit, refused before anything reads it), and neither
+  the host tree nor the state dir (journal, applied policy) changes by a single byte.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from apscheduler.schedulers.background import BackgroundScheduler
+from conftest import tree_state
+from daemon_fixtures import settings_for
+from fastapi import FastAPI
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
+from agent.api import create_app
+from agent.config import DaemonSettings
+from agent.daemon.services import Services
+from agent.hostfs import HostPaths
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("HOSTTUNE_"):
+            monkeypatch.delenv(name)
+
+
+class Daemon:
+    def __init__(self, host: HostPaths, tmp_path: Path) -> None:
+        self.host = host
+        self.settings: DaemonSettings = settings_for(host, tmp_path, api={"max_body_bytes": 65536})
+        services = Services(self.settings)
+        # Telemetry as the running daemon has it (jobs registered; the scheduler is never started, so the ring
+        # buffer stays empty and nothing samples the real machine).
+        services.register_jobs(BackgroundScheduler())
+        self.app: FastAPI = create_app(self.settings, services)
+        self.root = host.procfs.parent
+
+    @property
+    def token(self) -> str:
+        return self.settings.token_path.read_text().strip()
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Host tree and state dir, minus the audit log (refused requests are audited: that is not a mutation)."""
+        state = {f"state/{k}": v for k, v in tree_state(self.settings.state_dir).items()}
+        audit = os.path.relpath(self.settings.audit_path, self.settings.state_dir)
+        state.pop(f"state/{audit}", None)
+        return {**tree_state(self.root), **state}
+
+
+@pytest.fixture
+def daemon(host: HostPaths, tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(host, tmp_path)
+    yield d
+
+
+def cases(daemon: Daemon) -> st.SearchStrategy[Any]:
+    """Cases for every operation of the app's own OpenAPI document: valid ones and, as often, invalid ones."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", daemon.app)
+    return st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
+
+
+# Bounded: 2 x 100 requests keep each test well under a minute on 2 loaded cores. The daemon fixture is made once
+# per test (not per example): state carries over between examples, as it does in a running daemon.
+FUZZ = settings(max_examples=100, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                       HealthCheck.filter_too_much, HealthCheck.data_too_large])
+SEEN: dict[str, set[str]] = {}
+
+
+def _label(case: Any) -> str:
+    return f"{case.method} {case.path}"
+
+
+def server_error(case: Any, response: Any) -> bool:
+    """A 5xx, except the one designed 503: this fixture daemon supervises no worker, and restarting an absent
+    worker answers 503 {"error": "unavailable"} (as a daemon started with the worker disabled does)."""
+    if response.status_code < 500:
+        return False
+    if response.status_code == 503 and _label(case) == "POST /v1/worker/restart":
+        return bool(response.json().get("error") != "unavailable")
+    return True
+
+
+@FUZZ
+@given(data=st.data())
+def test_with_token_no_5xx(daemon: Daemon, data: st.DataObject) -> None:
+    case = data.draw(cases(daemon))
+    response = case.call(headers={**(case.headers or {}), "Authorization": f"Bearer {daemon.token}"})
+    SEEN.setdefault("token", set()).add(_label(case))
+    assert not server_error(case, response), (_label(case), response.status_code, response.text[:300])
+
+
+@FUZZ
+@given(data=st.data())
+def test_without_valid_token_no_5xx_and_no_mutation(daemon: Daemon, data: st.DataObject) -> None:
+    case = data.draw(cases(daemon))
+    headers = dict(case.headers or {})
+    if headers.get("Authorization", "").strip() == f"Bearer {daemon.token}":
+        headers.pop("Authorization")
+    if data.draw(st.booleans()):
+        headers["Authorization"] = data.draw(st.sampled_from(["Bearer ", "Bearer x", "Basic abc", "bearer",
+                                                              f"Bearer {daemon.token[:-1]}", "Bearer \u00e9"]))
+    case.headers = headers
+    before = daemon.snapshot()
+    response = case.call()
+    SEEN.setdefault("no-token", set()).add(_label(case))
+    assert not server_error(case, response), (_label(case), response.status_code, response.text[:300])
+    if case.path.startswith("/v1"):
+        # 413: the body limit (outermost middleware) refuses an oversized body before anything reads it
+        assert response.status_code in (401, 403, 413), (_label(case), response.status_code)
+    assert daemon.snapshot() == before, _label(case)
+
+
+def test_fuzzing_reached_the_mutating_routes() -> None:
+    """Runs after the two tests above (file order): they really sent requests to the routes that write."""
+    for mode in ("token", "no-token"):
+        reached = SEEN.get(mode, set())
+        if not reached:
+            pytest.skip("the fuzz tests did not run in this session")
+        assert {"POST /v1/apply", "POST /v1/revert", "POST /v1/worker/restart"} <= reached, (mode, reached)
+
+
+def test_schema_covers_the_mutating_routes(daemon: Daemon) -> None:
+    """The fuzzing above is only as wide as the schema: it must list the routes that write to the host."""
+    paths = schemathesis.openapi.from_asgi("/openapi.json", daemon.app).raw_schema["paths"]
+    assert {"/v1/apply", "/v1/revert", "/v1/plan", "/v1/worker/restart", "/v1/status"} <= set(paths)
+
+
+def test_malformed_body_without_token_is_401_not_422(daemon: Daemon) -> None:
+    """Found by the fuzzing above: FastAPI parsed the body before the auth dependency ran, so a caller without a
+    token got 422 with validation details. Now /v1 answers 401 first, whatever the body."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(daemon.app) as client:
+        for body in (b"{", b"[]", b'{"yaml": 5}'):
+            r = client.post("/v1/apply", content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 401, (body, r.status_code, r.text)
+            assert r.headers.get("WWW-Authenticate") == "Bearer"
+        good = {"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"}
+        assert client.post("/v1/apply", content=b"{", headers=good).status_code == 422
