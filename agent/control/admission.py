@@ -1,0 +1,98 @@
+"""The fast lever: the gateway's admission limit, moved by AIMD every tick.
+
+- Multiplicative decrease when the p95 service TTFT (or ITL) of requests admitted since the last change breaches
+  the SLO: too many requests share the engine, each waits for a slot or a batch turn.
+- Additive increase (+1) when p95 is well under the SLO (below the dead band) and requests wait in the gateway's
+  queue: the engine has room and there is demand for it.
+- Hold otherwise. After a breach at limit L, L is not tried again for `probe_hold_s`: the law spends its time just
+  under the knee instead of sawing across it every few seconds.
+
+Pure: inputs are the tick history, the lever's state and the clock; the output is a proposal. The controller
+applies it and logs it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.control.config import ControllerConfig
+from agent.control.observe import Measurement, Tick, measure
+
+
+@dataclass
+class AdmissionState:
+    limit: int
+    last_change_t: float = -math.inf
+    last_increase_t: float = -math.inf
+    breach_limit: int | None = None     # the limit at which the SLO last broke
+    breach_t: float = -math.inf
+
+    def rescale(self, limit: int, t: float) -> None:
+        """A new regime (engine knobs changed): take the new limit and forget the old knee."""
+        self.limit = limit
+        self.last_change_t = t
+        self.breach_limit = None
+        self.breach_t = -math.inf
+
+
+@dataclass(frozen=True)
+class LimitProposal:
+    limit: int
+    action: str             # increase | decrease
+    reason: str
+    measured: Measurement
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.0f} ms"
+
+
+def breach(m: Measurement, cfg: ControllerConfig, slack: float = 1.0) -> str | None:
+    """Why the measurement is over the SLO scaled by `slack`, or None."""
+    if m.service_ttft_p95_s is not None and m.service_ttft_p95_s > cfg.ttft_slo_s * slack:
+        return f"p95 service TTFT {_ms(m.service_ttft_p95_s)} > {_ms(cfg.ttft_slo_s * slack)}"
+    itl = cfg.itl_slo_s
+    if itl is not None and m.itl_p95_s is not None and m.itl_p95_s > itl * slack:
+        return f"p95 ITL {_ms(m.itl_p95_s)} > {_ms(itl * slack)}"
+    return None
+
+
+def propose_limit(ticks: Sequence[Tick], st: AdmissionState, cfg: ControllerConfig, now: float) -> LimitProposal | None:
+    """The next admission limit, or None to hold."""
+    if not ticks or not ticks[-1].worker_ready:
+        return None  # a restarting worker says nothing about the limit
+    tick = ticks[-1]
+    m = measure(ticks, now - cfg.fast_window_s, now, admitted_after=st.last_change_t)
+    if m.ok < cfg.min_samples:
+        return None
+    since_change = now - st.last_change_t
+    over = breach(m, cfg)
+    if over is not None:
+        if since_change < cfg.decrease_hold_s or st.limit <= cfg.min_limit:
+            return None
+        new = max(cfg.min_limit, min(st.limit - 1, math.floor(st.limit * cfg.decrease_factor)))
+        return LimitProposal(new, "decrease", f"{over} with {st.limit} admitted", m)
+    if breach(m, cfg, 1 - cfg.slo_dead_band_pct / 100) is not None:
+        return None  # inside the dead band: under the SLO, but not by enough to add load
+    waiting = tick.queued > 0 or m.saturated_ratio > 0
+    if not waiting or st.limit >= cfg.max_limit or now - st.last_increase_t < cfg.increase_interval_s:
+        return None
+    if since_change < cfg.increase_interval_s:
+        return None
+    if st.breach_limit is not None and st.limit + 1 >= st.breach_limit and now - st.breach_t < cfg.probe_hold_s:
+        return None  # the knee was here a moment ago
+    return LimitProposal(st.limit + 1, "increase", f"p95 service TTFT {_ms(m.service_ttft_p95_s)} under "
+                         f"{_ms(cfg.ttft_slo_s * (1 - cfg.slo_dead_band_pct / 100))} with {tick.queued} waiting", m)
+
+
+def accept(st: AdmissionState, p: LimitProposal, now: float) -> None:
+    """Record that the proposal was applied."""
+    if p.action == "decrease":
+        st.breach_limit = st.limit
+        st.breach_t = now
+    else:
+        st.last_increase_t = now
+    st.limit = p.limit
+    st.last_change_t = now

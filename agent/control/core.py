@@ -1,0 +1,324 @@
+"""The control law, pure: ticks and worker events in, actions and decisions out. No threads, no I/O, no clock of
+its own (time is the ticks' `t`), so recorded traces replay it exactly.
+
+Two levers share it:
+- fast: the admission limit (agent.control.admission), every tick;
+- slow: engine knobs, one step at a time along the ladder. A step is tried only from a steady, saturated baseline
+  (measure_s of ready ticks with a queue), measured after the worker is ready again and has settled, and kept only
+  if tokens/s rose by more than the dead band with the SLO held; otherwise the previous knobs come back and the
+  step is tabu for tabu_s. A cooldown separates steps.
+- out of memory (a worker crash that says so, or headroom under the floor) overrides both: a trial in progress is
+  undone, otherwise the next rung of the fallback ladder is taken at once, without waiting for the cooldown.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agent.control.admission import AdmissionState, LimitProposal, accept, breach, propose_limit
+from agent.control.config import ControllerConfig
+from agent.control.decisions import Decision, Outcome
+from agent.control.ladder import Knobs, candidates, concurrency_ratio, key, step_down
+from agent.control.observe import Measurement, Tick, measure
+
+
+@dataclass(frozen=True)
+class SetLimit:
+    limit: int
+
+
+@dataclass(frozen=True)
+class SetKnobs:
+    knobs: Knobs
+    reason: str
+
+
+Action = SetLimit | SetKnobs
+
+
+@dataclass(frozen=True)
+class WorkerEvent:
+    """Something the worker did on its own: ran out of memory, crashed, or gave up (crash loop, bad config).
+    `knobs` is set when the worker changed its own knobs (the torch worker shrinks its batch on OOM)."""
+
+    kind: Literal["oom", "crash", "failed"]
+    reason: str
+    knobs: Knobs | None = None
+
+
+class Phase(enum.StrEnum):
+    BASELINE = "baseline"    # running the current knobs, waiting for a steady window to step from
+    TRIAL = "trial"          # a step is applied; waiting for ready, settling, measuring
+    RECOVER = "recover"      # a rollback or fallback is applied; waiting for the worker to be ready
+
+
+@dataclass
+class Trial:
+    decision: Decision
+    from_knobs: Knobs
+    to_knobs: Knobs
+    before: Measurement
+    applied_t: float
+    ready_t: float | None = None
+
+
+def _diff(a: Knobs, b: Knobs) -> str:
+    return ", ".join(f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def _step_key(a: Knobs, b: Knobs) -> str:
+    return f"{key(a)} > {key(b)}"
+
+
+@dataclass
+class ControlCore:
+    cfg: ControllerConfig
+    knobs: Knobs
+    limit: int
+    now: float
+    next_id: int = 1
+    phase: Phase = Phase.BASELINE
+    trial: Trial | None = None
+    tabu: dict[str, float] = field(default_factory=dict)
+    pending: list[Decision] = field(default_factory=list)   # new or changed decisions, for the log
+
+    def __post_init__(self) -> None:
+        self.knobs = dict(self.knobs)
+        self.adm = AdmissionState(limit=self.limit)
+        self.ticks: deque[Tick] = deque()
+        self.regime_t = self.now              # when the current knobs started serving
+        self.cooldown_until = self.now
+        self.fallback_hold_until = -math.inf
+        self.recover_since: float | None = None
+        self.converged_tps: float | None = None
+        self.bottomed_out = False
+
+    # ----- inputs -------------------------------------------------------------------------------------------------
+
+    def step(self, tick: Tick) -> list[Action]:
+        self.now = tick.t
+        self.ticks.append(tick)
+        while self.ticks and self.ticks[0].t < tick.t - self.cfg.history_s:
+            self.ticks.popleft()
+        self._recovered(tick)
+        actions = self._memory(tick)
+        if not actions and self.cfg.slow_enabled:
+            actions = self._slow(tick)
+        if self.cfg.fast_enabled and not any(isinstance(a, SetKnobs) for a in actions):
+            actions += self._fast(tick)
+        return actions
+
+    def on_event(self, ev: WorkerEvent, now: float) -> list[Action]:
+        self.now = max(self.now, now)
+        if ev.kind == "oom":
+            return self._fallback(f"worker out of memory: {ev.reason}", ev.knobs)
+        if self.trial is not None:
+            return self._rollback(f"worker {'gave up' if ev.kind == 'failed' else 'crashed'} with the new knobs: "
+                                  f"{ev.reason}")
+        return []
+
+    def apply_failed(self, reason: str) -> list[Action]:
+        """The actuator refused or failed a change: undo a trial; otherwise nothing changed."""
+        if self.trial is not None:
+            return self._rollback(f"could not apply the step: {reason}", outcome="aborted")
+        return []
+
+    def status(self) -> dict[str, Any]:
+        return {"phase": self.phase.value, "knobs": dict(self.knobs), "limit": self.adm.limit,
+                "cooldown_left_s": round(max(0.0, self.cooldown_until - self.now), 1),
+                "trial": None if self.trial is None else {"decision": self.trial.decision.id,
+                                                          "from": self.trial.from_knobs, "to": self.trial.to_knobs},
+                "tabu": {k: round(v - self.now, 1) for k, v in self.tabu.items() if v > self.now},
+                "converged": self.converged_tps is not None}
+
+    # ----- decisions ----------------------------------------------------------------------------------------------
+
+    def _new(self, **fields: Any) -> Decision:
+        d = Decision(id=self.next_id, t=self.now, **fields)
+        self.next_id += 1
+        self.pending.append(d)
+        return d
+
+    def _settle(self, d: Decision, outcome: Outcome, why: str, after: Measurement | None) -> Decision:
+        d2 = d.model_copy(update={"outcome": outcome, "outcome_reason": why, "decided_t": self.now,
+                                  "measured_after": after.as_dict() if after is not None else None})
+        self.pending.append(d2)
+        return d2
+
+    def _set_knobs(self, new: Knobs, reason: str) -> list[Action]:
+        old, self.knobs = self.knobs, dict(new)
+        self.bottomed_out = False
+        actions: list[Action] = [SetKnobs(dict(new), reason)]
+        ratio = concurrency_ratio(old, new, self.cfg.concurrency_knob, self.cfg.knob_defaults)
+        if ratio is not None:
+            limit = max(self.cfg.min_limit, min(self.cfg.max_limit, round(self.adm.limit * ratio)))
+            if limit != self.adm.limit:
+                self._new(lever="admission", action="increase" if limit > self.adm.limit else "decrease",
+                          before={"limit": self.adm.limit}, after={"limit": limit}, outcome="applied",
+                          reason=f"follows {_diff(old, new)}")
+                actions.append(SetLimit(limit))
+            self.adm.rescale(limit, self.now)
+        return actions
+
+    # ----- fast lever ---------------------------------------------------------------------------------------------
+
+    def _fast(self, tick: Tick) -> list[Action]:
+        if self.trial is not None and self.trial.ready_t is None:
+            return []
+        p: LimitProposal | None = propose_limit(self.ticks, self.adm, self.cfg, self.now)
+        if p is None:
+            return []
+        before = self.adm.limit
+        accept(self.adm, p, self.now)
+        self._new(lever="admission", action=p.action, before={"limit": before}, after={"limit": p.limit},
+                  reason=p.reason, outcome="applied", measured_before=p.measured.as_dict())
+        return [SetLimit(p.limit)]
+
+    # ----- slow lever ---------------------------------------------------------------------------------------------
+
+    def _recovered(self, tick: Tick) -> None:
+        """After a rollback or fallback: the worker serves again, a new regime (and a cooldown) starts."""
+        if self.phase == Phase.RECOVER and tick.worker_ready:
+            self.phase = Phase.BASELINE
+            self.regime_t = self.now
+            self.cooldown_until = max(self.cooldown_until, self.now + self.cfg.cooldown_s)
+
+    def _slow(self, tick: Tick) -> list[Action]:
+        cfg, now = self.cfg, self.now
+        if self.phase == Phase.RECOVER:
+            return []
+        if self.phase == Phase.TRIAL:
+            return self._judge(tick)
+        if now < self.cooldown_until:
+            return []
+        start = now - cfg.measure_s
+        if start < self.regime_t + cfg.settle_s:
+            return []
+        m = measure(self.ticks, start, now)
+        if m.ready_ratio < 1 or m.ok < cfg.min_requests or m.saturated_ratio < cfg.min_saturation:
+            return []
+        options = [c for c in candidates(self.knobs, cfg) if self.tabu.get(_step_key(self.knobs, c), -1e18) <= now]
+        if not options:
+            # Converged: every step from here was tried recently. A large drift means the load changed.
+            if self.converged_tps is None:
+                self.converged_tps = m.tokens_per_s
+            elif self.converged_tps > 0 and abs(m.tokens_per_s / self.converged_tps - 1) * 100 \
+                    > cfg.reexplore_drift_pct:
+                self.tabu.clear()
+                self.converged_tps = None
+            return []
+        self.converged_tps = None
+        target = options[0]
+        d = self._new(lever="knobs", action="step", before=dict(self.knobs), after=dict(target), outcome="trial",
+                      reason=f"try {_diff(self.knobs, target)} from {m.tokens_per_s:.1f} tok/s "
+                             f"(queue non-empty {m.saturated_ratio:.0%} of the time)",
+                      measured_before=m.as_dict())
+        self.trial = Trial(decision=d, from_knobs=dict(self.knobs), to_knobs=dict(target), before=m, applied_t=now)
+        self.phase = Phase.TRIAL
+        return self._set_knobs(target, f"controller: try {_diff(self.knobs, target)} (decision {d.id})")
+
+    def _judge(self, tick: Tick) -> list[Action]:
+        cfg, now, tr = self.cfg, self.now, self.trial
+        assert tr is not None
+        if tr.ready_t is None:
+            if tick.worker_ready:
+                tr.ready_t = now
+            elif now - tr.applied_t > cfg.ready_timeout_s:
+                return self._rollback(f"worker not ready {cfg.ready_timeout_s:g} s after the step")
+            return []
+        start = tr.ready_t + cfg.settle_s
+        if now < start + cfg.measure_s:
+            return []
+        m = measure(self.ticks, start, now)
+        if m.ok < cfg.min_requests and now < start + cfg.max_measure_s:
+            return []  # too little traffic yet: let the window grow
+        if m.ok < cfg.min_requests:
+            return self._rollback(f"inconclusive: {m.ok} requests finished in {m.duration_s:.0f} s", m)
+        if m.ready_ratio < 1:
+            return self._rollback("the worker was not ready throughout the measurement", m)
+        over = breach(m, cfg, 1 + cfg.slo_tolerance_pct / 100)
+        if over is not None:
+            return self._rollback(f"SLO not held: {over}", m)
+        before = tr.before.tokens_per_s
+        gain = (m.tokens_per_s / before - 1) * 100 if before > 0 else math.inf
+        verdict = f"{before:.1f} -> {m.tokens_per_s:.1f} tok/s ({gain:+.1f}%)"
+        if gain < cfg.dead_band_pct:
+            why = "within the dead band" if abs(gain) < cfg.dead_band_pct else "did not pay"
+            return self._rollback(f"{why}: {verdict}, needs +{cfg.dead_band_pct:g}%", m)
+        self._settle(tr.decision, "kept", f"paid: {verdict}, SLO held", m)
+        # Going straight back is known to be worse: no need to measure it again soon.
+        self.tabu[_step_key(tr.to_knobs, tr.from_knobs)] = now + cfg.tabu_s
+        self.trial = None
+        self.phase = Phase.BASELINE
+        self.regime_t = tr.ready_t
+        self.cooldown_until = now + cfg.cooldown_s
+        return []
+
+    def _rollback(self, why: str, after: Measurement | None = None, outcome: Outcome = "rolled_back") -> list[Action]:
+        tr = self.trial
+        assert tr is not None
+        self._settle(tr.decision, outcome, why, after)
+        self.tabu[_step_key(tr.from_knobs, tr.to_knobs)] = self.now + self.cfg.tabu_s
+        self.trial = None
+        self.phase = Phase.RECOVER
+        self.recover_since = self.now
+        return self._set_knobs(tr.from_knobs, f"controller: roll back decision {tr.decision.id} ({why})")
+
+    # ----- out of memory ------------------------------------------------------------------------------------------
+
+    def _memory(self, tick: Tick) -> list[Action]:
+        floor = self.cfg.memory_headroom_pct
+        low = []
+        if tick.mem_headroom_pct is not None and tick.mem_headroom_pct < floor:
+            low.append(f"host memory {tick.mem_headroom_pct:.1f}% free")
+        if tick.gpu_free_pct is not None and tick.gpu_free_pct < floor:
+            low.append(f"GPU memory {tick.gpu_free_pct:.1f}% free")
+        if not low or self.now < self.fallback_hold_until:
+            return []
+        return self._fallback(f"near out of memory: {', '.join(low)} < {floor:g}% floor")
+
+    def _fallback(self, why: str, worker_knobs: Knobs | None = None) -> list[Action]:
+        cfg, now = self.cfg, self.now
+        self.fallback_hold_until = now + cfg.fallback_hold_s
+        self.cooldown_until = max(self.cooldown_until, now + cfg.cooldown_s)
+        recent = measure(self.ticks, now - cfg.fast_window_s, now).as_dict()
+        if worker_knobs is not None and worker_knobs != self.knobs:
+            # The worker already stepped down by itself (torch: smaller batch); record it and follow.
+            if self.trial is not None:
+                self._settle(self.trial.decision, "fallback", why, None)
+                self.tabu[_step_key(self.trial.from_knobs, self.trial.to_knobs)] = now + cfg.tabu_s
+                self.trial = None
+            self._new(lever="knobs", action="fallback", before=dict(self.knobs), after=dict(worker_knobs),
+                      outcome="fallback", reason=f"{why}; the worker changed {_diff(self.knobs, worker_knobs)}",
+                      measured_before=recent)
+            self.tabu[_step_key(worker_knobs, self.knobs)] = now + cfg.tabu_s
+            self.phase = Phase.BASELINE
+            self.regime_t = now
+            return [a for a in self._set_knobs(worker_knobs, why) if isinstance(a, SetLimit)]
+        if self.trial is not None:
+            tr = self.trial
+            self._settle(tr.decision, "fallback", why, None)
+            self.tabu[_step_key(tr.from_knobs, tr.to_knobs)] = now + cfg.tabu_s
+            self.trial = None
+            self.phase = Phase.RECOVER
+            self.recover_since = now
+            return self._set_knobs(tr.from_knobs, f"controller: undo decision {tr.decision.id} ({why})")
+        down = step_down(self.knobs, cfg.fallback, cfg.knob_defaults)
+        if down is None:
+            if not self.bottomed_out:
+                self._new(lever="knobs", action="fallback", before=dict(self.knobs), after=dict(self.knobs),
+                          outcome="aborted", reason=f"{why}; the fallback ladder has no rung left",
+                          measured_before=recent)
+            self.bottomed_out = True
+            return []
+        new, what = down
+        self._new(lever="knobs", action="fallback", before=dict(self.knobs), after=dict(new), outcome="fallback",
+                  reason=f"{why}: {what}", measured_before=recent)
+        self.tabu[_step_key(new, self.knobs)] = now + cfg.tabu_s
+        self.phase = Phase.RECOVER
+        self.recover_since = now
+        return self._set_knobs(new, f"controller: fallback {what} ({why})")
