@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "policy",
     "fit",
     "worker",
+    "controller",
 )
 
 DESCRIPTION = """\
