@@ -74,7 +74,8 @@ def read_ledger(ledger: Path) -> dict[str, dict[str, str]]:
 
 
 def write_ledger(ledger: Path, uuid: str, setting: str, value: str | None) -> None:
-    """Record (or, with None, forget) a lock; ledgers of earlier boots are removed on the way."""
+    """Record (or, with None, forget) a lock; ledgers of earlier boots are removed on the way, and so is this
+    boot's once it holds no lock."""
     locks = read_ledger(ledger)
     entry = dict(locks.get(uuid, {}))
     if value is None:
@@ -85,7 +86,10 @@ def write_ledger(ledger: Path, uuid: str, setting: str, value: str | None) -> No
         locks[uuid] = entry
     else:
         locks.pop(uuid, None)
-    atomic_write_json(ledger, {"locks": locks}, mode=0o644)
+    if locks:
+        atomic_write_json(ledger, {"locks": locks}, mode=0o644)
+    else:  # the last lock undone: no file left behind, so revert leaves the host's /run as it found it
+        ledger.unlink(missing_ok=True)
     for old in ledger.parent.glob("gpu-locks-*.json"):
         if old != ledger:
             old.unlink(missing_ok=True)

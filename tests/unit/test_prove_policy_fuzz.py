@@ -7,9 +7,9 @@ What must hold for every generated policy (issue 10, "policy fuzzing"):
   an allow-listed path inside the tree: proc/sys/**, sys/kernel/mm/**, sys/devices/system/**,
   sys/block/*/queue/**, <rootfs>/etc/udev/rules.d/* — checked on the lexical path and on the resolved one (a
   block queue resolves to the queue directory of the device that sys/block/<dev> links to);
-- the whole tree, compared byte for byte, is back as it was after revert, simulated GPU state included. The one
-  file allowed to stay is the GPU tuner's lock ledger (<rootfs>/run/hosttune/gpu-locks-<boot>.json, hosttune's
-  own record of what NVML cannot read back), and only with no lock left in it.
+- the whole tree, compared byte for byte, is back as it was after revert, simulated GPU state included (this
+  found the GPU tuner's lock ledger, <rootfs>/run/hosttune/gpu-locks-<boot>.json, left behind with no lock in
+  it: it is now removed with its last lock).
 
 tests/unit/test_policy_fuzz.py fuzzes the loader alone with arbitrary YAML; this one aims generated policies
 at the tuners: half hostile (strings where a tuner turns policy text into a path or a value), half mostly valid
@@ -39,7 +39,6 @@ from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.policy.loader import load_policy
-from agent.tuners.gpu import ledger_path, read_ledger
 
 SCENARIO = "server-2s-8gpu"
 # relative to the tree root; the udev rules directory is added per host (it lives under the --rootfs root)
@@ -149,15 +148,10 @@ class Host:
         self.dirs = frozenset({self.rel(rules)[0], *(self.rel(q)[1] for q in (root / "sys/block").glob("*/queue"))})
 
     def changed_after_revert(self) -> list[str]:
-        """Tree paths that differ from the snapshot. The GPU tuner's lock ledger (<rootfs>/run/hosttune/
-        gpu-locks-<boot>.json, hosttune's own record of what NVML cannot read back) may stay behind, but only
-        with no lock left in it."""
+        """Tree paths that differ from the snapshot (the GPU tuner's lock ledger under <rootfs>/run/hosttune
+        included: with no lock left it is removed)."""
         now = tree_state(self.root)
-        ledger = os.path.relpath(ledger_path(self.paths), self.root)
-        touched = sorted(k for k in now.keys() | self.before.keys() if now.get(k) != self.before.get(k))
-        if ledger in touched and self.before.get(ledger) is None and read_ledger(self.root / ledger) == {}:
-            touched.remove(ledger)
-        return touched
+        return sorted(k for k in now.keys() | self.before.keys() if now.get(k) != self.before.get(k))
 
     def gpu_state(self) -> dict[str, Any]:
         sim = nvml_sim.installed()
