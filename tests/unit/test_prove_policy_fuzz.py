@@ -260,3 +260,14 @@ def test_allow_list_is_not_vacuous(recorded: Host) -> None:
     assert not allowed("etc/passwd") and not allowed("../x/proc/sys/vm/swappiness") and not allowed("sys/block/x")
     assert host.changed_after_revert() == []
     assert host.gpu_state() == host.gpu_before
+
+
+@pytest.mark.parametrize("value", ["\u0100", "60\n61", "x\x00y", "caf\u00e9"])
+def test_sysctl_string_value_outside_printable_ascii_is_refused_at_load(tmp_path: Path, value: str) -> None:
+    """Found by the fuzzing above: a non-latin-1 value passed validation and crashed the writer after journaling."""
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "sysctl": {"vm.swappiness": value}}, allow_unicode=True))
+    with pytest.raises(InputError) as e:
+        load_policy(path, None, search_path=[])
+    assert e.value.path == str(path) and e.value.line is not None
+    assert "printable ASCII" in str(e.value)
