@@ -4,8 +4,8 @@ Layout: row i of every layer's K/V tensor ([rows, kv_heads, columns, head_dim]) 
 last `length_i` columns; the first `pad_i` columns are padding that the attention mask hides. A decode step appends
 one column to every row, so the shared cache grows like a plain batched generate() would.
 
-- join: a sequence prefilled on its own (batch of one, no padding) is stacked in: the shorter side (the new row or
-  all old rows) gets zero columns on the left.
+- join: sequences prefilled together (left-padded to the longest of them) are stacked in: the narrower side (the
+  new rows or the old rows) gets zero columns on the left, then columns that are padding in every row are cut.
 - leave: its row is dropped, then columns that are padding in every remaining row are cut away.
 - step inputs: each row's last sampled token, its own position (its length, padding not counted) and, only when
   some row is padded, an additive 4-D mask [rows, 1, 1, columns + 1]; without padding no mask is passed, so a batch
@@ -58,24 +58,35 @@ class RunningBatch:
         self.rows, self.pads, self.columns, self.cache = [], [], 0, None
         return rows
 
-    def join(self, seq: Seq, kv: list[KV]) -> None:
-        """Add a sequence whose own cache (one row, no padding) covers all its tokens but the last sampled one."""
-        length = kv[0][0].shape[2]
-        if self.cache is None:
-            self.rows, self.pads, self.columns = [seq], [0], length
-            self.cache = build_cache(kv)
+    def join(self, seqs: list[Seq], kv: list[KV], pads: list[int]) -> None:
+        """Add sequences prefilled together (rows of `kv`, left-padded by `pads`); their caches cover all their
+        tokens but the last sampled one."""
+        if not seqs:
             return
-        old = cache_layers(self.cache)
-        width = max(self.columns, length)
-        grow_old, grow_new = width - self.columns, width - length
-        merged: list[KV] = []
-        for (ok, ov), (nk, nv) in zip(old, kv, strict=True):
-            merged.append((torch.cat([_left_pad(ok, grow_old), _left_pad(nk, grow_new)], dim=0),
-                           torch.cat([_left_pad(ov, grow_old), _left_pad(nv, grow_new)], dim=0)))
-        self.pads = [p + grow_old for p in self.pads] + [grow_new]
-        self.rows.append(seq)
-        self.columns = width
-        self.cache = build_cache(merged)
+        width = kv[0][0].shape[2]
+        if self.cache is None:
+            self.rows, self.pads, self.columns = list(seqs), list(pads), width
+            self.cache = build_cache(kv)
+        else:
+            old = cache_layers(self.cache)
+            total = max(self.columns, width)
+            grow_old, grow_new = total - self.columns, total - width
+            merged: list[KV] = []
+            for (ok, ov), (nk, nv) in zip(old, kv, strict=True):
+                merged.append((torch.cat([_left_pad(ok, grow_old), _left_pad(nk, grow_new)], dim=0),
+                               torch.cat([_left_pad(ov, grow_old), _left_pad(nv, grow_new)], dim=0)))
+            self.pads = [p + grow_old for p in self.pads] + [p + grow_new for p in pads]
+            self.rows += seqs
+            self.columns = total
+            self.cache = build_cache(merged)
+        self._trim()
+
+    def _trim(self) -> None:
+        cut = min(self.pads)
+        if cut:
+            self.cache = build_cache([(k[:, :, cut:, :], v[:, :, cut:, :]) for k, v in cache_layers(self.cache)])
+            self.pads = [p - cut for p in self.pads]
+            self.columns -= cut
 
     def leave(self, gone: list[Seq]) -> None:
         """Drop finished, cancelled or preempted sequences and the columns no remaining row needs."""
@@ -118,3 +129,24 @@ def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[2] = n
     return torch.cat([t.new_zeros(shape), t], dim=2)
+
+
+def prefill_inputs(contexts: list[list[int]], device: torch.device, dtype: torch.dtype
+                   ) -> tuple[StepInputs, list[int]]:
+    """Inputs to prefill several sequences in one forward pass, left-padded to the longest, and each row's
+    padding. One sequence gets no mask and no positions: exactly what generate() computes for it."""
+    width = max(len(c) for c in contexts)
+    pads = [width - len(c) for c in contexts]
+    ids = torch.tensor([[0] * p + c for p, c in zip(pads, contexts, strict=True)], dtype=torch.long, device=device)
+    if not any(pads):
+        return StepInputs(ids, None, None), pads
+    pad = torch.tensor(pads, device=device)
+    cols = torch.arange(width, device=device)
+    positions = (cols.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)
+    # key j is visible from query i when j <= i (causal) and j is not padding; a padding query sees nothing useful,
+    # but a finite minimum (not -inf) keeps its softmax free of NaN
+    visible = (cols.unsqueeze(0) <= cols.unsqueeze(1)).unsqueeze(0) & (cols.unsqueeze(0) >= pad.unsqueeze(1)
+                                                                        ).unsqueeze(1)
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+    mask.masked_fill_(~visible, torch.finfo(dtype).min)
+    return StepInputs(ids, positions, mask[:, None, :, :]), pads

@@ -1,6 +1,6 @@
 """Continuous batching: one thread owns the model and runs a loop of
 
-    apply control changes -> preempt what no longer fits -> admit from the queue (prefill each) -> one decode step
+    apply control changes -> preempt what no longer fits -> admit from the queue (one batched prefill) -> decode
 
 so requests join and leave the running batch at token boundaries. Two levers bound the batch and change live:
 `max_batch` (rows per decode step) and `kv_budget_tokens` (the sum over running sequences of prompt + max_tokens,
@@ -30,7 +30,7 @@ import torch
 
 from agent.worker.torch_control import ControlState, OomEvent
 from agent.worker.torch_server import kvcache
-from agent.worker.torch_server.batch import RunningBatch
+from agent.worker.torch_server.batch import RunningBatch, prefill_inputs
 from agent.worker.torch_server.sequence import Seq
 
 log = logging.getLogger("hosttune.torch")
@@ -199,43 +199,53 @@ class Scheduler:
             self.batch.leave(out)
             self._requeue_front(out)
 
-    def _fits(self, seq: Seq, max_batch: int, budget: int | None) -> bool:
-        if not self.batch.rows:
+    def _fits(self, seq: Seq, pending: list[Seq], max_batch: int, budget: int | None) -> bool:
+        rows = len(self.batch) + len(pending)
+        if rows == 0:
             return True  # an empty batch takes anything, or a request larger than the budget would never run
-        if len(self.batch) >= max_batch:
+        if rows >= max_batch:
             return False
-        return budget is None or self.batch.reserved_tokens + seq.reserve <= budget
+        reserved = self.batch.reserved_tokens + sum(s.reserve for s in pending)
+        return budget is None or reserved + seq.reserve <= budget
 
     def _admit(self, max_batch: int, budget: int | None) -> None:
-        while True:
-            with self._cond:
-                if not self._queue or not self._fits(self._queue[0], max_batch, budget):
-                    return
+        """Take every queued sequence that fits (in order) and prefill them in one forward pass."""
+        pending: list[Seq] = []
+        with self._cond:
+            while self._queue and self._fits(self._queue[0], pending, max_batch, budget):
                 seq = self._queue.popleft()
-            if seq.cancelled.is_set() or seq.finished is not None:
-                continue
-            self._prefill(seq)
-            with self._cond:
-                max_batch, budget = self._max_batch, self._kv_budget
+                if not seq.cancelled.is_set() and seq.finished is None:
+                    pending.append(seq)
+        if pending:
+            self._prefill(pending)
 
-    def _prefill(self, seq: Seq) -> None:
-        ids = seq.context_ids()
+    def _prefill(self, seqs: list[Seq]) -> None:
+        contexts = [s.context_ids() for s in seqs]
         t0 = time.perf_counter()
         try:
-            cache = kvcache.build_cache([])
-            logits, cache = kvcache.forward(self.model, torch.tensor([ids], dtype=torch.long, device=self.device),
-                                            cache)
-            token = self._sample(logits, [seq])[0]
+            inputs, pads = prefill_inputs(contexts, self.device, self.dtype)
+            logits, cache = kvcache.forward(self.model, inputs.input_ids, kvcache.build_cache([]),
+                                            inputs.attention_mask, inputs.position_ids)
+            tokens = self._sample(logits, seqs)
         except OOM_ERRORS as e:
-            self._on_oom("prefill", [seq], e)
+            self._on_oom("prefill", seqs, e)
             return
-        self.counters.prompt_tokens += len(ids)
+        self.counters.prompt_tokens += sum(len(c) for c in contexts)
         self.counters.prompt_seconds += time.perf_counter() - t0
-        self.counters.predicted_tokens += 1
-        if seq.push(token):
-            self._finished(seq)
+        self.counters.predicted_tokens += len(seqs)
+        keep = []
+        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            if seq.push(token):
+                self._finished(seq)
+            else:
+                keep.append(i)
+        if not keep:
             return
-        self.batch.join(seq, kvcache.cache_layers(cache))
+        kv = kvcache.cache_layers(cache)
+        if len(keep) < len(seqs):
+            index = torch.tensor(keep, dtype=torch.long, device=kv[0][0].device)
+            kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
+        self.batch.join([seqs[i] for i in keep], kv, [pads[i] for i in keep])
 
     def _decode(self) -> None:
         rows = list(self.batch.rows)
