@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent.control.core import WorkerEvent
+from agent.control.drain import Drain, busy_slots
 from agent.control.ladder import Knobs
 from agent.worker.exits import OOM_HINT
 
@@ -74,13 +76,22 @@ def is_oom(reason: str | None) -> bool:
 
 class RestartActuator:
     """Engine knobs of a supervised llama-server. `supervisor` is the Supervisor or a callable returning the current
-    one (the daemon replaces it on reload); listeners are attached to each new one on first sight."""
+    one (the daemon replaces it on reload); listeners are attached to each new one on first sight.
+
+    With a `drain` (the one wrapping the gateway's endpoint), apply() holds new requests at the gateway, waits up to
+    drain_timeout_s for the worker's busy slots to finish, then restarts: no reply is cut mid-stream. That runs in
+    a background thread; apply() returns at once and ready() stays False until the new process serves."""
 
     live = False
 
-    def __init__(self, supervisor: Any, knob_names: tuple[str, ...] = LLAMACPP_KNOBS) -> None:
+    def __init__(self, supervisor: Any, knob_names: tuple[str, ...] = LLAMACPP_KNOBS, drain: Drain | None = None,
+                 drain_timeout_s: float = 60.0, busy: Callable[[str | None], int | None] = busy_slots) -> None:
         self._get = supervisor if callable(supervisor) and not hasattr(supervisor, "restart") else (lambda: supervisor)
         self.knob_names = knob_names
+        self.drain = drain
+        self.drain_timeout_s = drain_timeout_s
+        self._busy = busy
+        self.last_drain_s: float | None = None
         self._lock = threading.Lock()
         self._events: list[WorkerEvent] = []
         self._callback: Callable[[WorkerEvent], None] | None = None
@@ -111,7 +122,34 @@ class RestartActuator:
         spec = type(spec).model_validate(spec.model_dump())  # the same checks a policy gets
         with self._lock:
             self._awaiting_start = (id(sup), sup.status().starts)
-        sup.restart(spec, reason=reason)
+        if self.drain is None:
+            sup.restart(spec, reason=reason)
+            return
+        self.drain.begin()
+        threading.Thread(target=self._drain_then_restart, args=(sup, spec, reason), name="controller-drain",
+                         daemon=True).start()
+
+    def _drain_then_restart(self, sup: Any, spec: Any, reason: str) -> None:
+        assert self.drain is not None
+        t0 = time.monotonic()
+        starts = sup.status().starts
+        try:
+            while time.monotonic() - t0 < self.drain_timeout_s:
+                busy = self._busy(sup.base_url)
+                if busy is None or busy == 0:
+                    break
+                time.sleep(0.1)
+            self.last_drain_s = time.monotonic() - t0
+            sup.restart(spec, reason=reason)
+            # keep holding until the old process is really gone (the supervisor still says ready for a moment)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                st = sup.status()
+                if st.starts > starts or str(st.state) != "ready":
+                    break
+                time.sleep(0.05)
+        finally:
+            self.drain.end()
 
     def ready(self) -> bool:
         sup = self._sup()

@@ -18,6 +18,7 @@ import httpx
 
 from agent.bench.client import RequestResult, send
 from agent.bench.corpus import MixSpec
+from agent.control.drain import Drain
 from agent.control.ladder import Knobs
 from agent.gateway.app import Gateway
 from agent.gateway.server import GatewayServer
@@ -54,9 +55,13 @@ def supervised_llama(knobs: Knobs, state_dir: Path | None = None, threads: int =
 
 
 @contextlib.contextmanager
-def gateway_for(supervisor: Supervisor, **settings: Any) -> Iterator[tuple[Gateway, str]]:
-    """The real gateway in front of the supervised worker, served on a free loopback port."""
-    gw = Gateway(SupervisedWorker(supervisor), GatewaySettings(**settings))
+def gateway_for(supervisor: Supervisor, drain: Drain | None = None, **settings: Any) -> Iterator[tuple[Gateway, str]]:
+    """The real gateway in front of the supervised worker, served on a free loopback port (through the drain's
+    endpoint when one is given)."""
+    endpoint: Any = SupervisedWorker(supervisor)
+    if drain is not None:
+        endpoint = drain.wrap(endpoint)
+    gw = Gateway(endpoint, GatewaySettings(**settings))
     server = GatewayServer(gw.app(), host="127.0.0.1", port=0).start()
     try:
         yield gw, server.url

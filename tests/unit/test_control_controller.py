@@ -20,11 +20,13 @@ from agent.control.config import Axis, ControllerConfig, config_for
 from agent.control.controller import Controller, decisions_path
 from agent.control.core import SetKnobs, SetLimit, WorkerEvent
 from agent.control.decisions import Decision, DecisionLog, read_decisions
+from agent.control.drain import Drain
 from agent.control.feed import GatewayFeed
 from agent.control.ladder import candidates, step_down
 from agent.errors import InputError
 from agent.gateway.admission import AdmissionGate
 from agent.gateway.stats import GatewayStats, RequestRecord
+from agent.gateway.upstream import SupervisedWorker
 from agent.policy.model import SloSpec, WorkerSpec
 from agent.worker.engines import CommandEngine, Launch
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
@@ -295,3 +297,31 @@ def test_worker_shrinking_itself_is_followed_not_fought() -> None:
     # going back up to 8 is tabu for a while
     assert all(c["max_batch"] != 8 for c in candidates(core.knobs, cfg)
                if core.tabu.get("max_batch=4 > max_batch=8", 0) <= 5.0)
+
+
+def test_drain_holds_new_requests_until_the_worker_is_idle_then_restarts(supervisor: Supervisor) -> None:
+    drain = Drain()
+    inner = SupervisedWorker(supervisor)
+    endpoint = drain.wrap(inner)
+    assert endpoint.is_ready() and endpoint.base_url() == inner.base_url()
+    busy = iter([2, 2, 1, 0])
+    seen: list[tuple[float, bool, int]] = []
+
+    def busy_now(url: str | None) -> int:
+        n = next(busy, 0)
+        seen.append((time.monotonic(), endpoint.is_ready(), supervisor.status().starts))
+        return n
+
+    act = RestartActuator(supervisor, drain=drain, busy=busy_now)
+    starts = supervisor.status().starts
+    act.apply({"parallel": 2}, "controller: try parallel 4 -> 2")
+    assert not endpoint.is_ready()   # held from the moment the step is decided
+    deadline = time.monotonic() + 15
+    while not act.ready():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # no restart while the worker was busy, and the gateway saw "not ready" throughout
+    assert [s[2] for s in seen] == [starts] * 4 and not any(s[1] for s in seen)
+    assert supervisor.status().starts == starts + 1 and supervisor.spec.parallel == 2
+    assert not drain.active and endpoint.is_ready()
+    assert act.last_drain_s is not None and act.last_drain_s >= 0.3

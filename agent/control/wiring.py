@@ -1,0 +1,37 @@
+"""Assembling a controller from the parts a daemon already runs: the gateway (its stats and admission gate), the
+telemetry store (memory headroom), the worker supervisor (llama-server: knobs by restart) or the torch worker's
+control client (knobs live), the policy's SLO and the state directory (decision log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.control.actuators import GateActuator, KnobActuator, LiveActuator, RestartActuator
+from agent.control.config import config_for
+from agent.control.controller import Controller, decisions_path
+from agent.control.decisions import DecisionLog
+from agent.control.drain import Drain
+from agent.control.feed import GatewayFeed
+from agent.policy.model import SloSpec
+
+
+def build_controller(slo: SloSpec | None, gateway: Any, *, engine: str = "llamacpp", telemetry: Any = None,
+                     supervisor: Any = None, torch_control: Any = None, state_dir: Path | None = None,
+                     gpu_index: int | None = None, watch_gpu: bool = True, drain: Drain | None = None,
+                     **overrides: Any) -> Controller:
+    """A controller for the worker behind `gateway` (agent.gateway.app.Gateway).
+
+    supervisor: the Supervisor, or a zero-argument callable returning the current one (a reload may replace it);
+    torch_control: a TorchWorkerControl for engine "torch" (then the supervisor is not used for knobs);
+    neither: the fast lever only. drain: the Drain whose DrainingEndpoint the gateway uses, so restarts wait for
+    the worker's replies in progress. Raises InputError when the SLO has no ttft_p95_ms."""
+    cfg = config_for(engine, slo, **overrides)
+    knobs: KnobActuator | None = None
+    if engine == "torch" and torch_control is not None:
+        knobs = LiveActuator(torch_control)
+    elif supervisor is not None:
+        knobs = RestartActuator(supervisor, drain=drain)
+    log = DecisionLog(decisions_path(state_dir) if state_dir is not None else None, keep=cfg.max_decisions)
+    feed = GatewayFeed(gateway.stats, telemetry=telemetry, gpu_index=gpu_index, watch_gpu=watch_gpu)
+    return Controller(cfg, feed, GateActuator(gateway.gate), knobs, log)
