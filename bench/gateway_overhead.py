@@ -56,7 +56,8 @@ def one_round(url: str, concurrency: int, requests: int, max_tokens: int, seed: 
                    seed=seed, warmup=0)
     lv = report["levels"][0]
     if lv["errors"]:
-        raise SystemExit(f"errors during the round at {url}: {lv['errors']}")
+        raise SystemExit(f"errors during the round at {url} (c={concurrency}): {lv['errors']} "
+                         f"{lv['error_examples']}")
     return {"tokens_per_s": lv["tokens_per_s"], "ttft_p50_ms": lv["ttft_s"]["p50"] * 1000,
             "ttft_p95_ms": lv["ttft_s"]["p95"] * 1000, "itl_p50_ms": lv["itl_s"]["p50"] * 1000,
             "output_tokens": lv["output_tokens"]}
@@ -71,16 +72,19 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="llama-server -t (default 2)")
     ap.add_argument("--np", type=int, default=4, help="llama-server -np (default 4)")
     ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--engine-log", type=Path, help="append llama-server's output here")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, Any] = {"levels": {}, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
     engine = ["-np", str(args.np), "-c", str(1024 * args.np)]
     results["engine"] = {"threads": args.threads, "args": engine}
-    with LocalLlamaServer(default_model_path(), threads=args.threads, extra_args=engine) as llama:
+    with LocalLlamaServer(default_model_path(), threads=args.threads, extra_args=engine,
+                          log_path=args.engine_log) as llama:
         gw_port = free_port()
         gateway = start_gateway(llama.url, gw_port)
         try:
             paths = {"direct": llama.url, "gateway": f"http://127.0.0.1:{gw_port}"}
+            print(f"paths: {paths}", file=sys.stderr)
             one_round(llama.url, 1, 4, 16, seed=99)  # warm the engine and the prompt cache paths once
             for c in levels:
                 rounds: dict[str, list[dict[str, Any]]] = {"direct": [], "gateway": []}

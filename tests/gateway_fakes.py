@@ -43,6 +43,8 @@ class FakeWorkerState:
     prompt_tokens_total: int = 0
     predicted_tokens_total: int = 0
     paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)   # request headers of each POST
+    silent_close: bool = False     # like llama-server: close after a streamed reply without "connection: close"
 
 
 class FakeWorker:
@@ -107,6 +109,7 @@ class FakeWorker:
             await self._get(path, writer)
             return
         req = json.loads(body or b"{}")
+        st.headers.append(headers)
         fake = req.get("fake", {})
         st.requests += 1
         st.active += 1
@@ -171,8 +174,9 @@ class FakeWorker:
             st.predicted_tokens_total += n
             await self._reply(writer, 200, json.dumps(self._full(path, "".join(words), n, usage)).encode())
             return
+        close = b"" if st.silent_close else b"connection: close\r\n"
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n"
-                     b"connection: close\r\n\r\n")
+                     + close + b"\r\n")
         gone = asyncio.ensure_future(reader.read(1))  # EOF when the client (gateway) closes the connection
 
         async def chunk(payload: bytes) -> bool:

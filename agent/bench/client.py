@@ -27,6 +27,8 @@ class RequestResult:
     itl_s: list[float] = field(default_factory=list)
     tokens_in: int | None = None
     tokens_out: int = 0
+    detail: str | None = None        # what went wrong, for the report's error examples
+    stale_retry: bool = False        # resent once after a stale keep-alive connection (see send())
 
     @property
     def e2e_s(self) -> float:
@@ -55,7 +57,25 @@ def build_body(api: str, req: BenchRequest, model: str | None, ignore_eos: bool)
 
 async def send(client: httpx.AsyncClient, url: str, api: str, req: BenchRequest, origin: float,
                model: str | None = None, ignore_eos: bool = False) -> RequestResult:
-    """POST one streaming request; never raises for HTTP or transport failures (they are results)."""
+    """POST one streaming request; never raises for HTTP or transport failures (they are results).
+
+    One exception is retried at once, as HTTP clients do: the server closed a pooled keep-alive connection before
+    reading the request ("disconnected without sending a response" — llama-server does this after every streamed
+    reply without a Connection: close). The request never reached the server, so it is not an error of the run.
+    """
+    result = await _send_once(client, url, api, req, origin, model, ignore_eos)
+    if result.error == "transport" and result.status is None and result.detail and STALE in result.detail:
+        retried = await _send_once(client, url, api, req, origin, model, ignore_eos)
+        retried.stale_retry = True
+        return retried
+    return result
+
+
+STALE = "without sending a response"
+
+
+async def _send_once(client: httpx.AsyncClient, url: str, api: str, req: BenchRequest, origin: float,
+                     model: str | None, ignore_eos: bool) -> RequestResult:
     body = build_body(api, req, model, ignore_eos)
     t0 = time.monotonic()
     tally = StreamTally(started=t0, stream=True)
@@ -70,20 +90,20 @@ async def send(client: httpx.AsyncClient, url: str, api: str, req: BenchRequest,
                                      retry_after=r.headers.get("retry-after"))
             async for chunk in r.aiter_raw():
                 tally.feed(chunk, time.monotonic())
-    except httpx.TimeoutException:
-        return _partial(req, tally, origin, t0, status, "timeout")
-    except httpx.HTTPError:
-        return _partial(req, tally, origin, t0, status, "transport")
+    except httpx.TimeoutException as e:
+        return _partial(req, tally, origin, t0, status, "timeout", detail=f"{type(e).__name__}: {e}")
+    except httpx.HTTPError as e:
+        return _partial(req, tally, origin, t0, status, "transport", detail=f"{type(e).__name__}: {e}")
     end = time.monotonic()
     if tally.error:
-        return _partial(req, tally, origin, t0, status, "stream_error", end)
+        return _partial(req, tally, origin, t0, status, "stream_error", end, detail=tally.error)
     return RequestResult(req.kind, t0 - origin, end - origin, True, status,
                          ttft_s=None if tally.first_content_at is None else tally.first_content_at - t0,
                          itl_s=tally.itl_s, tokens_in=tally.tokens_in, tokens_out=tally.tokens_out or 0)
 
 
 def _partial(req: BenchRequest, tally: StreamTally, origin: float, t0: float, status: int | None, kind: str,
-             end: float | None = None) -> RequestResult:
+             end: float | None = None, detail: str | None = None) -> RequestResult:
     end = time.monotonic() if end is None else end
     return RequestResult(req.kind, t0 - origin, end - origin, False, status, kind,
-                         tokens_out=tally.tokens_out or 0)
+                         tokens_out=tally.tokens_out or 0, detail=detail)

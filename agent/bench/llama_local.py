@@ -8,6 +8,7 @@ uses, and must not disturb a production worker; so it starts its own process her
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -25,6 +26,15 @@ from agent.worker.llamacpp_bin import find_llama_server
 KNOB_FLAGS = {"np": "-np", "c": "-c", "b": "-b", "ub": "-ub", "ctk": "-ctk", "ctv": "-ctv", "t": "-t",
               "tb": "-tb", "ngl": "-ngl"}
 BOOL_KNOBS = {"kvu": "-kvu", "cont_batching": "-cb"}
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the process that started it dies (a benchmark killed by a
+    timeout must not leave its private engine running). Linux delivers it when the *thread* that started the
+    engine exits, so start it from a thread that outlives it (the main thread in the CLI and benchmarks)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -77,7 +87,8 @@ class LocalLlamaServer:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(self.argv(), env=self.binary.env(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # type: ignore[union-attr]

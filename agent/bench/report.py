@@ -41,6 +41,8 @@ def summarize_level(run: LevelRun) -> dict[str, Any]:
         "itl_s": _pcts(itls), "e2e_s": _pcts([r.e2e_s for r in ok]),
         "kinds": dict(by_kind),
         "retry_after": sorted({r.retry_after for r in run.results if r.retry_after}),
+        "stale_connection_retries": sum(1 for r in run.results if r.stale_retry),
+        "error_examples": sorted({f"{r.error}: {r.detail}" for r in run.results if not r.ok and r.detail})[:5],
     }
 
 

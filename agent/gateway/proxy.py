@@ -163,6 +163,10 @@ class Proxy:
     async def _open(self, request: Request, body: bytes, rec: RequestRecord, deadline: float
                     ) -> Response | tuple[httpx.Response, bytes, AsyncIterator[bytes]]:
         headers = request_headers(request)
+        if rec.stream:
+            # llama-server closes the connection after a streamed reply without saying so; a pooled connection
+            # would then fail the next request ("disconnected without sending a response"). Say it up front.
+            headers["connection"] = "close"
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         for attempt in (0, 1):
             if not await wait_ready(self.endpoint, deadline):

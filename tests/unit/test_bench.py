@@ -105,9 +105,16 @@ def test_rejections_are_counted_with_retry_after(worker: FakeWorker) -> None:
 
 
 def test_transport_errors_are_results_not_crashes(worker: FakeWorker) -> None:
-    worker.state.die_next = [0, 0, 0]
+    # a connection closed without any response is resent once (it may be a stale pooled connection), so a
+    # worker that dies twice in a row before answering is an error, and one that dies once is not
+    worker.state.die_next = [0] * 6
     report = bench(Target(worker.url), SMALL, [1], [], Bounds(duration_s=None, requests=3), warmup=0)
-    assert report["levels"][0]["errors"] == {"transport": 3}
+    (lv,) = report["levels"]
+    assert lv["errors"] == {"transport": 3} and worker.state.requests == 6
+    assert all("without sending a response" in e for e in lv["error_examples"])
+    worker.state.die_next = [0]
+    (lv,) = bench(Target(worker.url), SMALL, [1], [], Bounds(duration_s=None, requests=1), warmup=0)["levels"]
+    assert lv["ok"] == 1 and lv["stale_connection_retries"] == 1
 
 
 def test_summary_figures_from_known_results() -> None:
@@ -224,3 +231,14 @@ def test_sweep_visits_every_point_survives_a_bad_one_and_respects_the_slo() -> N
     eligible = {k: v["tokens_per_s"] for k, v in by_np.items() if v["ttft_s"]["p95"] <= 0.15}
     assert report["best"]["tokens_per_s"] == max(eligible.values())
     assert best_point(report["points"], None)["tokens_per_s"] == max(v["tokens_per_s"] for v in by_np.values())
+
+
+def test_stale_keep_alive_connections_are_not_errors(worker: FakeWorker) -> None:
+    """Against a server that closes after each streamed reply without saying so (llama-server does), a request
+    sent down the dead pooled connection is resent once, not reported as an error."""
+    worker.state.silent_close = True
+    worker.state.ttft_s = worker.state.itl_s = 0
+    report = bench(Target(worker.url), SMALL, [1], [], Bounds(duration_s=None, requests=15), warmup=0)
+    (lv,) = report["levels"]
+    assert lv["ok"] == 15 and lv["errors"] == {}
+    assert worker.state.requests == 15  # a resend only happens when the server never saw the request

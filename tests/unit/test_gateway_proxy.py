@@ -376,3 +376,18 @@ def test_oversized_body_is_refused_before_reaching_the_worker(worker: FakeWorker
         ok = c.post(served.url + "/v1/completions", json={"prompt": "x", "fake": {"tokens": 1}})
         assert ok.status_code == 200
     assert worker.state.requests == 1
+
+
+def test_streamed_requests_do_not_reuse_a_connection_the_worker_closes(worker: FakeWorker) -> None:
+    """llama-server closes the connection after a streamed reply without a Connection: close header; the
+    gateway must not send the next request down that dead pooled connection (it would count as a worker
+    failure and a retry)."""
+    worker.state.silent_close = True
+    served, gw = serve(StaticUpstream(worker.url))
+    with served, httpx.Client(timeout=10) as c:
+        for _ in range(10):
+            assert c.post(served.url + CHAT, json=chat(True, tokens=2, ttft_s=0, itl_s=0)).status_code == 200
+        recs = last(gw, 10)
+    assert all(h.get("connection") == "close" for h in worker.state.headers)
+    assert all(r.outcome == "ok" and not r.retried for r in recs)
+    assert worker.state.requests == 10
