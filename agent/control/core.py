@@ -22,7 +22,7 @@ from typing import Any, Literal
 from agent.control.admission import AdmissionState, LimitProposal, accept, breach, propose_limit
 from agent.control.config import ControllerConfig
 from agent.control.decisions import Decision, Outcome
-from agent.control.ladder import Knobs, candidates, concurrency_ratio, key, step_down
+from agent.control.ladder import Knobs, candidates, concurrency_ratio, key, step_down, value
 from agent.control.observe import Measurement, Tick, measure
 
 
@@ -96,6 +96,7 @@ class ControlCore:
         self.recover_since: float | None = None
         self.converged_tps: float | None = None
         self.bottomed_out = False
+        self.slow_note = "starting"          # why the slow lever is not stepping right now (status, debugging)
 
     # ----- inputs -------------------------------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class ControlCore:
                 "trial": None if self.trial is None else {"decision": self.trial.decision.id,
                                                           "from": self.trial.from_knobs, "to": self.trial.to_knobs},
                 "tabu": {k: round(v - self.now, 1) for k, v in self.tabu.items() if v > self.now},
-                "converged": self.converged_tps is not None}
+                "converged": self.converged_tps is not None, "slow_lever": self.slow_note}
 
     # ----- decisions ----------------------------------------------------------------------------------------------
 
@@ -180,6 +181,12 @@ class ControlCore:
 
     # ----- slow lever ---------------------------------------------------------------------------------------------
 
+    def _capacity(self) -> int | None:
+        """Requests the engine serves at once with the current knobs (slots, max batch), when known."""
+        knob = self.cfg.concurrency_knob
+        v = value(self.knobs, knob, self.cfg.knob_defaults) if knob else None
+        return v if isinstance(v, int) else None
+
     def _recovered(self, tick: Tick) -> None:
         """After a rollback or fallback: the worker serves again, a new regime (and a cooldown) starts."""
         if self.phase == Phase.RECOVER and tick.worker_ready:
@@ -190,16 +197,27 @@ class ControlCore:
     def _slow(self, tick: Tick) -> list[Action]:
         cfg, now = self.cfg, self.now
         if self.phase == Phase.RECOVER:
+            self.slow_note = "waiting for the worker after a rollback or fallback"
             return []
         if self.phase == Phase.TRIAL:
             return self._judge(tick)
         if now < self.cooldown_until:
+            self.slow_note = f"cooldown, {self.cooldown_until - now:.0f} s left"
             return []
         start = now - cfg.measure_s
         if start < self.regime_t + cfg.settle_s:
+            self.slow_note = "collecting the baseline window"
             return []
-        m = measure(self.ticks, start, now)
-        if m.ready_ratio < 1 or m.ok < cfg.min_requests or m.saturated_ratio < cfg.min_saturation:
+        m = measure(self.ticks, start, now, capacity=self._capacity())
+        if m.ready_ratio < 1:
+            self.slow_note = "baseline: the worker was not ready throughout"
+            return []
+        if m.ok < cfg.min_requests:
+            self.slow_note = f"baseline: {m.ok} requests in {cfg.measure_s:g} s, {cfg.min_requests} needed"
+            return []
+        if m.saturated_ratio < cfg.min_saturation:
+            self.slow_note = (f"baseline: requests waited {m.saturated_ratio:.0%} of the time, "
+                              f"{cfg.min_saturation:.0%} needed (an idle engine's throughput is the load)")
             return []
         options = [c for c in candidates(self.knobs, cfg) if self.tabu.get(_step_key(self.knobs, c), -1e18) <= now]
         if not options:
@@ -210,6 +228,7 @@ class ControlCore:
                     > cfg.reexplore_drift_pct:
                 self.tabu.clear()
                 self.converged_tps = None
+            self.slow_note = "converged: every step from here was tried recently"
             return []
         self.converged_tps = None
         target = options[0]
@@ -219,6 +238,7 @@ class ControlCore:
                       measured_before=m.as_dict())
         self.trial = Trial(decision=d, from_knobs=dict(self.knobs), to_knobs=dict(target), before=m, applied_t=now)
         self.phase = Phase.TRIAL
+        self.slow_note = f"trial of decision {d.id}"
         return self._set_knobs(target, f"controller: try {_diff(self.knobs, target)} (decision {d.id})")
 
     def _judge(self, tick: Tick) -> list[Action]:
@@ -233,7 +253,7 @@ class ControlCore:
         start = tr.ready_t + cfg.settle_s
         if now < start + cfg.measure_s:
             return []
-        m = measure(self.ticks, start, now)
+        m = measure(self.ticks, start, now, capacity=self._capacity())
         if m.ok < cfg.min_requests and now < start + cfg.max_measure_s:
             return []  # too little traffic yet: let the window grow
         if m.ok < cfg.min_requests:

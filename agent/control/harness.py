@@ -61,6 +61,13 @@ def gateway_for(supervisor: Supervisor, drain: Drain | None = None, **settings: 
     endpoint: Any = SupervisedWorker(supervisor)
     if drain is not None:
         endpoint = drain.wrap(endpoint)
+    with serve_gateway(endpoint, **settings) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_gateway(endpoint: Any, **settings: Any) -> Iterator[tuple[Gateway, str]]:
+    """The real gateway in front of any worker endpoint (agent.gateway.upstream), on a free loopback port."""
     gw = Gateway(endpoint, GatewaySettings(**settings))
     server = GatewayServer(gw.app(), host="127.0.0.1", port=0).start()
     try:

@@ -73,7 +73,7 @@ class Measurement:
     service_ttft_p95_s: float | None
     itl_p95_s: float | None
     queued_avg: float
-    saturated_ratio: float            # share of ticks with a non-empty admission queue
+    saturated_ratio: float            # share of ticks with requests waiting (gateway queue, or engine over capacity)
     ready_ratio: float                # share of ticks with the worker ready
     ticks: int
 
@@ -96,9 +96,12 @@ def p95(values: Iterable[float]) -> float | None:
     return percentile(sorted(values), 0.95)
 
 
-def measure(ticks: Sequence[Tick], start: float, end: float, admitted_after: float | None = None) -> Measurement:
+def measure(ticks: Sequence[Tick], start: float, end: float, admitted_after: float | None = None,
+            capacity: int | None = None) -> Measurement:
     """Figures over (start, end]. With `admitted_after`, latency percentiles count only requests that entered the
-    engine after that instant (so a decision is judged on what it governed); throughput counts every finish."""
+    engine after that instant (so a decision is judged on what it governed); throughput counts every finish.
+    A tick is saturated when requests wait in the gateway's queue, or, given the engine's `capacity` (its slots or
+    max batch), when more requests are in flight than it serves at once (they wait inside the engine)."""
     inside = [t for t in ticks if start < t.t <= end]
     done = [f for t in inside for f in t.finished if start < f.at <= end]
     ok = [f for f in done if f.outcome == "ok"]
@@ -113,7 +116,8 @@ def measure(ticks: Sequence[Tick], start: float, end: float, admitted_after: flo
         service_ttft_p95_s=p95(s for f in judged if (s := f.service_ttft_s) is not None),
         itl_p95_s=p95(g for f in judged for g in f.itl_s),
         queued_avg=sum(t.queued for t in inside) / n if n else 0.0,
-        saturated_ratio=sum(1 for t in inside if t.queued > 0) / n if n else 0.0,
+        saturated_ratio=sum(1 for t in inside if t.queued > 0 or (capacity is not None and t.in_flight > capacity))
+        / n if n else 0.0,
         ready_ratio=sum(1 for t in inside if t.worker_ready) / n if n else 0.0,
         ticks=n)
 

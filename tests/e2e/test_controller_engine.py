@@ -100,7 +100,7 @@ def test_a_slow_step_that_makes_things_worse_is_rolled_back(llama: Supervisor, t
             back = tick_until(ctl, lambda: ctl.core.phase == "baseline", 60)
         results = load.results
     steps = [d for d in read_decisions(decisions_path(tmp_path)) if d.lever == "knobs"]
-    assert settled and back, [(d.outcome, d.outcome_reason) for d in steps]
+    assert settled and back, ([(d.outcome, d.outcome_reason) for d in steps], ctl.status()["slow_lever"])
     assert len(steps) == 1
     step = steps[0]
     assert step.before["parallel"] == 4 and step.after["parallel"] == 1
@@ -113,3 +113,17 @@ def test_a_slow_step_that_makes_things_worse_is_rolled_back(llama: Supervisor, t
     # drained before each restart, the gateway holding new requests meanwhile: none failed, none was cut
     assert act.last_drain_s is not None and not drain.active
     assert results and all(r.ok for r in results), {r.error for r in results if not r.ok}
+
+
+def test_llama_server_defaults_are_what_the_ladder_assumes(tmp_path: Path) -> None:
+    """A knob left unset counts as llama-server's default when the slow lever steps from it (-np auto = 4 slots);
+    if a llama.cpp update changes that, this fails instead of the controller stepping from a wrong value."""
+    from agent.control.config import LLAMACPP_DEFAULTS
+
+    sup = supervised_llama({}, state_dir=tmp_path / "state")
+    sup.start()
+    try:
+        assert sup.wait_ready(180), sup.status().reason
+        assert slots(sup) == LLAMACPP_DEFAULTS["parallel"]
+    finally:
+        sup.stop()

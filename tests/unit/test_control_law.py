@@ -216,9 +216,17 @@ def test_dead_band_rolls_back_a_gain_smaller_than_it() -> None:
 
 def test_no_step_without_a_saturated_baseline() -> None:
     tr = trace("synthetic-knobs.json")
-    idle = Trace([type(s)(knobs=s.knobs, ticks=[shifted(t, 0, queued=0) for t in s.ticks]) for s in tr.segments])
+
+    def world(queued: int, in_flight: int) -> Trace:
+        return Trace([type(s)(knobs=s.knobs, ticks=[shifted(t, 0, queued=queued, in_flight=in_flight)
+                                                    for t in s.ticks]) for s in tr.segments])
+
+    # nobody waits: the throughput is the offered load, whatever the knobs
     core = ControlCore(cfg(), {"parallel": 1, "ubatch": 512}, 1, 0.0)
-    assert knob_steps(run_world(core, TraceWorld(idle, core.knobs), 300)) == []
+    assert knob_steps(run_world(core, TraceWorld(world(0, 1), core.knobs), 300)) == []
+    # requests wait inside the engine (8 in flight, 1 slot), not in the gateway: that is demand too
+    core = ControlCore(cfg(), {"parallel": 1, "ubatch": 512}, 8, 0.0)
+    assert knob_steps(run_world(core, TraceWorld(world(0, 8), core.knobs), 300))
 
 
 def test_limit_follows_the_slot_count_on_a_knob_change() -> None:
