@@ -28,7 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.bench.corpus import MixSpec
-from agent.bench.llama_local import LocalLlamaServer, free_port
+from agent.bench.llama_local import LocalLlamaServer, die_with_parent, free_port
 from agent.bench.load import Bounds, Target
 from agent.bench.runner import bench
 from agent.worker.models import default_model_path
@@ -36,7 +36,8 @@ from agent.worker.models import default_model_path
 
 def start_gateway(upstream: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "agent", "gateway", "--upstream", upstream, "--port", str(port),
-                             "--limit", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--limit", "64"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=die_with_parent)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -76,6 +77,7 @@ def main() -> int:
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     results: dict[str, Any] = {"levels": {}, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}
+    results["loadavg_start"] = os.getloadavg()
     engine = ["-np", str(args.np), "-c", str(1024 * args.np)]
     results["engine"] = {"threads": args.threads, "args": engine}
     with LocalLlamaServer(default_model_path(), threads=args.threads, extra_args=engine,
@@ -105,6 +107,8 @@ def main() -> int:
         finally:
             os.kill(gateway.pid, signal.SIGTERM)
             gateway.wait(15)
+    results["loadavg_end"] = os.getloadavg()
+    print(f"load average (1/5/15 min) at start {results['loadavg_start']}, at end {results['loadavg_end']}")
     print("| concurrency | direct tok/s | gateway tok/s | Δ throughput | direct TTFT p50 | gateway TTFT p50 | "
           "Δ TTFT p50 | Δ ITL p50 |")
     print("|---|---|---|---|---|---|---|---|")

@@ -29,7 +29,7 @@ BOOL_KNOBS = {"kvu": "-kvu", "cont_batching": "-cb"}
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it when the process that started it dies (a benchmark killed by a
     timeout must not leave its private engine running). Linux delivers it when the *thread* that started the
     engine exits, so start it from a thread that outlives it (the main thread in the CLI and benchmarks)."""
@@ -88,7 +88,7 @@ class LocalLlamaServer:
         try:
             self.proc = subprocess.Popen(self.argv(), env=self.binary.env(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()  # type: ignore[union-attr]
