@@ -90,8 +90,9 @@ class AdmissionGate:
         self._waiters.append(fut)
         self._grant()  # a slot may be free behind stale (cancelled) waiters
         try:
-            timeout = max(0.0, deadline - time.monotonic())
-            await asyncio.wait([fut], timeout=timeout)
+            # loop: some event loops (uvloop) round timers to the millisecond and wake a little early
+            while not fut.done() and (remaining := deadline - time.monotonic()) > 0:
+                await asyncio.wait([fut], timeout=remaining)
         except BaseException:
             # cancelled while queued (client went away): give back a slot granted in the meantime
             if fut.done() and not fut.cancelled():

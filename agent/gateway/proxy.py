@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -30,14 +31,14 @@ from agent.gateway.settings import GatewaySettings
 from agent.gateway.sse import StreamTally
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import WorkerEndpoint, wait_ready
+from agent.gateway.upstream_client import UpstreamReply, UpstreamTimeout, WorkerGone, open_reply
 
 log = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                         "transfer-encoding", "upgrade", "host", "content-length"})
 # Failures where the worker did not get or did not finish the request: safe to retry if nothing was forwarded.
-WORKER_GONE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError,
-               httpx.RemoteProtocolError)
+WORKER_GONE = (WorkerGone,)
 
 
 class _WorkerLoading(Exception):
@@ -52,13 +53,21 @@ def wants_stream(body: bytes) -> bool:
     return isinstance(payload, dict) and bool(payload.get("stream"))
 
 
+def split_base_url(base: str) -> tuple[str, int]:
+    """'http://127.0.0.1:8081' -> ('127.0.0.1', 8081). The worker is plain HTTP on this host."""
+    parts = urlsplit(base)
+    if parts.scheme != "http" or not parts.hostname:
+        raise WorkerGone(f"unsupported worker URL {base!r} (expected http://HOST:PORT)")
+    return parts.hostname, parts.port or 80
+
+
 def request_headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
 
 
-def reply_headers(upstream: httpx.Response, keep_length: bool) -> list[tuple[bytes, bytes]]:
+def reply_headers(upstream: UpstreamReply, keep_length: bool) -> list[tuple[bytes, bytes]]:
     out = []
-    for k, v in upstream.headers.raw:
+    for k, v in upstream.raw_headers:
         name = k.decode("latin-1").lower()
         if name in HOP_BY_HOP and not (keep_length and name == "content-length"):
             continue
@@ -161,12 +170,8 @@ class Proxy:
                 self.gate.release()
 
     async def _open(self, request: Request, body: bytes, rec: RequestRecord, deadline: float
-                    ) -> Response | tuple[httpx.Response, bytes, AsyncIterator[bytes]]:
-        headers = request_headers(request)
-        if rec.stream:
-            # llama-server closes the connection after a streamed reply without saying so; a pooled connection
-            # would then fail the next request ("disconnected without sending a response"). Say it up front.
-            headers["connection"] = "close"
+                    ) -> Response | tuple[UpstreamReply, bytes, AsyncIterator[bytes]]:
+        headers = list(request_headers(request).items())
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         for attempt in (0, 1):
             if not await wait_ready(self.endpoint, deadline):
@@ -176,10 +181,11 @@ class Proxy:
             base = self.endpoint.base_url()
             if rec.queue_wait_s is None:
                 rec.queue_wait_s = time.monotonic() - rec.started
-            upstream: httpx.Response | None = None
+            upstream: UpstreamReply | None = None
             try:
-                req = self.client.build_request(request.method, f"{base}{path}", content=body, headers=headers)
-                upstream = await self.client.send(req, stream=True)
+                host, port = split_base_url(base or "")
+                upstream = await open_reply(host, port, request.method, path, headers, body,
+                                            self.settings.connect_timeout_s, self.settings.read_timeout_s)
                 if upstream.status_code == 503:
                     raise _WorkerLoading()
                 rest = upstream.aiter_raw()
@@ -200,11 +206,11 @@ class Proxy:
                     continue
                 if isinstance(e, _WorkerLoading):
                     return self._reject(rec, "not_ready")
-                return self._fail(rec, 502, "error", f"worker unavailable: {type(e).__name__}")
-            except httpx.TimeoutException as e:
+                return self._fail(rec, 502, "error", f"worker unavailable: {e}")
+            except UpstreamTimeout as e:
                 if upstream is not None:
                     await upstream.aclose()
-                return self._fail(rec, 504, "timeout", f"worker timed out: {type(e).__name__}")
+                return self._fail(rec, 504, "timeout", f"worker timed out: {e}")
         raise AssertionError("unreachable")
 
     async def _answers_health(self, deadline: float) -> bool:
@@ -245,7 +251,7 @@ class Proxy:
 class Forwarded(Response):
     """The client's response: the worker's status and headers, then its body chunk by chunk, measured."""
 
-    def __init__(self, proxy: Proxy, rec: RequestRecord, upstream: httpx.Response, first: bytes,
+    def __init__(self, proxy: Proxy, rec: RequestRecord, upstream: UpstreamReply, first: bytes,
                  rest: AsyncIterator[bytes]) -> None:
         self.proxy = proxy
         self.rec = rec
@@ -289,11 +295,11 @@ class Forwarded(Response):
             async for chunk in self.rest:
                 tally.feed(chunk, time.monotonic())
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except WORKER_GONE as e:
-            state["outcome"], state["error"] = "error", f"worker failed mid-reply: {type(e).__name__}"
+        except WorkerGone as e:
+            state["outcome"], state["error"] = "error", f"worker failed mid-reply: {e}"
             self.proxy.endpoint.report_failure()
-        except httpx.TimeoutException as e:
-            state["outcome"], state["error"] = "timeout", f"worker timed out mid-reply: {type(e).__name__}"
+        except UpstreamTimeout as e:
+            state["outcome"], state["error"] = "timeout", f"worker timed out mid-reply: {e}"
         except OSError:
             state["outcome"] = "client_abort"  # the client's socket went away under send()
             return
