@@ -7,7 +7,9 @@ One llama-server (bundled model, -t 2, -np 4, 1024 context tokens per slot) and 
 direct / gateway (ABAB...) so slow drift on a shared machine hits both alike; each round sends the same seeded
 request sequence (short chat prompts, exactly --max-tokens output tokens with ignore_eos). Reported per level:
 output tokens/s and TTFT/ITL p50 — the median over rounds — and the gateway's difference.
-Goal (issue 5): <= 2% throughput, <= 1 ms p50 TTFT.
+CPU time per output token of the engine and of the gateway process (psutil, per round) is reported too: unlike
+wall-clock figures it hardly moves when other work shares the machine. Goal (issue 5): <= 2% throughput,
+<= 1 ms p50 TTFT.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,15 +54,25 @@ def start_gateway(upstream: str, port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("gateway not ready after 60 s")
 
 
-def one_round(url: str, concurrency: int, requests: int, max_tokens: int, seed: int) -> dict[str, Any]:
+def cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def one_round(url: str, concurrency: int, requests: int, max_tokens: int, seed: int,
+              pids: dict[str, int] | None = None) -> dict[str, Any]:
     mix = MixSpec({"chat": 1.0}, max_tokens=max_tokens)
+    cpu0 = {name: cpu_s(pid) for name, pid in (pids or {}).items()}
     report = bench(Target(url, ignore_eos=True), mix, [concurrency], [], Bounds(duration_s=None, requests=requests),
                    seed=seed, warmup=0)
     lv = report["levels"][0]
     if lv["errors"]:
         raise SystemExit(f"errors during the round at {url} (c={concurrency}): {lv['errors']} "
                          f"{lv['error_examples']}")
-    return {"tokens_per_s": lv["tokens_per_s"], "ttft_p50_ms": lv["ttft_s"]["p50"] * 1000,
+    tokens = max(lv["output_tokens"], 1)
+    cpu = {f"{name}_cpu_us_per_token": (cpu_s(pid) - cpu0[name]) / tokens * 1e6
+           for name, pid in (pids or {}).items()}
+    return {**cpu, "tokens_per_s": lv["tokens_per_s"], "ttft_p50_ms": lv["ttft_s"]["p50"] * 1000,
             "ttft_p95_ms": lv["ttft_s"]["p95"] * 1000, "itl_p50_ms": lv["itl_s"]["p50"] * 1000,
             "output_tokens": lv["output_tokens"]}
 
@@ -93,10 +106,13 @@ def main() -> int:
                 for i in range(args.rounds):
                     order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
                     for name in order:
-                        r = one_round(paths[name], c, args.requests, args.max_tokens, seed=1)
+                        r = one_round(paths[name], c, args.requests, args.max_tokens, seed=1,
+                                      pids={"engine": llama.pid or 0, "gateway": gateway.pid})
                         rounds[name].append(r)
                         print(f"c={c} round {i + 1} {name:8s} {r['tokens_per_s']:7.1f} tok/s  "
-                              f"ttft p50 {r['ttft_p50_ms']:7.1f} ms  itl p50 {r['itl_p50_ms']:6.2f} ms",
+                              f"ttft p50 {r['ttft_p50_ms']:7.1f} ms  itl p50 {r['itl_p50_ms']:6.2f} ms  "
+                              f"cpu/token engine {r['engine_cpu_us_per_token']:7.0f} us "
+                              f"gateway {r['gateway_cpu_us_per_token']:5.0f} us",
                               file=sys.stderr)
                 med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in rounds.items()}
                 d, g = med["direct"], med["gateway"]
@@ -110,13 +126,14 @@ def main() -> int:
     results["loadavg_end"] = os.getloadavg()
     print(f"load average (1/5/15 min) at start {results['loadavg_start']}, at end {results['loadavg_end']}")
     print("| concurrency | direct tok/s | gateway tok/s | Δ throughput | direct TTFT p50 | gateway TTFT p50 | "
-          "Δ TTFT p50 | Δ ITL p50 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "Δ TTFT p50 | Δ ITL p50 | engine CPU/token | gateway CPU/token (gateway rounds) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c, lv in results["levels"].items():
         d, g = lv["median"]["direct"], lv["median"]["gateway"]
         print(f"| {c} | {d['tokens_per_s']:.1f} | {g['tokens_per_s']:.1f} | {lv['throughput_delta_pct']:+.2f}% | "
               f"{d['ttft_p50_ms']:.1f} ms | {g['ttft_p50_ms']:.1f} ms | {lv['ttft_p50_delta_ms']:+.2f} ms | "
-              f"{lv['itl_p50_delta_ms']:+.3f} ms |")
+              f"{lv['itl_p50_delta_ms']:+.3f} ms | {g['engine_cpu_us_per_token']:.0f} µs | "
+              f"{g['gateway_cpu_us_per_token']:.0f} µs |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
