@@ -138,3 +138,34 @@ def test_eos_and_incomplete_utf8() -> None:
     s.push(3)
     assert sent(ev) == "café"
     assert s.push(0) and s.finished == "stop" and ev[-1].completion_tokens == 4
+
+
+def test_non_streaming_sends_one_delta_and_decodes_once() -> None:
+    calls: list[int] = []
+    events: list[Event] = []
+
+    def decode(ids: list[int]) -> str:
+        calls.append(len(ids))
+        return "".join(f"<{i}>" for i in ids)
+
+    s = Seq(prompt_ids=[1], params=SamplingParams(max_tokens=10), sink=events.append, decode=decode,
+            eos_ids=frozenset({0}), stream=False)
+    assert not any(s.push(t) for t in (5, 6, 7))
+    assert events == [] and calls == []
+    assert s.push(0)                       # EOS: not part of the text
+    assert [e.kind for e in events] == ["delta", "done"] and calls == [3]
+    assert events[0].text == "<5><6><7>" and events[0].token_ids == (5, 6, 7, 0)
+    assert events[1].completion_tokens == 4 and events[1].finish_reason == "stop"
+
+
+def test_non_streaming_with_stop_string_cuts_the_text() -> None:
+    events: list[Event] = []
+    s = Seq(prompt_ids=[1], params=SamplingParams(max_tokens=10, stop=("ab",)), sink=events.append,
+            decode=lambda ids: "".join({1: "x", 2: "a", 3: "b", 4: "y"}[i] for i in ids), eos_ids=frozenset(),
+            stream=False)
+    s.push(1)
+    s.push(2)
+    assert events == []
+    assert s.push(3)
+    assert [e.kind for e in events] == ["delta", "done"] and events[0].text == "x"
+    assert events[0].token_ids == (1, 2, 3)

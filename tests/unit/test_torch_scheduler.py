@@ -31,11 +31,11 @@ def expected(model: Any) -> dict[int, list[int]]:
 class Client:
     """One request's view: what the scheduler sent to its sink."""
 
-    def __init__(self, prompt: list[int], max_tokens: int, **params: Any) -> None:
+    def __init__(self, prompt: list[int], max_tokens: int, stream: bool = True, **params: Any) -> None:
         self.events: list[Event] = []
         self.seq = Seq(prompt_ids=list(prompt), params=SamplingParams(max_tokens=max_tokens, **params),
                        sink=self.events.append, decode=lambda ids: "".join(f"<{i}>" for i in ids),
-                       eos_ids=frozenset())
+                       eos_ids=frozenset(), stream=stream)
 
     @property
     def tokens(self) -> list[int]:
@@ -111,7 +111,7 @@ def test_staggered_joins_and_leaves_equal_oracle(model: Any, expected: dict[int,
 
 def test_max_batch_raised_and_lowered_live(model: Any, expected: dict[int, list[int]]) -> None:
     s = sched(model, max_batch=1)
-    clients = [Client(p, 12) for p in PROMPTS]
+    clients = [Client(p, 12, stream=i % 2 == 0) for i, p in enumerate(PROMPTS)]   # streaming and not
     for c in clients:
         s.submit(c.seq)
 

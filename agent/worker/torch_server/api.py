@@ -240,7 +240,7 @@ async def _serve(state: ServerState, loaded: LoadedModel, sched: Scheduler, req:
         loop.call_soon_threadsafe(queue.put_nowait, event)
 
     tok = loaded.tokenizer
-    seq = Seq(prompt_ids=ids, params=params, sink=sink, eos_ids=loaded.eos_ids,
+    seq = Seq(prompt_ids=ids, params=params, sink=sink, eos_ids=loaded.eos_ids, stream=req.stream,
               decode=lambda t: tok.decode(t, skip_special_tokens=True))
     rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())

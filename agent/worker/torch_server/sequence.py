@@ -65,6 +65,7 @@ class Seq:
     oom_count: int = 0
     requeues: int = 0
     generator: Any = None           # torch.Generator for sampled requests (created by the scheduler)
+    stream: bool = True             # False: one delta at the end (no per-token events, no per-token decode)
 
     @property
     def reserve(self) -> int:
@@ -92,6 +93,8 @@ class Seq:
             self._finish("stop", new_ids=(token,))
             return True
         self.generated.append(token)
+        if not self.stream and not self.params.stop:
+            return self._maybe_length()   # nobody reads partial text: decode once at the end
         full = self.decode(self.generated)
         # a trailing U+FFFD is an incomplete UTF-8 character: hold it until the token that completes it
         stable = full.rstrip("\ufffd")
@@ -112,12 +115,18 @@ class Seq:
         return False
 
     def _send(self, upto: int, ids: tuple[int, ...]) -> None:
+        if not self.stream:
+            return
         upto = max(upto, self.sent)
         delta = self.text[self.sent:upto]
         self.sent = upto
         self.sink(Event("delta", text=delta, token_ids=ids))
 
     def _finish(self, reason: FinishReason, new_ids: tuple[int, ...]) -> None:
+        if not self.stream:
+            if not self.params.stop:
+                self.text = self.decode(self.generated[:-1] if new_ids and reason == "stop" else self.generated)
+            new_ids = tuple(self.generated)
         # everything not yet sent goes out now (a held-back stop prefix that never completed is text after all)
         delta = self.text[self.sent:].replace("\ufffd", "")
         self.sent = len(self.text)
