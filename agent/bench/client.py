@@ -59,19 +59,17 @@ async def send(client: httpx.AsyncClient, url: str, api: str, req: BenchRequest,
                model: str | None = None, ignore_eos: bool = False) -> RequestResult:
     """POST one streaming request; never raises for HTTP or transport failures (they are results).
 
-    One exception is retried at once, as HTTP clients do: the server closed a pooled keep-alive connection before
-    reading the request ("disconnected without sending a response" — llama-server does this after every streamed
-    reply without a Connection: close). The request never reached the server, so it is not an error of the run.
+    One exception is resent at once, as HTTP clients do for a pooled keep-alive connection the server had closed
+    (llama-server closes after every streamed reply without a Connection: close): a transport failure before any
+    response came back ("disconnected without sending a response", or a reset when the server closed with our
+    request unread). A server that fails the resend too is reported as a transport error.
     """
     result = await _send_once(client, url, api, req, origin, model, ignore_eos)
-    if result.error == "transport" and result.status is None and result.detail and STALE in result.detail:
+    if result.error == "transport" and result.status is None:
         retried = await _send_once(client, url, api, req, origin, model, ignore_eos)
         retried.stale_retry = True
         return retried
     return result
-
-
-STALE = "without sending a response"
 
 
 async def _send_once(client: httpx.AsyncClient, url: str, api: str, req: BenchRequest, origin: float,
