@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import tempfile
 import time
@@ -47,7 +48,13 @@ LADDER = [Axis(knob="parallel", values=[1, 2, 4]), Axis(knob="ubatch", values=[1
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {msg} (load average {os.getloadavg()[0]:.2f})", file=sys.stderr,
+          flush=True)
+
+
+def loadavg() -> float:
+    """The 1-minute load average: this machine is shared, and every figure below depends on what else ran."""
+    return round(os.getloadavg()[0], 2)
 
 
 def measurer(levels: list[int], duration: float, max_tokens: int) -> Any:
@@ -129,15 +136,17 @@ def main() -> int:
 
     log("llama-server defaults")
     defaults = measure_knobs({}, measure_url)
-    out["defaults"] = {"best": best_of(defaults, {}, slo_s), "levels": defaults["levels"]}
+    out["defaults"] = {"best": best_of(defaults, {}, slo_s), "levels": defaults["levels"], "loadavg_after": loadavg()}
 
     log(f"sweep {GRID}")
     sweep = run_sweep(parse_grid(GRID), LocalSweepControl(default_model_path(), threads=2), measure_url, slo_s,
                       on_point=lambda p: log(f"  point {p['knobs']}: {p['wall_s']:.0f} s"))
-    out["sweep"] = {"wall_s": sweep["wall_s"], "best": sweep["best"], "points": sweep["points"]}
+    out["sweep"] = {"wall_s": sweep["wall_s"], "best": sweep["best"], "points": sweep["points"],
+                    "loadavg_after": loadavg()}
 
     log("controller")
     ctl = run_controller(args, time_cap_s=sweep["wall_s"])
+    ctl["loadavg_after"] = loadavg()
     log(f"  {'converged' if ctl['converged'] else 'NOT converged'} in {ctl['wall_s']:.0f} s at {ctl['knobs']}, "
         f"limit {ctl['limit']}")
     converged = measure_knobs(sweep_knobs(ctl["knobs"]), measure_url, [ctl["limit"]])
