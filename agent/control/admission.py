@@ -28,6 +28,7 @@ class AdmissionState:
     last_increase_t: float = -math.inf
     breach_limit: int | None = None     # the limit at which the SLO last broke
     breach_t: float = -math.inf
+    last_fast_t: float = -math.inf      # the last change this lever made (not a rescale by the slow lever)
 
     def rescale(self, limit: int, t: float) -> None:
         """A new regime (engine knobs changed): take the new limit and forget the old knee."""
@@ -59,12 +60,15 @@ def breach(m: Measurement, cfg: ControllerConfig, slack: float = 1.0) -> str | N
     return None
 
 
-def propose_limit(ticks: Sequence[Tick], st: AdmissionState, cfg: ControllerConfig, now: float) -> LimitProposal | None:
-    """The next admission limit, or None to hold."""
+def propose_limit(ticks: Sequence[Tick], st: AdmissionState, cfg: ControllerConfig, now: float,
+                  admitted_after: float | None = None) -> LimitProposal | None:
+    """The next admission limit, or None to hold. Judged on requests admitted after the last change (or after
+    `admitted_after`, later: e.g. once a restarted worker has settled)."""
     if not ticks or not ticks[-1].worker_ready:
         return None  # a restarting worker says nothing about the limit
     tick = ticks[-1]
-    m = measure(ticks, now - cfg.fast_window_s, now, admitted_after=st.last_change_t)
+    since = st.last_change_t if admitted_after is None else max(st.last_change_t, admitted_after)
+    m = measure(ticks, now - cfg.fast_window_s, now, admitted_after=since)
     if m.ok < cfg.min_samples:
         return None
     since_change = now - st.last_change_t
@@ -72,7 +76,8 @@ def propose_limit(ticks: Sequence[Tick], st: AdmissionState, cfg: ControllerConf
     if over is not None:
         if since_change < cfg.decrease_hold_s or st.limit <= cfg.min_limit:
             return None
-        new = max(cfg.min_limit, min(st.limit - 1, math.floor(st.limit * cfg.decrease_factor)))
+        # ceil: from just past the knee (slots + 1) the cut lands on the knee, not below it
+        new = max(cfg.min_limit, min(st.limit - 1, math.ceil(st.limit * cfg.decrease_factor)))
         return LimitProposal(new, "decrease", f"{over} with {st.limit} admitted", m)
     if breach(m, cfg, 1 - cfg.slo_dead_band_pct / 100) is not None:
         return None  # inside the dead band: under the SLO, but not by enough to add load
@@ -96,3 +101,4 @@ def accept(st: AdmissionState, p: LimitProposal, now: float) -> None:
         st.last_increase_t = now
     st.limit = p.limit
     st.last_change_t = now
+    st.last_fast_t = now

@@ -96,6 +96,8 @@ class ControllerConfig(Model):
     settle_s: float = Field(5.0, ge=0, description="after the worker is ready again, wait this long before "
                             "measuring (warm-up, the fast lever re-finding its limit)")
     min_requests: int = Field(10, ge=1, description="fewest finished requests in a window to judge a step")
+    baseline_reuse_s: float = Field(120.0, ge=0, description="after a rollback, the baseline measured before the "
+                                    "step is reused this long if knobs and admission limit are unchanged")
     min_saturation: float = Field(0.5, ge=0, le=1, description="share of baseline ticks with a non-empty queue "
                                   "before a step is tried: an idle engine's throughput is the offered load")
     dead_band_pct: float = Field(3.0, ge=0, description="a step is kept only if tokens/s rose at least this much; "

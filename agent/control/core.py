@@ -63,6 +63,7 @@ class Trial:
     to_knobs: Knobs
     before: Measurement
     applied_t: float
+    limit: int = 1
     ready_t: float | None = None
 
 
@@ -97,6 +98,11 @@ class ControlCore:
         self.converged_tps: float | None = None
         self.bottomed_out = False
         self.slow_note = "starting"          # why the slow lever is not stepping right now (status, debugging)
+        self.pinned_since: float | None = None   # the slow lever holds the admission limit for its baseline
+        self.pin_retry_at = -math.inf
+        self.last_baseline: tuple[Knobs, int, Measurement] | None = None
+        self.serving_since = self.now        # when the worker last became ready (restart transients end here)
+        self._was_ready = True
 
     # ----- inputs -------------------------------------------------------------------------------------------------
 
@@ -105,6 +111,9 @@ class ControlCore:
         self.ticks.append(tick)
         while self.ticks and self.ticks[0].t < tick.t - self.cfg.history_s:
             self.ticks.popleft()
+        if tick.worker_ready and not self._was_ready:
+            self.serving_since = self.now
+        self._was_ready = tick.worker_ready
         self._recovered(tick)
         actions = self._memory(tick)
         if not actions and self.cfg.slow_enabled:
@@ -150,28 +159,36 @@ class ControlCore:
         self.pending.append(d2)
         return d2
 
-    def _set_knobs(self, new: Knobs, reason: str) -> list[Action]:
+    def _set_knobs(self, new: Knobs, reason: str, limit: int | None = None) -> list[Action]:
+        """Apply knobs; the admission limit follows the concurrency knob's ratio, or is set to `limit` (back to
+        a baseline's limit on a rollback)."""
         old, self.knobs = self.knobs, dict(new)
         self.bottomed_out = False
+        self.pinned_since = None
         actions: list[Action] = [SetKnobs(dict(new), reason)]
-        ratio = concurrency_ratio(old, new, self.cfg.concurrency_knob, self.cfg.knob_defaults)
-        if ratio is not None:
+        why = f"follows {_diff(old, new)}"
+        if limit is None:
+            ratio = concurrency_ratio(old, new, self.cfg.concurrency_knob, self.cfg.knob_defaults)
+            if ratio is None:
+                return actions
             limit = max(self.cfg.min_limit, min(self.cfg.max_limit, round(self.adm.limit * ratio)))
-            if limit != self.adm.limit:
-                self._new(lever="admission", action="increase" if limit > self.adm.limit else "decrease",
-                          before={"limit": self.adm.limit}, after={"limit": limit}, outcome="applied",
-                          reason=f"follows {_diff(old, new)}")
-                actions.append(SetLimit(limit))
-            self.adm.rescale(limit, self.now)
+        else:
+            why += " (back to the baseline's limit)"
+        if limit != self.adm.limit:
+            self._new(lever="admission", action="increase" if limit > self.adm.limit else "decrease",
+                      before={"limit": self.adm.limit}, after={"limit": limit}, outcome="applied", reason=why)
+            actions.append(SetLimit(limit))
+        self.adm.rescale(limit, self.now)
         return actions
 
     # ----- fast lever ---------------------------------------------------------------------------------------------
 
     def _fast(self, tick: Tick) -> list[Action]:
-        if self.trial is not None and self.trial.ready_t is None:
-            return []
-        p: LimitProposal | None = propose_limit(self.ticks, self.adm, self.cfg, self.now)
-        if p is None:
+        if self.trial is not None:
+            return []  # a step is being measured at the limit it started with (scaled with the slots)
+        since = max(self.adm.last_change_t, self.serving_since + self.cfg.settle_s)
+        p: LimitProposal | None = propose_limit(self.ticks, self.adm, self.cfg, self.now, admitted_after=since)
+        if p is None or (p.action == "increase" and self.pinned_since is not None):
             return []
         before = self.adm.limit
         accept(self.adm, p, self.now)
@@ -204,42 +221,87 @@ class ControlCore:
         if now < self.cooldown_until:
             self.slow_note = f"cooldown, {self.cooldown_until - now:.0f} s left"
             return []
-        start = now - cfg.measure_s
-        if start < self.regime_t + cfg.settle_s:
-            self.slow_note = "collecting the baseline window"
-            return []
-        m = measure(self.ticks, start, now, capacity=self._capacity())
-        if m.ready_ratio < 1:
-            self.slow_note = "baseline: the worker was not ready throughout"
-            return []
-        if m.ok < cfg.min_requests:
-            self.slow_note = f"baseline: {m.ok} requests in {cfg.measure_s:g} s, {cfg.min_requests} needed"
-            return []
-        if m.saturated_ratio < cfg.min_saturation:
-            self.slow_note = (f"baseline: requests waited {m.saturated_ratio:.0%} of the time, "
-                              f"{cfg.min_saturation:.0%} needed (an idle engine's throughput is the load)")
-            return []
         options = [c for c in candidates(self.knobs, cfg) if self.tabu.get(_step_key(self.knobs, c), -1e18) <= now]
         if not options:
-            # Converged: every step from here was tried recently. A large drift means the load changed.
-            if self.converged_tps is None:
-                self.converged_tps = m.tokens_per_s
-            elif self.converged_tps > 0 and abs(m.tokens_per_s / self.converged_tps - 1) * 100 \
-                    > cfg.reexplore_drift_pct:
-                self.tabu.clear()
-                self.converged_tps = None
-            self.slow_note = "converged: every step from here was tried recently"
+            self.pinned_since = None
+            self._converged(tick)
             return []
         self.converged_tps = None
+        m = self._baseline()
+        if m is None:
+            return []
+        self.pinned_since = None
         target = options[0]
         d = self._new(lever="knobs", action="step", before=dict(self.knobs), after=dict(target), outcome="trial",
-                      reason=f"try {_diff(self.knobs, target)} from {m.tokens_per_s:.1f} tok/s "
-                             f"(queue non-empty {m.saturated_ratio:.0%} of the time)",
+                      reason=f"try {_diff(self.knobs, target)} from {m.tokens_per_s:.1f} tok/s at limit "
+                             f"{self.adm.limit} (requests waiting {m.saturated_ratio:.0%} of the time)",
                       measured_before=m.as_dict())
-        self.trial = Trial(decision=d, from_knobs=dict(self.knobs), to_knobs=dict(target), before=m, applied_t=now)
+        self.trial = Trial(decision=d, from_knobs=dict(self.knobs), to_knobs=dict(target), before=m, applied_t=now,
+                           limit=self.adm.limit)
         self.phase = Phase.TRIAL
         self.slow_note = f"trial of decision {d.id}"
         return self._set_knobs(target, f"controller: try {_diff(self.knobs, target)} (decision {d.id})")
+
+    def _baseline(self) -> Measurement | None:
+        """The measurement a step is judged against: the knobs as they are, at the admission limit as it is.
+
+        A baseline taken just before a step that was rolled back is reused while it is recent and nothing moved
+        since (same knobs, same limit). Otherwise the last measure_s seconds count if the worker served steadily
+        at one limit; if the fast lever moved the limit in that span, it is pinned (no increases; decreases stay
+        allowed for safety) until a window at one limit exists. A window without enough traffic or demand unpins
+        it for measure_s, so the fast lever can adapt meanwhile."""
+        cfg, now = self.cfg, self.now
+        last = self.last_baseline
+        if last is not None and last[0] == self.knobs and last[1] == self.adm.limit \
+                and now - last[2].end <= cfg.baseline_reuse_s and self.adm.last_fast_t <= last[2].start:
+            self.slow_note = "reusing the baseline measured before the last step"
+            return last[2]
+        if now < self.pin_retry_at:
+            self.slow_note = f"letting the admission limit adapt, {self.pin_retry_at - now:.0f} s left"
+            return None
+        if self.pinned_since is None:
+            self.pinned_since = now
+        start = now - cfg.measure_s
+        if start < self.regime_t + cfg.settle_s or start < self.adm.last_change_t or start < self.serving_since:
+            self.slow_note = "measuring the baseline (admission limit pinned)"
+            return None
+        m = measure(self.ticks, start, now, capacity=self._capacity())
+        why = None
+        if m.ready_ratio < 1:
+            why = "the worker was not ready throughout"
+        elif m.ok < cfg.min_requests:
+            why = f"{m.ok} requests in {cfg.measure_s:g} s, {cfg.min_requests} needed"
+        elif m.saturated_ratio < cfg.min_saturation:
+            why = (f"requests waited {m.saturated_ratio:.0%} of the time, {cfg.min_saturation:.0%} needed (an idle "
+                   "engine's throughput is the load)")
+        if why is not None:
+            self.slow_note = f"baseline: {why}"
+            self.pinned_since = None
+            self.pin_retry_at = now + cfg.measure_s
+            return None
+        self.last_baseline = (dict(self.knobs), self.adm.limit, m)
+        return m
+
+    def _converged(self, tick: Tick) -> None:
+        """Every step from here was tried recently. A large throughput drift means the load changed: search again."""
+        cfg, now = self.cfg, self.now
+        self.slow_note = "converged: every step from here was tried recently"
+        start = now - cfg.measure_s
+        if start < self.regime_t + cfg.settle_s:
+            if self.converged_tps is None:
+                self.converged_tps = self.last_baseline[2].tokens_per_s if self.last_baseline else 0.0
+            return
+        m = measure(self.ticks, start, now, capacity=self._capacity())
+        if m.ok < cfg.min_requests or m.saturated_ratio < cfg.min_saturation:
+            if self.converged_tps is None:
+                self.converged_tps = 0.0
+            return
+        if not self.converged_tps:
+            self.converged_tps = m.tokens_per_s
+        elif abs(m.tokens_per_s / self.converged_tps - 1) * 100 > cfg.reexplore_drift_pct:
+            self.tabu.clear()
+            self.converged_tps = None
+            self.slow_note = f"throughput drifted to {m.tokens_per_s:.1f} tok/s: searching again"
 
     def _judge(self, tick: Tick) -> list[Action]:
         cfg, now, tr = self.cfg, self.now, self.trial
@@ -286,7 +348,8 @@ class ControlCore:
         self.trial = None
         self.phase = Phase.RECOVER
         self.recover_since = self.now
-        return self._set_knobs(tr.from_knobs, f"controller: roll back decision {tr.decision.id} ({why})")
+        return self._set_knobs(tr.from_knobs, f"controller: roll back decision {tr.decision.id} ({why})",
+                               limit=tr.limit)
 
     # ----- out of memory ------------------------------------------------------------------------------------------
 
@@ -326,7 +389,8 @@ class ControlCore:
             self.trial = None
             self.phase = Phase.RECOVER
             self.recover_since = now
-            return self._set_knobs(tr.from_knobs, f"controller: undo decision {tr.decision.id} ({why})")
+            return self._set_knobs(tr.from_knobs, f"controller: undo decision {tr.decision.id} ({why})",
+                                   limit=tr.limit)
         down = step_down(self.knobs, cfg.fallback, cfg.knob_defaults)
         if down is None:
             if not self.bottomed_out:
