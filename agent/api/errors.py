@@ -78,6 +78,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code not in (401, 403, 413):
+            # FastAPI answers 400 for a body it cannot parse before the router's auth dependency runs: a caller
+            # without the token gets 401 on /v1 whatever its body.
+            refused = await refusal_before_body(request)
+            if refused is not None and refused.status_code != exc.status_code:
+                exc = refused
         return JSONResponse({"error": _HTTP_KINDS.get(exc.status_code, "http_error"), "detail": str(exc.detail)},
                             status_code=exc.status_code, headers=exc.headers)
 

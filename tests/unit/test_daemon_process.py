@@ -105,7 +105,11 @@ def test_every_v1_route_refuses_on_a_real_uvicorn(host: HostPaths, tmp_path: Pat
     r = httpx.post(f"{base}/v1/plan", headers=good, json={"yaml": ROUND_TRIP_POLICY})
     assert r.status_code == 200 and r.json()["counts"]["change"] == 3
     # Telemetry runs at 1 Hz in the daemon: samples and the Prometheus exposition are there.
-    samples = httpx.get(f"{base}/v1/telemetry?seconds=30", headers=good).json()
+    # READY can come before the first tick on a loaded machine: wait (bounded) for the first sample.
+    deadline = time.monotonic() + 10
+    while (samples := httpx.get(f"{base}/v1/telemetry?seconds=30", headers=good).json())["count"] < 1:
+        assert time.monotonic() < deadline, "no telemetry sample within 10 s of READY"
+        time.sleep(0.2)
     assert samples["count"] >= 1 and samples["samples"][0]["host"] is not None
     metrics = httpx.get(f"{base}/metrics").text
     assert "hosttune_telemetry_last_sample_timestamp_seconds" in metrics
