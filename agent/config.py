@@ -111,6 +111,7 @@ class DaemonSettings(BaseSettings):
     drift_check_s: float = Field(60.0, ge=0, le=86400, description="verify the applied policy every N s; 0: off")
     reapply_on_drift: bool = Field(False, description="re-apply drifted tunables (else only report them)")
     telemetry_interval_s: float = Field(1.0, ge=0.1, le=3600)
+    controller_enabled: bool = Field(True, description="run the controller when the worker's policy has an SLO")
     controller_interval_s: float = Field(5.0, ge=0.5, le=3600)
     revert_on_stop: bool = Field(False, description="revert host tuning on SIGTERM (off: fleets saw outages)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

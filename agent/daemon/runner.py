@@ -246,6 +246,7 @@ class Daemon:
         self.mainloop.close()  # requests still waiting for a host mutation get an error, not a hang
         if self.api is not None:
             self.api.stop()
+        self.services.stop_controller()
         self.services.stop_gateway()
         self.services.stop_worker()
         if self.settings.revert_on_stop:

@@ -76,6 +76,11 @@ class Services:
         self.gateway_obj: Any = None
         self.telemetry_store: Any = None
         self.controller_obj: Any = None
+        self.worker_policy: Any = None   # the policy whose worker runs (its slo drives the controller)
+        self.worker_engine: Any = None   # the engine adapter that launched it (torch: the control client)
+        self.drain: Any = None           # agent.control.drain.Drain between the gateway and the worker
+        self._scheduler: Any = None
+        self._torch_control: Any = None
         self._nvml: Any = None
         # How host mutations run: inline here; the daemon hands them to its main-thread loop (see mainloop.py).
         self.run_mutation: Callable[[Callable[[], Any]], Any] = lambda fn: fn()
@@ -288,6 +293,9 @@ class Services:
         worker_note = "worker unchanged"
         if new_spec != old_spec:
             worker_note = self._respawn_worker(loaded)
+        old_policy, self.worker_policy = self.worker_policy, (loaded.policy if self.worker_supervisor else None)
+        if (getattr(old_policy, "slo", None), old_spec) != (getattr(self.worker_policy, "slo", None), new_spec):
+            worker_note += "; " + self.restart_controller()
         return f"policy {loaded.policy.name}: {out['changed']} writes, {worker_note}"
 
     def reschedule(self, scheduler: Any, old: DaemonSettings) -> None:
@@ -314,6 +322,8 @@ class Services:
         sup = supervisor_mod.Supervisor(prepared.spec, prepared.build, state_dir=self.state_dir, policy=policy,
                                         paths=self.paths)
         self.worker_supervisor = sup
+        self.worker_policy = loaded.policy
+        self.worker_engine = prepared.engine
         sup.start()
         self.event("worker_start", engine=spec.engine, placement=getattr(prepared.placement, "node", None))
         if not sup.wait_for({"ready", "failed"}, timeout=ws.ready_timeout_s + 5) or sup.state != "ready":
@@ -338,6 +348,7 @@ class Services:
             status = self.worker_supervisor.stop()
             self.event("worker_stop", state=str(status.state), last_exit=status.last_exit)
             self.worker_supervisor = None
+            self.worker_policy = None
 
     def start_gateway(self) -> None:
         """The OpenAI-compatible gateway in front of the supervised worker, with its own uvicorn thread."""
@@ -346,7 +357,9 @@ class Services:
         gw_server = _import("agent.gateway.server", "the gateway")
         g = self.settings.gateway
         settings = gw_settings.GatewaySettings(limit=g.limit, max_queue=g.max_queue, queue_timeout_s=g.queue_timeout_s)
-        gateway = gw_app.Gateway(SupervisedEndpoint(self), settings)
+        drain_mod = _import("agent.control.drain", "the controller")
+        self.drain = drain_mod.Drain()  # a controller restart drains replies in progress first
+        gateway = gw_app.Gateway(self.drain.wrap(SupervisedEndpoint(self)), settings)
         server = gw_server.GatewayServer(gateway.app(), host=g.host, port=g.port, allow_remote=g.allow_remote)
         server.start()
         self.gateway_obj = gateway
@@ -361,7 +374,8 @@ class Services:
 
     def register_jobs(self, scheduler: Any) -> None:
         """Telemetry at telemetry_interval_s: host always, the worker's metrics and the gateway's latencies when
-        they run. (The controller's job joins here when it exists.)"""
+        they run; the controller at controller_interval_s when a worker runs behind the gateway and its policy
+        has an SLO."""
         collector = _import("agent.telemetry.collector", "telemetry")
         worker_mod = _import("agent.telemetry.worker", "telemetry")
         stats = self.gateway_obj.stats if self.gateway_obj is not None else None
@@ -369,6 +383,64 @@ class Services:
         telemetry.worker = worker_mod.WorkerSampler(SupervisedEndpoint(self))
         telemetry.register_jobs(scheduler, interval_s=self.settings.telemetry_interval_s)
         self.telemetry_store = telemetry
+        self._scheduler = scheduler
+        self.start_controller()
+
+    def start_controller(self) -> str:
+        """Build the controller for the running worker and add its job; says why not when it cannot run."""
+        why_not = self._controller_blocker()
+        if why_not is not None:
+            self.event("controller_off", reason=why_not)
+            return f"controller off: {why_not}"
+        wiring = _import("agent.control.wiring", "the controller")
+        policy, sup = self.worker_policy, self.worker_supervisor
+        spec = sup.spec
+        # Knobs move only where hosttune knows the engine's flags (llama-server by restart, torch live); a
+        # command worker gets the fast lever alone.
+        restartable = (lambda: self.worker_supervisor) if spec.engine == "llamacpp" else None
+        torch_control = None
+        if spec.engine == "torch" and hasattr(self.worker_engine, "control_client"):
+            torch_control = self.worker_engine.control_client(spec)
+        ctl = wiring.build_controller(policy.slo, self.gateway_obj, engine=spec.engine,
+                                      telemetry=self.telemetry_store, supervisor=restartable,
+                                      torch_control=torch_control, state_dir=self.state_dir, drain=self.drain,
+                                      watch_gpu=self.nvml() is not None and spec.gpu_layers != 0)
+        ctl.register_jobs(self._scheduler, interval_s=self.settings.controller_interval_s)
+        self.controller_obj = ctl
+        self._torch_control = torch_control
+        self.event("controller_start", engine=spec.engine, ttft_p95_ms=policy.slo.ttft_p95_ms,
+                   interval_s=self.settings.controller_interval_s)
+        return "controller on"
+
+    def _controller_blocker(self) -> str | None:
+        if not self.settings.controller_enabled:
+            return "controller_enabled is false in the daemon config"
+        if self._scheduler is None:
+            return "the scheduler is not running"
+        if self.worker_supervisor is None or self.worker_policy is None:
+            return "no worker runs"
+        if self.gateway_obj is None:
+            return "no gateway runs (the controller moves the gateway's admission limit)"
+        slo = getattr(self.worker_policy, "slo", None)
+        if slo is None or slo.ttft_p95_ms is None:
+            return f"policy {self.worker_policy.name} sets no slo.ttft_p95_ms (nothing to defend)"
+        return None
+
+    def stop_controller(self) -> None:
+        ctl, self.controller_obj = self.controller_obj, None
+        if ctl is None:
+            return
+        if self._scheduler is not None and self._scheduler.get_job("controller") is not None:
+            self._scheduler.remove_job("controller")
+        ctl.close()
+        control, self._torch_control = self._torch_control, None
+        if control is not None:
+            control.close()
+
+    def restart_controller(self) -> str:
+        """A reload changed the worker or its SLO: the controller starts over from the new policy's settings."""
+        self.stop_controller()
+        return self.start_controller()
 
     def worker(self) -> dict[str, Any]:
         if self.worker_supervisor is None:
@@ -389,9 +461,10 @@ class Services:
         return {"interval_s": self.settings.telemetry_interval_s, "count": len(samples), "samples": _dump(samples)}
 
     def controller(self) -> dict[str, Any]:
-        if self.controller_obj is None:
-            return {"enabled": False, "decisions": []}
-        return {"enabled": True, "decisions": _dump(self.controller_obj.decisions())}
+        ctl = self.controller_obj
+        if ctl is None:
+            return {"enabled": False, "reason": self._controller_blocker() or "not started", "decisions": []}
+        return {"enabled": True, "status": _dump(ctl.status()), "decisions": _dump(ctl.decisions())}
 
     def metrics(self) -> str:
         if self.telemetry_store is None:

@@ -75,6 +75,17 @@ def reply_headers(upstream: UpstreamReply, keep_length: bool) -> list[tuple[byte
     return out
 
 
+def hosttune_headers(rec: RequestRecord) -> list[tuple[bytes, bytes]]:
+    """What the gateway did to a request before the worker answered: x-hosttune-held-ms when it was held for a
+    (re)starting worker, x-hosttune-retried when it was resent once after the worker failed before any byte."""
+    out = []
+    if rec.held_s > 0 or rec.retried:
+        out.append((b"x-hosttune-held-ms", str(round(rec.held_s * 1000)).encode()))
+    if rec.retried:
+        out.append((b"x-hosttune-retried", b"1"))
+    return out
+
+
 async def _until_disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
@@ -174,7 +185,11 @@ class Proxy:
         headers = list(request_headers(request).items())
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         for attempt in (0, 1):
-            if not await wait_ready(self.endpoint, deadline):
+            hold_from = None if self.endpoint.is_ready() and self.endpoint.base_url() else time.monotonic()
+            ready = await wait_ready(self.endpoint, deadline)
+            if hold_from is not None:
+                rec.held_s += time.monotonic() - hold_from
+            if not ready:
                 return self._reject(rec, "not_ready")
             if attempt == 1 and not await self._answers_health(deadline):
                 return self._reject(rec, "not_ready")
@@ -287,7 +302,7 @@ class Forwarded(Response):
         rec = self.rec
         keep_length = not rec.stream
         await send({"type": "http.response.start", "status": self.upstream.status_code,
-                    "headers": reply_headers(self.upstream, keep_length)})
+                    "headers": reply_headers(self.upstream, keep_length) + hosttune_headers(rec)})
         try:
             if self.first:
                 tally.feed(self.first, time.monotonic())

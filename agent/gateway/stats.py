@@ -36,6 +36,7 @@ class RequestRecord:
     outcome: str | None = None
     status: int | None = None
     retried: bool = False
+    held_s: float = 0.0                    # part of queue_wait_s spent waiting for a worker that was not ready
     reject_reason: str | None = None
     error: str | None = None
 
@@ -58,6 +59,7 @@ class GatewaySnapshot:
     queued: int
     limit: int
     worker_ready: bool | None
+    held_total: int = 0                    # requests that waited for a (re)starting worker, then went to it
 
 
 class GatewayStats:
@@ -76,6 +78,7 @@ class GatewayStats:
         self.requests_rate = RateWindow(window_s, clock=clock)
         self.outcomes: Counter[str] = Counter()
         self.retries_total = 0
+        self.held_total = 0
         self.tokens_in_total = 0
         self.tokens_out_total = 0
         self.recent: deque[RequestRecord] = deque(maxlen=recent)
@@ -102,6 +105,7 @@ class GatewayStats:
         with self._lock:
             self.outcomes[rec.outcome] += 1
             self.retries_total += int(rec.retried)
+            self.held_total += int(rec.held_s > 0 and rec.outcome != "rejected")
             self.tokens_in_total += rec.tokens_in or 0
             self.tokens_out_total += rec.tokens_out or 0
             self.recent.append(rec)
@@ -111,12 +115,13 @@ class GatewayStats:
         with self._lock:
             outcomes = {o: self.outcomes.get(o, 0) for o in OUTCOMES}
             retries, t_in, t_out = self.retries_total, self.tokens_in_total, self.tokens_out_total
+            held = self.held_total
         return GatewaySnapshot(
             window_s=self.window_s, ttft=self.ttft.summary(), itl=self.itl.summary(), e2e=self.e2e.summary(),
             queue_wait=self.queue_wait.summary(), outcomes=outcomes, requests_total=sum(outcomes.values()),
             retries_total=retries, tokens_in_total=t_in, tokens_out_total=t_out,
             output_tokens_per_second=self.tokens_out_rate.rate(), requests_per_second=self.requests_rate.rate(),
-            in_flight=in_flight, queued=queued, limit=limit, worker_ready=self.worker_ready())
+            in_flight=in_flight, queued=queued, limit=limit, worker_ready=self.worker_ready(), held_total=held)
 
     def families(self, s: GatewaySnapshot) -> list[MetricFamily]:
         def summary(name: str, help: str, w: WindowSummary, total: LatencyWindow) -> MetricFamily:
@@ -141,6 +146,9 @@ class GatewayStats:
             MetricFamily("hosttune_gateway_retries_total", "counter",
                          "Requests retried once after the worker failed before any byte reached the client.")
             .add(s.retries_total),
+            MetricFamily("hosttune_gateway_held_total", "counter",
+                         "Requests held while the worker was not ready (starting, restarting), then sent to it.")
+            .add(s.held_total),
             MetricFamily("hosttune_gateway_prompt_tokens_total", "counter", "Prompt tokens of finished requests.")
             .add(s.tokens_in_total),
             MetricFamily("hosttune_gateway_completion_tokens_total", "counter",

@@ -186,19 +186,8 @@ def test_unix_socket_api_is_0600(host: HostPaths, tmp_path: Path, daemons: list[
 def test_command_worker_is_supervised_and_stopped_cleanly(host: HostPaths, tmp_path: Path,
                                                           daemons: list[DaemonProcess]) -> None:
     wport = free_port()
-    policy = tmp_path / "worker-policy.yaml"
-    policy.write_text(
-        "name: with-worker\n"
-        "worker:\n"
-        "  engine: command\n"
-        f"  port: {wport}\n"
-        f"  argv: [{sys.executable}, -m, http.server, '{wport}', --bind, 127.0.0.1]\n"
-        f"  health_url: http://127.0.0.1:{wport}/\n"
-        "  placement: {mode: none}\n")
-    cfg = base_config(host, tmp_path, policy=str(policy), gateway={"port": free_port()})
-    # The worker really runs here, so it is placed on this machine's facts (live roots): the policy tunes nothing.
-    for root in ("procfs", "sysfs", "rootfs"):
-        del cfg[root]
+    policy = _http_worker_policy(tmp_path, wport)
+    cfg = _live_roots(base_config(host, tmp_path, policy=str(policy), gateway={"port": free_port()}))
     base = f"http://127.0.0.1:{cfg['api']['port']}"
     d = DaemonProcess(write_config(tmp_path / "daemon.yaml", **cfg), tmp_path)
     daemons.append(d)
@@ -292,3 +281,61 @@ def test_drift_job_reports_and_reapplies(host: HostPaths, tmp_path: Path, policy
     status = httpx.get(f"http://127.0.0.1:{cfg['api']['port']}/v1/status", headers=good).json()
     kinds = [e["kind"] for e in status["daemon"]["events"]]
     assert "drift" in kinds and kinds.count("apply") >= 2
+
+
+def _http_worker_policy(tmp_path: Path, port: int, slo: str = "") -> Path:
+    policy = tmp_path / "worker-policy.yaml"
+    policy.write_text(
+        "name: with-worker\n"
+        "worker:\n"
+        "  engine: command\n"
+        f"  port: {port}\n"
+        f"  argv: [{sys.executable}, -m, http.server, '{port}', --bind, 127.0.0.1]\n"
+        f"  health_url: http://127.0.0.1:{port}/\n"
+        "  placement: {mode: none}\n" + slo)
+    return policy
+
+
+def _live_roots(cfg: dict[str, Any]) -> dict[str, Any]:
+    # The worker really runs, so it is placed on this machine's facts (live roots): the policy tunes nothing.
+    for root in ("procfs", "sysfs", "rootfs"):
+        del cfg[root]
+    return cfg
+
+
+def test_controller_runs_when_the_worker_policy_has_an_slo(host: HostPaths, tmp_path: Path,
+                                                           daemons: list[DaemonProcess]) -> None:
+    wport = free_port()
+    policy = _http_worker_policy(tmp_path, wport, "slo:\n  ttft_p95_ms: 800\n")
+    cfg = _live_roots(base_config(host, tmp_path, policy=str(policy), gateway={"port": free_port(), "limit": 6},
+                                  controller_interval_s=0.5))
+    base = f"http://127.0.0.1:{cfg['api']['port']}"
+    d = DaemonProcess(write_config(tmp_path / "daemon.yaml", **cfg), tmp_path)
+    daemons.append(d)
+    d.wait_ready()
+    good = {"Authorization": f"Bearer {token(tmp_path)}"}
+    deadline = time.monotonic() + 15
+    while (ctl := httpx.get(f"{base}/v1/controller", headers=good).json())["status"]["ticks"] < 3:
+        assert time.monotonic() < deadline, ctl
+        time.sleep(0.2)
+    assert ctl["enabled"] is True
+    status = ctl["status"]
+    assert status["slo"]["ttft_p95_ms"] == 800 and status["limit"] == 6
+    # a command worker has the knobs its policy gave (none here): the slow lever has nothing to step
+    assert isinstance(ctl["decisions"], list)
+    assert d.stop() == 0
+    assert "controller_start" in d.output()
+
+
+def test_controller_is_off_with_the_reason_when_the_policy_has_no_slo(host: HostPaths, tmp_path: Path,
+                                                                       daemons: list[DaemonProcess]) -> None:
+    wport = free_port()
+    policy = _http_worker_policy(tmp_path, wport)
+    cfg = _live_roots(base_config(host, tmp_path, policy=str(policy), gateway={"port": free_port()}))
+    d = DaemonProcess(write_config(tmp_path / "daemon.yaml", **cfg), tmp_path)
+    daemons.append(d)
+    d.wait_ready()
+    good = {"Authorization": f"Bearer {token(tmp_path)}"}
+    ctl = httpx.get(f"http://127.0.0.1:{cfg['api']['port']}/v1/controller", headers=good).json()
+    assert ctl == {"enabled": False, "reason": "policy with-worker sets no slo.ttft_p95_ms (nothing to defend)",
+                   "decisions": []}

@@ -180,6 +180,11 @@ def test_requests_are_held_while_the_worker_restarts(worker: FakeWorker) -> None
     assert r.status_code == 200 and sse_contents(r.text) == ["w0 ", "w1 "]
     assert held >= 0.5
     assert rec.outcome == "ok" and rec.queue_wait_s is not None and rec.queue_wait_s >= 0.5 - 0.002
+    # the client is told it was held, and for how long; the gateway counts it
+    assert 500 - 2 <= int(r.headers["x-hosttune-held-ms"]) <= held * 1000 and "x-hosttune-retried" not in r.headers
+    assert rec.held_s >= 0.5 - 0.002 and gw.stats.sample().held_total == 1
+    held_family = {f.name: f for f in gw.stats.families(gw.stats.sample())}["hosttune_gateway_held_total"]
+    assert [x.value for x in held_family.samples] == [1.0]
 
 
 def test_worker_loading_503_is_held_then_served(worker: FakeWorker) -> None:
@@ -224,6 +229,7 @@ def test_failure_before_first_byte_is_retried_once(worker: FakeWorker) -> None:
     assert r.status_code == 200 and sse_contents(r.text) == ["w0 ", "w1 ", "w2 "]
     assert worker.state.requests == 2
     assert rec.retried and rec.outcome == "ok"
+    assert r.headers["x-hosttune-retried"] == "1" and "x-hosttune-held-ms" in r.headers
     assert gw.stats.sample().retries_total == 1
 
 
