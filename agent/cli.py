@@ -75,19 +75,35 @@ def state_dir_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The command named on the command line, when it is one of ours (the first word that is not an option)."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            module = arg.replace("-", "_")
+            return module if module in COMMAND_MODULES else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every command, or with only the one argv names: importing a command's module pulls in its
+    part of hosttune (the daemon: the API and the tuning engine), so `hosttune daemon` does not also pay for
+    inspection tables, the benchmark and the controller's replay tools before it starts tuning."""
     parser = argparse.ArgumentParser(prog="hosttune", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"hosttune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    only = chosen_command(argv) if argv is not None else None
+    for name in (only,) if only else COMMAND_MODULES:
         module = importlib.import_module(f"agent.commands.{name}")
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

@@ -89,6 +89,12 @@ class WorkerSettings(Section):
     enabled: bool = Field(True, description="start the policy's worker section (if it has one)")
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="SIGTERM, then SIGKILL after this long")
     ready_timeout_s: float = Field(300.0, gt=0, le=3600, description="longest model load before READY gives up")
+    backoff_initial_s: float = Field(1.0, gt=0, le=600, description="wait before restarting after a crash; doubles "
+                                     "with each further crash inside crashloop_window_s")
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="longest wait between restarts")
+    crashloop_count: int = Field(5, ge=1, le=10000, description="this many crashes within crashloop_window_s: the "
+                                 "worker is marked failed and no longer restarted (POST /v1/worker/restart re-arms)")
+    crashloop_window_s: float = Field(120.0, gt=0, le=86400)
 
 
 class DaemonSettings(BaseSettings):

@@ -318,7 +318,10 @@ class Services:
             prepared.build(prepared.spec)  # argv errors surface now, with the policy's file:line
         except InputError as e:
             raise self._located(loaded, e) from None
-        policy = supervisor_mod.RestartPolicy(ready_timeout_s=ws.ready_timeout_s, stop_timeout_s=ws.stop_timeout_s)
+        policy = supervisor_mod.RestartPolicy(
+            ready_timeout_s=ws.ready_timeout_s, stop_timeout_s=ws.stop_timeout_s,
+            backoff_initial_s=ws.backoff_initial_s, backoff_max_s=ws.backoff_max_s,
+            crashloop_count=ws.crashloop_count, crashloop_window_s=ws.crashloop_window_s)
         sup = supervisor_mod.Supervisor(prepared.spec, prepared.build, state_dir=self.state_dir, policy=policy,
                                         paths=self.paths)
         self.worker_supervisor = sup
