@@ -1,4 +1,8 @@
-"""Worker sampler: llama-server's own `/metrics` (Prometheus text) and `/slots`, turned into rates.
+"""Worker sampler: the worker's own `/metrics` (Prometheus text) and `/slots`, turned into rates.
+
+Two dialects: llama-server's `llamacpp:*` and hosttune's torch worker's `torch:*` (the same figures with the same
+meaning, plus the KV cache against its live budget, the live max batch and out-of-memory counts); which one a
+worker speaks is read from its exposition, so a reload that swaps the engine needs no re-wiring.
 
 llama-server exports cumulative counters (prompt tokens, predicted tokens) and a few gauges (requests processing,
 deferred). We keep the previous sample and derive tokens/s from the counter deltas; a counter that went down means
@@ -32,6 +36,17 @@ LLAMACPP_FIELDS = {
     "llamacpp:requests_deferred": "requests_deferred",
     "llamacpp:n_busy_slots_per_decode": "busy_slots_per_decode",
 }
+# The torch worker (agent.worker.torch_server.metrics): the same names under "torch:", and its own figures.
+TORCH_PREFIX = "torch:"
+TORCH_FIELDS = {TORCH_PREFIX + name.removeprefix("llamacpp:"): ours for name, ours in LLAMACPP_FIELDS.items()}
+TORCH_FIELDS.update({
+    "torch:kv_cache_tokens": "kv_cache_tokens",
+    "torch:kv_cache_budget_tokens": "kv_cache_budget_tokens",
+    "torch:kv_cache_usage_ratio": "kv_cache_usage_ratio",
+    "torch:max_batch": "max_batch",
+    "torch:oom_total": "oom_total",
+    "torch:requests_requeued_total": "requests_requeued_total",
+})
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,13 @@ class WorkerSample:
     requests_processing: float | None = None
     requests_deferred: float | None = None
     busy_slots_per_decode: float | None = None
+    kv_cache_tokens: float | None = None       # torch worker only (llama-server exports no KV usage)
+    kv_cache_budget_tokens: float | None = None
+    kv_cache_usage_ratio: float | None = None
+    max_batch: float | None = None
+    oom_total: float | None = None
+    requests_requeued_total: float | None = None
+    engine: str | None = None                  # "llamacpp" | "torch": the dialect its /metrics spoke
     tokens_per_second: float | None = None     # predicted tokens per wall second since the previous sample
     prompt_tokens_per_second: float | None = None
     slots_total: int | None = None
@@ -58,9 +80,17 @@ class WorkerSample:
 
 
 def parse_llamacpp_metrics(text: str, t: float) -> WorkerSample:
-    fams = parse_text(text, source="llama-server /metrics")
-    values = {ours: sample_value(fams, theirs) for theirs, ours in LLAMACPP_FIELDS.items()}
-    return WorkerSample(t=t, up=True, ready=True, **cast(dict[str, Any], values))
+    """Kept for callers that know they talk to llama-server; parse_worker_metrics reads either dialect."""
+    return parse_worker_metrics(text, t, source="llama-server /metrics")
+
+
+def parse_worker_metrics(text: str, t: float, source: str = "worker /metrics") -> WorkerSample:
+    fams = parse_text(text, source=source)
+    torch = any(name.startswith(TORCH_PREFIX) for name in fams)
+    fields = TORCH_FIELDS if torch else LLAMACPP_FIELDS
+    values = {ours: sample_value(fams, theirs) for theirs, ours in fields.items()}
+    return WorkerSample(t=t, up=True, ready=True, engine="torch" if torch else "llamacpp",
+                        **cast(dict[str, Any], values))
 
 
 def parse_slots(slots: Any) -> tuple[int, int, int | None]:
@@ -129,8 +159,8 @@ class WorkerSampler:
             r = self._client.get(url + "/metrics")
             if r.status_code != 200:
                 raise InputError(f"/metrics answered HTTP {r.status_code} (start llama-server with --metrics)")
-            cur = replace(parse_llamacpp_metrics(r.text, now), ready=ready, rss_bytes=rss, cpu_seconds_total=cpu)
-            if self.slots:
+            cur = replace(parse_worker_metrics(r.text, now), ready=ready, rss_bytes=rss, cpu_seconds_total=cpu)
+            if self.slots and cur.engine == "llamacpp":
                 s = self._client.get(url + "/slots")
                 if s.status_code == 200:
                     total, busy, ctx = parse_slots(s.json())
@@ -158,9 +188,9 @@ class WorkerSampler:
               s.tokens_per_second),
             g("hosttune_worker_prompt_tokens_per_second", "Prompt tokens processed per second over the last "
               "interval (excluding cached).", s.prompt_tokens_per_second),
-            c("hosttune_worker_predicted_tokens_total", "Output tokens generated (llamacpp:tokens_predicted_total).",
-              s.predicted_tokens_total),
-            c("hosttune_worker_prompt_tokens_total", "Prompt tokens processed (llamacpp:prompt_tokens_total).",
+            c("hosttune_worker_predicted_tokens_total", "Output tokens generated (llamacpp:/torch:"
+              "tokens_predicted_total).", s.predicted_tokens_total),
+            c("hosttune_worker_prompt_tokens_total", "Prompt tokens processed (llamacpp:/torch:prompt_tokens_total).",
               s.prompt_tokens_total),
             g("hosttune_worker_requests_processing", "Requests the worker is processing.", s.requests_processing),
             g("hosttune_worker_requests_deferred", "Requests the worker deferred (no free slot).",
@@ -170,6 +200,17 @@ class WorkerSampler:
             g("hosttune_worker_slots", "Parallel slots (-np).", s.slots_total),
             g("hosttune_worker_slots_busy", "Slots processing a request now.", s.slots_busy),
             g("hosttune_worker_slot_context_tokens", "Context size of one slot.", s.slot_ctx),
+            g("hosttune_worker_kv_cache_tokens", "KV-cache tokens of the running sequences (torch worker).",
+              s.kv_cache_tokens),
+            g("hosttune_worker_kv_cache_budget_tokens", "Live KV-cache budget in tokens (torch worker; absent: none).",
+              s.kv_cache_budget_tokens),
+            g("hosttune_worker_kv_cache_usage_ratio", "KV-cache tokens / budget (torch worker).",
+              s.kv_cache_usage_ratio),
+            g("hosttune_worker_max_batch", "Live max batch (torch worker).", s.max_batch),
+            c("hosttune_worker_oom_total", "Out-of-memory events the worker caught and recovered from (torch).",
+              s.oom_total),
+            c("hosttune_worker_requests_requeued_total", "Running requests sent back to the worker's queue (torch).",
+              s.requests_requeued_total),
             g("hosttune_worker_resident_memory_bytes", "Worker process RSS.", s.rss_bytes),
             c("hosttune_worker_cpu_seconds_total", "Worker process CPU time (user+system).", s.cpu_seconds_total),
         ]

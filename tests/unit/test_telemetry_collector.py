@@ -21,7 +21,7 @@ from agent.telemetry.gpu_adapter import GpuSampler, normalize
 from agent.telemetry.host import HostSampler, busy_ratio
 from agent.telemetry.prom import parse_text, sample_value
 from agent.telemetry.ring import RingBuffer
-from agent.telemetry.worker import WorkerSampler, parse_llamacpp_metrics, parse_slots, with_rates
+from agent.telemetry.worker import WorkerSampler, parse_llamacpp_metrics, parse_slots, parse_worker_metrics, with_rates
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "llamacpp"
 
@@ -176,3 +176,36 @@ def test_register_jobs_samples_periodically_on_a_real_scheduler(worker: FakeWork
     fams = parse_text(tel.exposition())
     assert sample_value(fams, "hosttune_worker_up") == 1
     assert sample_value(fams, "hosttune_worker_slots") == 4
+
+
+def test_torch_worker_metrics_map_to_the_same_fields() -> None:
+    """The torch worker's real exposition (its render() over scheduler state) fills the same fields as
+    llama-server's, plus the KV cache against its budget, the live max batch and OOM counts."""
+    from types import SimpleNamespace
+
+    from agent.worker.torch_server.metrics import render
+    from agent.worker.torch_server.scheduler import Counters
+
+    counters = Counters(prompt_tokens=120, prompt_seconds=0.5, predicted_tokens=900, predicted_seconds=6.0,
+                        decode_steps=300, decode_rows=900, last_step_rows=3, requests_finished=40,
+                        requests_requeued=2, oom_total=1)
+    state = SimpleNamespace(counters=counters, kv_budget_tokens=4096, running=3, queued=5, max_batch=4,
+                            kv_used=1024, kv_reserved=1500, kv_padded=1600)
+    text = render(state)  # type: ignore[arg-type]
+    s = parse_worker_metrics(text, t=5.0)
+    assert s.engine == "torch" and s.up
+    assert (s.prompt_tokens_total, s.predicted_tokens_total, s.decode_calls_total) == (120, 900, 300)
+    assert (s.requests_processing, s.requests_deferred, s.busy_slots_per_decode) == (3, 5, 3.0)
+    assert (s.kv_cache_tokens, s.kv_cache_budget_tokens, s.kv_cache_usage_ratio) == (1024, 4096, 0.25)
+    assert (s.max_batch, s.oom_total, s.requests_requeued_total) == (4, 1, 2)
+    later = parse_worker_metrics(text.replace("torch:tokens_predicted_total 900", "torch:tokens_predicted_total 1200"),
+                                 t=7.0)
+    assert with_rates(later, s).tokens_per_second == pytest.approx(150.0)
+    fams = {f.name: f for f in WorkerSampler.families(s)}
+    assert fams["hosttune_worker_kv_cache_usage_ratio"].samples[0].value == 0.25
+    assert fams["hosttune_worker_max_batch"].samples[0].value == 4
+    # llama-server's text has none of the torch-only figures: they stay absent, not zero
+    llama = parse_worker_metrics((FIXTURES / "metrics.txt").read_text(), t=1.0)
+    assert llama.engine == "llamacpp" and llama.kv_cache_tokens is None and llama.max_batch is None
+    assert WorkerSampler.families(llama)[0].name == "hosttune_worker_up"
+    assert not {f.name: f for f in WorkerSampler.families(llama)}["hosttune_worker_max_batch"].samples
