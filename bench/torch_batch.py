@@ -10,6 +10,13 @@ tokens/s = completion tokens / wall time of the round. Prefill is included (shor
 generate(): the same prompts, left-padded to a batch of B, greedy, exactly new-tokens tokens, in this process.
 Worker and generate() rounds alternate (`rounds` of each per batch size, best kept), so load from anything else
 running on the machine hits both alike.
+
+With --controller-slo-ms MS the same worker then goes behind the gateway with the adaptive controller driving its
+live levers (torch ladder: max_batch 1, 2, 4, ... 64; fast lever on the admission limit) under a p95 TTFT SLO of
+MS, starting from max_batch 1, while --clients closed-loop clients send the same completions through the gateway
+for up to --controller-s seconds (until every step from its setting was tried). Its converged max_batch is then
+measured exactly like the fixed batches (B clients at once, best of `rounds`), next to them in the table, with
+the closed-loop tokens/s and p95 TTFT of its last measurement window.
 """
 
 from __future__ import annotations
@@ -161,9 +168,66 @@ def measure(model: Path, batches: list[int], new_tokens: int, rounds: int, args:
                            "device": str(gen.device), "dtype": gen.loaded.dtype_name})
             print(f"batch {b:>3}: worker {best_w:7.1f} tok/s (rows per step {occupancy:.2f}), generate() "
                   f"{best_g:7.1f} tok/s", file=sys.stderr)
+        if args.controller_slo_ms:
+            chosen = controller_choice(worker, args)
+            b = chosen["max_batch"]
+            # side by side: the controller's choice and the fixed batches again, rounds alternating, worker only
+            again: dict[int, float] = {}
+            for _ in range(rounds):
+                for x in [*batches, b]:
+                    worker.control.set_max_batch(x)
+                    again[x] = max(again.get(x, 0.0), worker.round(x, new_tokens))
+            points.append({"engine": "torch worker, controller's choice", "batch": b,
+                           "tokens_per_s": round(again[b], 1), "controller": chosen,
+                           "side_by_side": {str(k): round(v, 1) for k, v in again.items()}})
+            print(f"controller chose max_batch {b}: {again[b]:.1f} tok/s; fixed again: "
+                  + ", ".join(f"{k}: {v:.1f}" for k, v in again.items()), file=sys.stderr)
         return points
     finally:
         worker.close()
+
+
+def controller_choice(worker: WorkerUnderTest, args: argparse.Namespace) -> dict[str, Any]:
+    """Run the controller on the live worker behind the gateway until it converges; what it chose, and what its
+    last measured window saw."""
+    from agent.bench.corpus import MixSpec
+    from agent.control.actuators import GateActuator, LiveActuator
+    from agent.control.config import config_for
+    from agent.control.controller import Controller
+    from agent.control.feed import GatewayFeed
+    from agent.control.harness import ClosedLoopLoad, serve_gateway
+    from agent.control.observe import measure as window
+    from agent.gateway.upstream import ProbedUpstream
+    from agent.policy.model import SloSpec
+
+    worker.control.set_max_batch(1)
+    cfg = config_for("torch", SloSpec(ttft_p95_ms=args.controller_slo_ms), interval_s=1)
+    endpoint = ProbedUpstream(worker.url, healthy_every_s=1.0)
+    t0 = time.monotonic()
+    with serve_gateway(endpoint, limit=args.clients, max_queue=1024, queue_timeout_s=600) as (gw, url):
+        while not endpoint.is_ready():
+            time.sleep(0.1)
+        ctl = Controller(cfg, GatewayFeed(gw.stats, watch_gpu=False), GateActuator(gw.gate),
+                         LiveActuator(worker.control))
+        mix = MixSpec({"chat": 1.0}, max_tokens=args.new_tokens)
+        with ClosedLoopLoad(url, args.clients, mix, timeout_s=600) as load:
+            while time.monotonic() - t0 < args.controller_s and ctl.core.converged_tps is None:
+                time.sleep(1)
+                ctl.tick()
+            ticks = list(ctl.core.ticks)
+        results = load.results
+    elapsed = time.monotonic() - t0
+    steps = [d for d in ctl.decisions() if d.lever == "knobs"]
+    for d in steps:
+        print(f"controller: {d.before} -> {d.after}: {d.outcome} ({d.outcome_reason})", file=sys.stderr)
+    last = window(ticks, ticks[-1].t - cfg.measure_s, ticks[-1].t) if ticks else None
+    return {"slo_ttft_p95_ms": args.controller_slo_ms, "max_batch": worker.control.state().max_batch,
+            "limit": gw.gate.limit, "converged": ctl.core.converged_tps is not None, "seconds": round(elapsed, 1),
+            "steps": [{"after": d.after, "outcome": d.outcome} for d in steps],
+            "failed_requests": sum(1 for r in results if not r.ok), "requests": len(results),
+            "closed_loop_tokens_per_s": round(last.tokens_per_s, 1) if last and last.tokens_per_s else None,
+            "closed_loop_ttft_p95_ms": round(last.service_ttft_p95_s * 1000) if last and last.service_ttft_p95_s
+            else None}
 
 
 def main() -> int:
@@ -176,6 +240,10 @@ def main() -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--controller-slo-ms", type=float, default=None,
+                   help="also run the controller on the worker under this p95 TTFT SLO and measure its choice")
+    p.add_argument("--controller-s", type=float, default=300, help="longest controller run (default 300 s)")
+    p.add_argument("--clients", type=int, default=16, help="closed-loop clients during the controller run")
     args = p.parse_args()
     model = resolve_model(args.model)
     batches = [int(x) for x in args.batches.split(",") if x.strip()]
@@ -191,6 +259,17 @@ def main() -> int:
         g = next(x for x in points if x["engine"] == "generate()" and x["batch"] == b)
         print(f"| {b} | {w['tokens_per_s']} | {g['tokens_per_s']} | {w['tokens_per_s'] / g['tokens_per_s']:.2f} | "
               f"{w['mean_rows_per_step']} |")
+    chosen = next((x for x in points if "controller" in x), None)
+    if chosen is not None:
+        c = chosen["controller"]
+        print(f"\ncontroller (p95 TTFT SLO {c['slo_ttft_p95_ms']:g} ms, {args.clients} closed-loop clients): "
+              f"max_batch {chosen['batch']} in {c['seconds']} s ({len(c['steps'])} steps, "
+              f"{c['failed_requests']} of {c['requests']} requests failed); its last window: "
+              f"{c['closed_loop_tokens_per_s']} tok/s, p95 TTFT {c['closed_loop_ttft_p95_ms']} ms")
+        print("| batch | tok/s, side by side |\n|---:|---:|")
+        for k, v in chosen["side_by_side"].items():
+            mark = " (controller's choice)" if int(k) == chosen["batch"] else ""
+            print(f"| {k}{mark} | {v} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
