@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.daemon.lean import defer_models, skip_httpx_cli
+
+    skip_httpx_cli()  # before anything imports httpx or defines a model: see agent/daemon/lean.py
+    defer_models()
     from agent.config import config_path_from, load_settings
 
     path = config_path_from(args.config)

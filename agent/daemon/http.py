@@ -68,8 +68,10 @@ class ServerThread:
         self.sock = sock
         self.name = name
         self._unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        # The control plane needs no uvloop: the plain asyncio loop keeps the daemon's idle memory down (the
+        # gateway, on the data path, keeps uvicorn's "auto" choice).
         config = uvicorn.Config(app, log_config=None, log_level=log_level, access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, loop="asyncio")
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._error: BaseException | None = None

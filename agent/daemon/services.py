@@ -418,8 +418,6 @@ class Services:
     def _controller_blocker(self) -> str | None:
         if not self.settings.controller_enabled:
             return "controller_enabled is false in the daemon config"
-        if self._scheduler is None:
-            return "the scheduler is not running"
         if self.worker_supervisor is None or self.worker_policy is None:
             return "no worker runs"
         if self.gateway_obj is None:
@@ -427,6 +425,8 @@ class Services:
         slo = getattr(self.worker_policy, "slo", None)
         if slo is None or slo.ttft_p95_ms is None:
             return f"policy {self.worker_policy.name} sets no slo.ttft_p95_ms (nothing to defend)"
+        if self._scheduler is None:
+            return "the scheduler is not running"
         return None
 
     def stop_controller(self) -> None:

@@ -127,11 +127,18 @@ class WorkerSampler:
         self.slots = slots
         self.pid = pid or getattr(endpoint, "pid", None)
         self._clock = clock
-        self._client = httpx.Client(timeout=timeout_s)
-        self._prev: WorkerSample | None = None
+        self._http: httpx.Client | None = None  # made at the first sample with a worker URL (an idle daemon
+        self._prev: WorkerSample | None = None   # without a worker does not carry a TLS context for nothing)
+
+    @property
+    def _client(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout_s, trust_env=False)
+        return self._http
 
     def close(self) -> None:
-        self._client.close()
+        if self._http is not None:
+            self._http.close()
 
     def _process(self) -> tuple[int | None, float | None]:
         pid = self.pid() if callable(self.pid) else None

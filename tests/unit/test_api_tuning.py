@@ -159,7 +159,8 @@ def test_audit_log_records_every_mutation_and_no_read(client: MainThreadClient, 
 def test_worker_controller_and_telemetry_without_those_parts(client: MainThreadClient) -> None:
     assert client.get("/v1/worker").json()["state"] == "disabled"
     assert client.post("/v1/worker/restart").status_code == 503
-    assert client.get("/v1/controller").json() == {"enabled": False, "decisions": []}
+    assert client.get("/v1/controller").json() == {"enabled": False, "reason": "no worker runs",
+                                                   "decisions": []}
     r = client.get("/v1/telemetry")
     assert r.status_code == 503 and r.json()["error"] == "unavailable"
 

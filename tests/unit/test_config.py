@@ -147,3 +147,27 @@ def test_cli_check_prints_one_line_error(tmp_path: Path) -> None:
     r = subprocess.run([str(HOSTTUNE), "daemon", "--check", "--config", str(ok)], capture_output=True, text=True,
                        timeout=60, env=env)
     assert r.returncode == 0 and "config OK" in r.stdout
+
+
+def test_environment_values_shape() -> None:
+    from agent.config import environment_values
+
+    env = {"HOSTTUNE_API__PORT": "7801", "HOSTTUNE_WORKER__ENABLED": "false", "HOSTTUNE_CONFIG": "/x.yaml",
+           "HOSTTUNE_CACHE": "/c", "HOSTTUNE_POLICY": "", "HOSTTUNE_GATEWAY": '{"port": 9000, "limit": 2}',
+           "HOSTTUNE_GATEWAY__LIMIT": "3", "hosttune_log_level": "debug", "PATH": "/bin", "HOSTTUNE___X": "1"}
+    assert environment_values(env) == {"api": {"port": "7801"}, "worker": {"enabled": "false"},
+                                       "gateway": {"port": 9000, "limit": "3"}, "log_level": "debug"}
+
+
+def test_unknown_nested_environment_setting_is_refused_with_its_name(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOSTTUNE_API__PROT", "7801")
+    with pytest.raises(InputError) as e:
+        load_settings(write(tmp_path, "policy: base\n"))
+    assert e.value.path == "environment HOSTTUNE_API__PROT" and e.value.field == "api.prot"
+    assert "did you mean 'port'" in e.value.message
+
+
+def test_a_section_as_json_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOSTTUNE_API", '{"port": 7802}')
+    assert load_settings(None).api.port == 7802
