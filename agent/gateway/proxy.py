@@ -113,12 +113,14 @@ class Proxy:
         return JSONResponse({"error": {"message": text, "type": "unavailable", "code": 503, "reason": reason}},
                             status_code=503, headers={"Retry-After": str(self.settings.retry_after_s)})
 
-    def _fail(self, rec: RequestRecord, status: int, outcome: str, message: str) -> Response:
+    def _fail(self, rec: RequestRecord, status: int, outcome: str, message: str,
+              retry_after: bool = False) -> Response:
         rec.outcome, rec.status, rec.error = outcome, status, message
         rec.e2e_s = time.monotonic() - rec.started
         self.stats.finish(rec)
-        return JSONResponse({"error": {"message": message, "type": "server_error", "code": status}},
-                            status_code=status)
+        headers = {"Retry-After": str(self.settings.retry_after_s)} if retry_after else None
+        return JSONResponse({"error": {"message": message, "type": "server_error" if status != 503 else "unavailable",
+                                       "code": status}}, status_code=status, headers=headers)
 
     # --- the request path -------------------------------------------------------------------------------------
 
@@ -221,7 +223,9 @@ class Proxy:
                     continue
                 if isinstance(e, _WorkerLoading):
                     return self._reject(rec, "not_ready")
-                return self._fail(rec, 502, "error", f"worker unavailable: {e}")
+                # Nothing reached the client and the worker produced nothing for it: the request can be sent again
+                # as it is, so say so (503 + Retry-After) rather than 502.
+                return self._fail(rec, 503, "error", f"worker failed before replying: {e}", retry_after=True)
             except UpstreamTimeout as e:
                 if upstream is not None:
                     await upstream.aclose()

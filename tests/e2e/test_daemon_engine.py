@@ -90,7 +90,7 @@ def test_the_daemon_s_controller_lowers_the_limit_under_overload(tmp_path: Path,
         while time.monotonic() < deadline and not decreased:
             time.sleep(2)
             ctl = d.get("/v1/controller")
-            decreased = [x for x in ctl["decisions"] if x["lever"] == "limit" and x["action"] == "decrease"]
+            decreased = [x for x in ctl["decisions"] if x["lever"] == "admission" and x["action"] == "decrease"]
     results = load.results
     assert decreased, ctl
     step = decreased[0]
