@@ -261,11 +261,22 @@ class ControlCore:
             return None
         if self.pinned_since is None:
             self.pinned_since = now
-        start = now - cfg.measure_s
-        if start < self.regime_t + cfg.settle_s or start < self.adm.last_change_t or start < self.serving_since:
+        floor = max(self.regime_t + cfg.settle_s, self.adm.last_change_t, self.serving_since)
+        if now - cfg.measure_s < floor:
             self.slow_note = "measuring the baseline (admission limit pinned)"
             return None
-        m = measure(self.ticks, start, now, capacity=self._capacity())
+        m = measure(self.ticks, now - cfg.measure_s, now, capacity=self._capacity())
+        if m.ok < cfg.min_requests and m.ready_ratio == 1 and m.saturated_ratio >= cfg.min_saturation:
+            # A slow engine under full demand (long replies, batch 1): too few requests finish in measure_s. The
+            # window grows, as a trial's after-window does, up to max_measure_s at the same limit.
+            span = min(cfg.max_measure_s, now - floor)
+            longer = measure(self.ticks, now - span, now, capacity=self._capacity())
+            if longer.ok >= cfg.min_requests and longer.ready_ratio == 1:
+                m = longer
+            elif span < cfg.max_measure_s:
+                self.slow_note = (f"measuring the baseline: {longer.ok} requests in {span:.0f} s, "
+                                  f"{cfg.min_requests} needed (window grows up to {cfg.max_measure_s:g} s)")
+                return None
         why = None
         if m.ready_ratio < 1:
             why = "the worker was not ready throughout"

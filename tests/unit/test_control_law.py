@@ -371,3 +371,20 @@ def test_a_rollback_restores_the_baselines_limit() -> None:
     before_limit = limits_at_step[0].before["limit"]
     back = [d for d in decisions if d.lever == "admission" and d.t == step.decided_t]
     assert back and back[-1].after["limit"] == before_limit
+
+
+def test_a_slow_engine_s_baseline_window_grows_until_enough_requests_finished() -> None:
+    """Long replies at batch 1 finish fewer than min_requests within measure_s though requests always wait: the
+    baseline window grows up to max_measure_s (as a trial's after-window does) instead of never stepping."""
+    tr = trace("synthetic-knobs.json")
+    start = {"parallel": 1, "ubatch": 512}
+    seg = tr.segment(start)
+    per_window = measure(seg.ticks, seg.ticks[0].t + 2, seg.ticks[0].t + 22).ok   # finished in 20 s (measure_s)
+    needed = per_window + max(2, per_window // 2)                                  # reachable within 40 s
+    core = ControlCore(cfg(min_requests=needed), dict(start), 8, 0.0)
+    steps = knob_steps(run_world(core, TraceWorld(tr, core.knobs), 300))
+    assert steps and steps[0].measured_before is not None
+    assert steps[0].measured_before["requests_ok"] >= needed and steps[0].measured_before["window_s"] > 20
+    # the window does not grow past max_measure_s: with max_measure_s = measure_s nothing is ever tried
+    core = ControlCore(cfg(min_requests=needed, max_measure_s=20), dict(start), 8, 0.0)
+    assert knob_steps(run_world(core, TraceWorld(tr, core.knobs), 300)) == []
