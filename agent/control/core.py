@@ -285,6 +285,10 @@ class ControlCore:
         elif m.saturated_ratio < cfg.min_saturation:
             why = (f"requests waited {m.saturated_ratio:.0%} of the time, {cfg.min_saturation:.0%} needed (an idle "
                    "engine's throughput is the load)")
+        elif (over := breach(m, cfg)) is not None:
+            # a step is judged by "SLO held" afterwards: from a baseline that does not hold it either, the verdict
+            # would say nothing about the step; the fast lever brings the SLO back first
+            why = f"the SLO is not held ({over}): the admission limit adapts first"
         if why is not None:
             self.slow_note = f"baseline: {why}"
             self.pinned_since = None

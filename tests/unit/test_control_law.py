@@ -388,3 +388,18 @@ def test_a_slow_engine_s_baseline_window_grows_until_enough_requests_finished() 
     # the window does not grow past max_measure_s: with max_measure_s = measure_s nothing is ever tried
     core = ControlCore(cfg(min_requests=needed, max_measure_s=20), dict(start), 8, 0.0)
     assert knob_steps(run_world(core, TraceWorld(tr, core.knobs), 300)) == []
+
+
+def test_no_step_from_a_baseline_that_breaches_the_slo() -> None:
+    """A step is judged by whether the SLO holds afterwards; from a baseline that breaches it too the verdict says
+    nothing about the step (the torch benchmark rolled back max_batch 1 -> 2 this way, 24 s TTFT before and
+    after). The fast lever brings the SLO back first; with an SLO no limit can meet, no step is tried at all."""
+    tr = trace("synthetic-knobs.json")
+    core = ControlCore(cfg(ttft_p95_ms=1), {"parallel": 1, "ubatch": 512}, 8, 0.0)
+    decisions = run_world(core, TraceWorld(tr, core.knobs), 300)
+    assert knob_steps(decisions) == []
+    assert [d.action for d in admission(decisions)][:1] == ["decrease"]
+    assert "the SLO is not held" in core.slow_note or "letting the admission limit adapt" in core.slow_note
+    # the same world under an SLO it meets: steps are tried
+    core = ControlCore(cfg(ttft_p95_ms=60_000), {"parallel": 1, "ubatch": 512}, 8, 0.0)
+    assert knob_steps(run_world(core, TraceWorld(tr, core.knobs), 300))
