@@ -211,9 +211,15 @@ def controller_choice(worker: WorkerUnderTest, args: argparse.Namespace) -> dict
                          LiveActuator(worker.control))
         mix = MixSpec({"chat": 1.0}, max_tokens=args.new_tokens)
         with ClosedLoopLoad(url, args.clients, mix, timeout_s=600) as load:
+            last_note = ""
             while time.monotonic() - t0 < args.controller_s and ctl.core.converged_tps is None:
                 time.sleep(1)
                 ctl.tick()
+                st = ctl.status()
+                note = f"limit {st['limit']}, max_batch {st['knobs'].get('max_batch')}: {st['slow_lever']}"
+                if note != last_note:  # progress: what the controller waits for, as it changes
+                    print(f"  controller +{time.monotonic() - t0:5.0f} s  {note}", file=sys.stderr)
+                    last_note = note
             ticks = list(ctl.core.ticks)
         results = load.results
     elapsed = time.monotonic() - t0

@@ -1,7 +1,11 @@
 """The fast lever: the gateway's admission limit, moved by AIMD every tick.
 
 - Multiplicative decrease when the p95 service TTFT (or ITL) of requests admitted since the last change breaches
-  the SLO: too many requests share the engine, each waits for a slot or a batch turn.
+  the SLO: too many requests share the engine, each waits for a slot or a batch turn. When the limit is above what
+  the engine serves at once (its slots, its max batch), the excess only waits inside the engine, unmeasured and
+  unbounded: the first cut goes straight down to that capacity. (Judged on requests admitted after the last
+  change, one 0.7x step takes as long as those requests wait; from 16 admitted to a 1-request engine the ladder of
+  small cuts took minutes.)
 - Additive increase (+1) when p95 is well under the SLO (below the dead band) and requests wait in the gateway's
   queue: the engine has room and there is demand for it.
 - Hold otherwise. After a breach at limit L, L is not tried again for `probe_hold_s`: the law spends its time just
@@ -61,9 +65,10 @@ def breach(m: Measurement, cfg: ControllerConfig, slack: float = 1.0) -> str | N
 
 
 def propose_limit(ticks: Sequence[Tick], st: AdmissionState, cfg: ControllerConfig, now: float,
-                  admitted_after: float | None = None) -> LimitProposal | None:
+                  admitted_after: float | None = None, capacity: int | None = None) -> LimitProposal | None:
     """The next admission limit, or None to hold. Judged on requests admitted after the last change (or after
-    `admitted_after`, later: e.g. once a restarted worker has settled)."""
+    `admitted_after`, later: e.g. once a restarted worker has settled). `capacity`: requests the engine serves at
+    once with its current knobs, when known."""
     if not ticks or not ticks[-1].worker_ready:
         return None  # a restarting worker says nothing about the limit
     tick = ticks[-1]
@@ -78,6 +83,10 @@ def propose_limit(ticks: Sequence[Tick], st: AdmissionState, cfg: ControllerConf
             return None
         # ceil: from just past the knee (slots + 1) the cut lands on the knee, not below it
         new = max(cfg.min_limit, min(st.limit - 1, math.ceil(st.limit * cfg.decrease_factor)))
+        if capacity is not None and st.limit > capacity:
+            new = max(cfg.min_limit, min(new, capacity))
+            return LimitProposal(new, "decrease", f"{over} with {st.limit} admitted to an engine that serves "
+                                 f"{capacity} at once", m)
         return LimitProposal(new, "decrease", f"{over} with {st.limit} admitted", m)
     if breach(m, cfg, 1 - cfg.slo_dead_band_pct / 100) is not None:
         return None  # inside the dead band: under the SLO, but not by enough to add load

@@ -187,7 +187,8 @@ class ControlCore:
         if self.trial is not None:
             return []  # a step is being measured at the limit it started with (scaled with the slots)
         since = max(self.adm.last_change_t, self.serving_since + self.cfg.settle_s)
-        p: LimitProposal | None = propose_limit(self.ticks, self.adm, self.cfg, self.now, admitted_after=since)
+        p: LimitProposal | None = propose_limit(self.ticks, self.adm, self.cfg, self.now, admitted_after=since,
+                                                capacity=self._capacity())
         if p is None or (p.action == "increase" and self.pinned_since is not None):
             return []
         before = self.adm.limit

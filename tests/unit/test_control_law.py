@@ -5,6 +5,7 @@ controller."""
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +404,23 @@ def test_no_step_from_a_baseline_that_breaches_the_slo() -> None:
     # the same world under an SLO it meets: steps are tried
     core = ControlCore(cfg(ttft_p95_ms=60_000), {"parallel": 1, "ubatch": 512}, 8, 0.0)
     assert knob_steps(run_world(core, TraceWorld(tr, core.knobs), 300))
+
+
+@pytest.mark.parametrize("name", ["synthetic-overload.json", "recorded-overload.json"])
+def test_a_breach_above_the_engines_capacity_cuts_straight_to_it(name: str) -> None:
+    """Requests admitted beyond the engine's slots only wait inside it: the first decrease goes to the slot count
+    (knobs known), where a 0.7x ladder of cuts would take one measurement each (minutes with slow requests)."""
+    if not (TRACES / name).exists():
+        pytest.skip(f"{name} not recorded")
+    seg = trace(name).segments[0]
+    start_limit = seg.ticks[0].limit
+    slots = 2
+    assert start_limit * 0.7 > slots + 1, "the trace must start well above the slot count"
+    core = ControlCore(cfg(ttft_p95_ms=1000.0, slow_enabled=False), {"parallel": slots}, start_limit, 0.0)
+    first = admission(replay_ticks(core, seg.ticks))[0]
+    assert (first.action, first.before, first.after) == ("decrease", {"limit": start_limit}, {"limit": slots})
+    assert f"serves {slots} at once" in first.reason
+    # capacity unknown (no concurrency knob): the multiplicative step as before
+    core = ControlCore(cfg(ttft_p95_ms=1000.0, slow_enabled=False, concurrency_knob=None), {"parallel": slots},
+                       start_limit, 0.0)
+    assert admission(replay_ticks(core, seg.ticks))[0].after["limit"] == math.ceil(start_limit * 0.7)
