@@ -266,12 +266,14 @@ class ControlCore:
         if now - cfg.measure_s < floor:
             self.slow_note = "measuring the baseline (admission limit pinned)"
             return None
-        m = measure(self.ticks, now - cfg.measure_s, now, capacity=self._capacity())
+        # latency of requests admitted at this limit only (one admitted before the last change waited under the
+        # old limit); throughput counts every finish in the window
+        m = measure(self.ticks, now - cfg.measure_s, now, admitted_after=floor, capacity=self._capacity())
         if m.ok < cfg.min_requests and m.ready_ratio == 1 and m.saturated_ratio >= cfg.min_saturation:
             # A slow engine under full demand (long replies, batch 1): too few requests finish in measure_s. The
             # window grows, as a trial's after-window does, up to max_measure_s at the same limit.
             span = min(cfg.max_measure_s, now - floor)
-            longer = measure(self.ticks, now - span, now, capacity=self._capacity())
+            longer = measure(self.ticks, now - span, now, admitted_after=floor, capacity=self._capacity())
             if longer.ok >= cfg.min_requests and longer.ready_ratio == 1:
                 m = longer
             elif span < cfg.max_measure_s:
