@@ -356,6 +356,7 @@ class ControlCore:
         self.phase = Phase.BASELINE
         self.regime_t = tr.ready_t
         self.cooldown_until = now + cfg.cooldown_s
+        self.slow_note = f"kept decision {tr.decision.id} ({verdict})"
         return []
 
     def _rollback(self, why: str, after: Measurement | None = None, outcome: Outcome = "rolled_back") -> list[Action]:
@@ -366,6 +367,7 @@ class ControlCore:
         self.trial = None
         self.phase = Phase.RECOVER
         self.recover_since = self.now
+        self.slow_note = f"rolled back decision {tr.decision.id} ({why})"
         return self._set_knobs(tr.from_knobs, f"controller: roll back decision {tr.decision.id} ({why})",
                                limit=tr.limit)
 
