@@ -282,6 +282,7 @@ class Services:
         old_spec = None
         if self.applied_ref is not None:
             old_spec = getattr(self.load_policy_ref(self.applied_ref).policy, "worker", None)
+        controller_was_enabled = self.settings.controller_enabled
         self.settings = new
         if not new.policy:
             return "no policy configured (host tuning left as is)"
@@ -294,7 +295,8 @@ class Services:
         if new_spec != old_spec:
             worker_note = self._respawn_worker(loaded)
         old_policy, self.worker_policy = self.worker_policy, (loaded.policy if self.worker_supervisor else None)
-        if (getattr(old_policy, "slo", None), old_spec) != (getattr(self.worker_policy, "slo", None), new_spec):
+        if (getattr(old_policy, "slo", None), old_spec, controller_was_enabled) != \
+                (getattr(self.worker_policy, "slo", None), new_spec, new.controller_enabled):
             worker_note += "; " + self.restart_controller()
         return f"policy {loaded.policy.name}: {out['changed']} writes, {worker_note}"
 

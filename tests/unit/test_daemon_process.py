@@ -339,3 +339,41 @@ def test_controller_is_off_with_the_reason_when_the_policy_has_no_slo(host: Host
     ctl = httpx.get(f"http://127.0.0.1:{cfg['api']['port']}/v1/controller", headers=good).json()
     assert ctl == {"enabled": False, "reason": "policy with-worker sets no slo.ttft_p95_ms (nothing to defend)",
                    "decisions": []}
+
+
+def test_sighup_with_a_new_slo_restarts_the_controller_and_can_turn_it_off(host: HostPaths, tmp_path: Path,
+                                                                          daemons: list[DaemonProcess]) -> None:
+    wport = free_port()
+    policy = _http_worker_policy(tmp_path, wport, "slo:\n  ttft_p95_ms: 800\n")
+    cfg = _live_roots(base_config(host, tmp_path, policy=str(policy), gateway={"port": free_port()},
+                                  controller_interval_s=0.5))
+    config = write_config(tmp_path / "daemon.yaml", **cfg)
+    base = f"http://127.0.0.1:{cfg['api']['port']}"
+    d = DaemonProcess(config, tmp_path)
+    daemons.append(d)
+    d.wait_ready()
+    good = {"Authorization": f"Bearer {token(tmp_path)}"}
+
+    def controller() -> dict[str, Any]:
+        return dict(httpx.get(f"{base}/v1/controller", headers=good).json())
+
+    def wait_for(check: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + 15
+        while not check(ctl := controller()):
+            assert time.monotonic() < deadline, ctl
+            time.sleep(0.2)
+        return ctl
+
+    wait_for(lambda c: c["enabled"] and c["status"]["slo"]["ttft_p95_ms"] == 800)
+    worker_pid = httpx.get(f"{base}/v1/worker", headers=good).json()["pid"]
+    # a new SLO only: the controller starts over with it; the worker (same spec) keeps running
+    policy.write_text(policy.read_text().replace("ttft_p95_ms: 800", "ttft_p95_ms: 1200"))
+    d.signal(signal.SIGHUP)
+    wait_for(lambda c: c["enabled"] and c["status"]["slo"]["ttft_p95_ms"] == 1200)
+    assert httpx.get(f"{base}/v1/worker", headers=good).json()["pid"] == worker_pid
+    # controller_enabled: false in the config: off, with the reason
+    write_config(config, **{**cfg, "controller_enabled": False})
+    d.signal(signal.SIGHUP)
+    off = wait_for(lambda c: not c["enabled"])
+    assert off["reason"] == "controller_enabled is false in the daemon config"
+    assert d.stop() == 0
