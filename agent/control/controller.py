@@ -42,7 +42,9 @@ class Controller:
         self._lock = threading.RLock()
         initial = knobs.knobs() if knobs is not None else {}
         if knobs is None:
-            cfg = cfg.model_copy(update={"slow_enabled": False})
+            # No knob actuator: no slow lever, and the engine's capacity (slots, batch) is not known either — a
+            # command worker's is not llama-server's default — so the fast lever does not assume one.
+            cfg = cfg.model_copy(update={"slow_enabled": False, "concurrency_knob": None})
             self.cfg = cfg
         self.core = ControlCore(cfg, initial, max(cfg.min_limit, min(cfg.max_limit, limit.limit)), clock(),
                                 next_id=self.log.last_id + 1)

@@ -112,6 +112,19 @@ def test_overload_lowers_the_gateway_limit_and_logs_it(tmp_path: Path) -> None:
     assert gate2.limit >= 8
 
 
+def test_without_a_knob_actuator_the_engine_capacity_is_not_assumed() -> None:
+    """A command worker's slots are unknown: the fast lever cuts multiplicatively (12 -> 9), not to llama-server's
+    default of 4 slots as it would for a llama-server whose knobs it knows."""
+    clock = Clock()
+    stats, gate = gateway_parts(12, clock)
+    cfg = ControllerConfig(ttft_p95_ms=500, fast_window_s=5, decrease_hold_s=2)
+    ctl = Controller(cfg, GatewayFeed(stats, clock=clock, watch_gpu=False), GateActuator(gate), None, clock=clock)
+    assert ctl.cfg.concurrency_knob is None and not ctl.cfg.slow_enabled
+    run_ticks(ctl, stats, clock, 8, ttft=2.0)
+    first = ctl.decisions()[0]
+    assert (first.action, first.before, first.after) == ("decrease", {"limit": 12}, {"limit": 9})
+
+
 def test_decision_ids_continue_after_a_restart(tmp_path: Path) -> None:
     path = decisions_path(tmp_path)
     log = DecisionLog(path)
