@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -48,23 +49,26 @@ class EngineDaemon:
     """`hosttune daemon` on the live host (the policy tunes nothing), API and gateway on free loopback ports."""
 
     def __init__(self, tmp_path: Path, policy: Path, **config: Any) -> None:
-        self.api_port, self.gateway_port = free_port(), free_port()
+        # Port 0 for the API and the gateway: the daemon binds them after the worker started, seconds after a
+        # port picked here would have been checked free (a CI run lost one to an ephemeral client port meanwhile).
+        # Their real URLs come in the READY status.
         cfg: dict[str, Any] = {"policy": str(policy), "state_dir": str(tmp_path / "state"),
                                "nvml_sim": str(no_gpu_sim(tmp_path)), "drift_check_s": 0, "telemetry_interval_s": 1,
-                               "api": {"port": self.api_port},
+                               "api": {"port": 0},
                                "worker": {"ready_timeout_s": 120, "stop_timeout_s": 5}, **config}
-        cfg["gateway"] = {"port": self.gateway_port, **config.get("gateway", {})}
+        cfg["gateway"] = {"port": 0, **config.get("gateway", {})}
         self.proc = DaemonProcess(write_config(tmp_path / "daemon.yaml", **cfg), tmp_path)
         self.tmp_path = tmp_path
-        self.proc.wait_ready(timeout_s=180)
+        ready = self.proc.wait_ready(timeout_s=180)
+        status = self.proc.notify.messages[ready][1]["STATUS"]
+        api = re.search(r"API (http://127\.0\.0\.1:\d+)", status)
+        gateway = re.search(r"gateway (http://127\.0\.0\.1:\d+)", status)
+        assert api and gateway, status
+        self.api_url, self.gateway_url = api.group(1), gateway.group(1)
         self.headers = {"Authorization": f"Bearer {(tmp_path / 'state/api.token').read_text().strip()}"}
 
-    @property
-    def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.gateway_port}"
-
     def get(self, path: str) -> Any:
-        r = httpx.get(f"http://127.0.0.1:{self.api_port}{path}", headers=self.headers, timeout=10)
+        r = httpx.get(f"{self.api_url}{path}", headers=self.headers, timeout=10)
         r.raise_for_status()
         return r.json()
 
@@ -211,7 +215,7 @@ def test_worker_chaos_twenty_kills_under_load_lose_nothing(tmp_path: Path, stopp
                 time.sleep(0.05)
         time.sleep(3)  # requests held over the last restart go out and complete
     counts = Counter(o.kind for o in load.outcomes)
-    metrics = httpx.get(f"http://127.0.0.1:{d.api_port}/metrics", timeout=10).text
+    metrics = httpx.get(f"{d.api_url}/metrics", timeout=10).text
     gateway = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
                if line.startswith(("hosttune_gateway_held_total", "hosttune_gateway_retries_total"))}
     report = {"kills": KILLS, "requests": len(load.outcomes), **counts, "gateway": gateway,
