@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-SYSCTL_KEY_RE = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+$")
-SYSCTL_CONSTRAINT_RE = re.compile(r"^(>=|<=)\s*(-?\d+)$")
+from agent.policy.sysctl_rules import sysctl_entry_problem
+
 CMDLINE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
 
@@ -200,17 +200,3 @@ class Policy(Section):
                 raise PydanticCustomError("hugepage_pool_twice", "{problem}", {"problem": problem, "index": index})
             seen.add(pool)
         return v
-
-
-def sysctl_entry_problem(key: str, value: object) -> str | None:
-    """Why a sysctl entry is unacceptable (None when it is fine): keys are dotted names under /proc/sys only."""
-    if ".." in key or "/" in key or not SYSCTL_KEY_RE.match(key):
-        return f"invalid sysctl key {key!r}: use dotted names like vm.swappiness"
-    if isinstance(value, bool):
-        return f"{key}: use 0/1, not a boolean"
-    if isinstance(value, str) and not (value.isascii() and all(c.isprintable() or c in " \t" for c in value)):
-        # The writer stores bytes as latin-1 and a newline would write a second line: one line of ASCII only.
-        return f"{key}: the value must be one line of printable ASCII text"
-    if isinstance(value, str) and value[:2] in (">=", "<=") and not SYSCTL_CONSTRAINT_RE.match(value):
-        return f"{key}: constraint must look like '>=123' or '<=123'"
-    return None

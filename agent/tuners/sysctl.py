@@ -1,8 +1,10 @@
 """sysctl tuner: /proc/sys keys, exact values or at-least/at-most constraints.
 
-Keys are checked against the real procfs tree under HostPaths, not a list: no `..`, no `/`, the resolved path
-must stay inside procfs/sys, and the key must exist there and be writable. A policy naming a key this kernel
-lacks is bad input (exit 2 with the policy's file:line), found at plan time before anything is written.
+Which keys and values a policy may set is agent/policy/sysctl_rules.py (allow-list of namespaces, a deny-list
+nothing lifts); the tuner asks it again at plan time, for the key as written and for the key the file really
+resolves to. Then the procfs tree under HostPaths decides: the resolved path must stay inside procfs/sys, and
+the key must exist there and be writable. A policy naming a key this kernel lacks is bad input (exit 2 with the
+policy's file:line), found at plan time before anything is written.
 
 ">=N" never lowers a value someone else raised (vm.max_map_count set higher by another package stays); "<=N"
 never raises one. Multi-value keys (net.ipv4.ip_local_port_range) compare whitespace-normalised.
@@ -21,23 +23,31 @@ from agent.errors import InputError
 from agent.fsio import read_text
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
-from agent.policy.model import SYSCTL_CONSTRAINT_RE, SYSCTL_KEY_RE, Policy
+from agent.policy.model import Policy
+from agent.policy.sysctl_rules import SYSCTL_CONSTRAINT_RE, sysctl_key_problem, sysctl_value_problem
 from agent.tuners import formats
 from agent.tuners.base import Change, Compare, Tuner, change
 from agent.tuners.registry import register
 
 
 def sysctl_path(paths: HostPaths, key: str, field: str) -> Path:
-    """The file of `key` under procfs/sys, or InputError(field) when the key is malformed, escapes the tree,
-    does not exist or is read-only."""
-    if ".." in key or "/" in key or "\\" in key or not SYSCTL_KEY_RE.match(key):
-        raise InputError(f"invalid sysctl key {key!r}: use dotted names like vm.swappiness", field=field)
+    """The file of `key` under procfs/sys, or InputError(field) when the key is malformed or not one a policy
+    may set (sysctl_rules), escapes the tree, resolves to a key that is not allowed, does not exist or is
+    read-only."""
+    problem = sysctl_key_problem(key)
+    if problem:
+        raise InputError(problem, field=field)
     root = paths.proc("sys")
     path = paths.sysctl(key)
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     if os.path.commonpath([real_root, real]) != real_root:
         raise InputError(f"sysctl key {key!r} resolves outside {root}", field=field)
+    resolved = os.path.relpath(real, real_root).replace(os.sep, ".")
+    if resolved != key:
+        problem = sysctl_key_problem(resolved)
+        if problem:
+            raise InputError(f"sysctl key {key!r} resolves to {resolved}: {problem}", field=field)
     try:
         st = os.stat(real)
     except FileNotFoundError:
@@ -51,13 +61,14 @@ def sysctl_path(paths: HostPaths, key: str, field: str) -> Path:
 
 def parse_desired(key: str, desired: int | str, field: str) -> tuple[str, Compare]:
     """(value to write, comparison) from a policy value: 5, "5", "1024 65535", ">=N", "<=N"."""
-    if isinstance(desired, bool):
-        raise InputError("use 0/1, not a boolean", field=field)
+    problem = sysctl_value_problem(key, desired)
+    if problem:
+        raise InputError(problem, field=field)
     if isinstance(desired, int):
         return str(desired), "eq"
     text = desired.strip()
     if text[:2] in (">=", "<="):
-        match = SYSCTL_CONSTRAINT_RE.match(text)
+        match = SYSCTL_CONSTRAINT_RE.fullmatch(text)
         if not match:
             raise InputError(f"{key}: constraint must look like '>=123' or '<=123'", field=field)
         return match.group(2), "ge" if match.group(1) == ">=" else "le"

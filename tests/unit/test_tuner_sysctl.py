@@ -57,10 +57,12 @@ def test_missing_key_names_field(host: HostPaths) -> None:
 
 
 def test_read_only_and_directory_keys_refused(host: HostPaths) -> None:
+    host.proc("sys/vm/swappiness").chmod(0o444)
     with pytest.raises(InputError, match="read-only"):
-        plan(host, {"kernel.osrelease": "7"})
+        plan(host, {"vm.swappiness": "7"})
+    host.proc("sys/net/core/somedir").mkdir()
     with pytest.raises(InputError, match="directory"):
-        plan(host, {"net.core": 1})
+        plan(host, {"net.core.somedir": 1})
 
 
 def test_symlink_out_of_procfs_is_refused(host: HostPaths, tmp_path: Path) -> None:
@@ -73,9 +75,9 @@ def test_symlink_out_of_procfs_is_refused(host: HostPaths, tmp_path: Path) -> No
 
 
 def test_constraint_on_non_numeric_sysctl(host: HostPaths) -> None:
-    host.proc("sys/kernel/core_pattern").write_text("core\n")
+    host.proc("sys/net/core/default_qdisc").write_text("fq_codel\n")
     with pytest.raises(InputError, match="numeric"):
-        plan(host, {"kernel.core_pattern": ">=1"})
+        plan(host, {"net.core.default_qdisc": ">=1"})
 
 
 @pytest.mark.parametrize(("desired", "expected"), [
