@@ -16,6 +16,10 @@ from pydantic_core import PydanticCustomError
 from agent.policy.sysctl_rules import sysctl_entry_problem
 
 CMDLINE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+# A pool count nobody needs (32 TiB of 2M pages): absurd numbers fail validation, before any host memory check.
+MAX_HUGEPAGES = 1 << 24
+MAX_NUMA_NODE = 1023  # the kernel's MAX_NUMNODES is at most 1024
+DEFAULT_HUGEPAGE_MEMORY_PCT = 90.0
 
 
 class Section(BaseModel):
@@ -24,9 +28,20 @@ class Section(BaseModel):
 
 class HugepageSpec(Section):
     size: Literal["2M", "1G"] = Field(description="page size")
-    count: int = Field(ge=0, description="pages wanted in the pool (global, or on `node`)")
-    node: int | None = Field(None, ge=0, description="NUMA node for a per-node pool; omit for the global pool")
+    count: int = Field(ge=0, le=MAX_HUGEPAGES, description="pages wanted in the pool (global, or on `node`)")
+    node: int | None = Field(None, ge=0, le=MAX_NUMA_NODE,
+                             description="NUMA node for a per-node pool; omit for the global pool")
+    max_memory_pct: float | None = Field(
+        None, gt=0, lt=100, description=f"the pools of this scope (the node, or the host) may take at most this "
+        f"share of its memory (default {DEFAULT_HUGEPAGE_MEMORY_PCT:g}); needs `why`")
     why: str | None = None
+
+    @model_validator(mode="after")
+    def _override_needs_why(self) -> HugepageSpec:
+        if self.max_memory_pct is not None and not (self.why or "").strip():
+            raise ValueError("max_memory_pct needs a `why:` saying why this host may give that much memory to "
+                             "hugepages")
+        return self
 
 
 class ThpSpec(Section):

@@ -9,6 +9,12 @@ Two things the kernel does quietly and this tuner does not:
   back and a short pool is an error naming the count the kernel gave, and the transaction rolls back.
 - a pool asked to shrink below the pages in use (total - free, plus reserved ones globally) turns the rest into
   surplus pages. The plan never goes below that floor and says so in `reason`.
+
+And one thing the kernel does that a policy must not be able to ask for: a pool larger than memory takes every
+free page and leaves the rest to the OOM killer. Before anything else, the policy's pools (2M and 1G together,
+counts already computed) are checked against memory: all of them against the host's MemTotal, and the pools of
+each node against that node's (the host's where the node's is unknown). The limit is 90% unless a pool of that
+scope says `max_memory_pct` (below 100, with a `why`). Over the limit is bad input, refused at plan time.
 """
 
 from __future__ import annotations
@@ -18,12 +24,58 @@ from pathlib import Path
 from agent.errors import InputError
 from agent.fsio import read_int
 from agent.hostfs import HostPaths
+from agent.inspect import parse
 from agent.inspect.models import HostFacts
-from agent.policy.model import HugepageSpec, Policy
+from agent.policy.model import DEFAULT_HUGEPAGE_MEMORY_PCT, HugepageSpec, Policy
 from agent.tuners.base import Change, Tuner, change
 from agent.tuners.registry import register
 
 SIZE_KB = {"2M": 2048, "1G": 1048576}
+GIB = 1 << 30
+
+
+def memory_totals(facts: HostFacts | None, paths: HostPaths) -> tuple[int | None, dict[int, int]]:
+    """(host MemTotal, {node: MemTotal}) in bytes, from the facts, else read from the tree; None/absent when
+    unknown."""
+    if facts is not None:
+        nodes = {n.id: n.memory_total_bytes for n in facts.cpu.numa_nodes if n.memory_total_bytes}
+        return facts.memory.total_bytes or None, nodes
+    host = (parse.meminfo(paths.proc("meminfo")) or {}).get("MemTotal")
+    node_root = paths.sys("devices/system/node")
+    out: dict[int, int] = {}
+    for d in node_root.glob("node[0-9]*") if node_root.is_dir() else []:
+        total = (parse.meminfo(d / "meminfo") or {}).get("MemTotal") if d.name[4:].isdigit() else None
+        if total:
+            out[int(d.name[4:])] = total
+    return host or None, out
+
+
+def check_memory(specs: list[HugepageSpec], host_total: int | None, node_totals: dict[int, int]) -> None:
+    """InputError(field=hugepages.<i>.count) naming the pool that takes its scope over the limit."""
+    scopes: list[tuple[str, int | None, list[int]]] = []
+    for node in sorted({s.node for s in specs if s.node is not None}):
+        known = node_totals.get(node)
+        where = f"node {node}" if known else f"node {node} (its own memory unknown: the host's)"
+        scopes.append((where, known or host_total, [i for i, s in enumerate(specs) if s.node == node]))
+    scopes.append(("the host", host_total, list(range(len(specs)))))  # after the nodes: the narrower scope speaks
+    for where, total, members in scopes:
+        pct = max((specs[i].max_memory_pct or DEFAULT_HUGEPAGE_MEMORY_PCT for i in members),
+                  default=DEFAULT_HUGEPAGE_MEMORY_PCT)
+        taken = 0
+        for i in members:
+            spec = specs[i]
+            taken += spec.count * SIZE_KB[spec.size] * 1024
+            if taken == 0:
+                continue
+            if total is None:
+                raise InputError("the host's memory size is unknown (no MemTotal in meminfo): a hugepage pool "
+                                 "cannot be checked against it", field=f"hugepages.{i}.count")
+            if taken * 100 > total * pct:
+                raise InputError(
+                    f"hugepage pools on {where} would take {taken / GIB:.1f} GiB, more than {pct:g}% of its "
+                    f"{total / GIB:.1f} GiB of memory (the kernel would take every free page and the OOM killer "
+                    f"the rest); lower `count`, or set `max_memory_pct` (below 100) with a `why`",
+                    field=f"hugepages.{i}.count")
 
 
 def pool_dir(paths: HostPaths, size_kb: int, node: int | None) -> Path:
@@ -55,6 +107,7 @@ class HugepagesTuner(Tuner):
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         self._check_pools(policy.hugepages)
+        check_memory(policy.hugepages, *memory_totals(facts, paths))
         return [self._plan_one(i, spec, paths) for i, spec in enumerate(policy.hugepages)]
 
     @staticmethod

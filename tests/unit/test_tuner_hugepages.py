@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
+from agent.inspect import collect
 from agent.policy.model import HugepageSpec, Policy
 from agent.tuners.hugepages import HugepagesTuner
 
@@ -74,3 +76,70 @@ def test_short_allocation_is_reported_with_counts(host: HostPaths) -> None:
 def test_negative_count_rejected_by_policy_model() -> None:
     with pytest.raises(ValueError):
         HugepageSpec(size="2M", count=-1)
+
+
+# -- pools against memory (the `server` fixture: MemTotal 263856128 kB = 251.6 GiB, no per-node meminfo) ----------
+
+def test_pool_over_90_percent_of_host_memory_is_refused_before_any_write(host: HostPaths) -> None:
+    nr = host.sys("kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
+    with pytest.raises(InputError, match=r"hugepage pools on the host would take 390\.6 GiB, more than 90% of its "
+                                         r"251\.6 GiB") as e:
+        plan(host, HugepageSpec(size="2M", count=200_000))
+    assert e.value.field == "hugepages.0.count" and e.value.exit_code == 2
+    assert nr.read_text() == "8\n"
+
+
+def test_2m_and_1g_pools_count_together(host: HostPaths) -> None:
+    two, one = HugepageSpec(size="2M", count=60_000), HugepageSpec(size="1G", count=120)  # 117 + 120 GiB
+    assert len(plan(host, two)) == len(plan(host, one)) == 1  # each alone fits under 226 GiB
+    with pytest.raises(InputError, match="on the host") as e:
+        plan(host, two, one)
+    assert e.value.field == "hugepages.1.count"
+
+
+def test_per_node_pool_is_checked_against_the_node(host: HostPaths) -> None:
+    host.sys("devices/system/node/node0/meminfo").write_text("Node 0 MemTotal:       10485760 kB\n")  # 10 GiB
+    assert plan(host, HugepageSpec(size="2M", count=4000, node=0))[0].value == "4000"  # 7.8 GiB
+    with pytest.raises(InputError, match=r"on node 0 would take 9\.8 GiB, more than 90% of its 10\.0 GiB") as e:
+        plan(host, HugepageSpec(size="2M", count=5000, node=0))
+    assert e.value.field == "hugepages.0.count"
+    # the override: explicit, with a reason, and still below 100
+    override = HugepageSpec(size="2M", count=5000, node=0, max_memory_pct=99, why="dedicated inference host")
+    assert plan(host, override)[0].value == "5000"
+
+
+def test_node_without_its_own_meminfo_is_checked_against_the_host(host: HostPaths) -> None:
+    with pytest.raises(InputError, match=r"on node 1 \(its own memory unknown: the host's\)"):
+        plan(host, HugepageSpec(size="1G", count=240, node=1))
+
+
+def test_a_pool_for_a_missing_node_is_still_checked(host: HostPaths) -> None:
+    # "not applicable" here, but the same policy would take the memory of a host that has node 7
+    with pytest.raises(InputError, match="node 7"):
+        plan(host, HugepageSpec(size="1G", count=1000, node=7))
+
+
+def test_unknown_host_memory_refuses_a_pool_but_not_an_empty_one(host: HostPaths) -> None:
+    host.proc("meminfo").unlink()
+    with pytest.raises(InputError, match="memory size is unknown"):
+        plan(host, HugepageSpec(size="2M", count=1))
+    assert plan(host, HugepageSpec(size="2M", count=0))[0].value == "4"  # the in-use floor, as before
+
+
+def test_facts_memory_is_used_when_given(host: HostPaths) -> None:
+    facts = collect(host).model_copy(deep=True)
+    facts.memory.total_bytes = 1 << 30  # 1 GiB
+    with pytest.raises(InputError, match=r"more than 90% of its 1\.0 GiB"):
+        HugepagesTuner().plan(Policy(name="t", hugepages=[HugepageSpec(size="2M", count=500)]), facts, host)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"count": 1 << 40}, "less than or equal to 16777216"),
+    ({"count": 1, "node": 5000}, "less than or equal to 1023"),
+    ({"count": 1, "max_memory_pct": 100, "why": "all of it"}, "less than 100"),
+    ({"count": 1, "max_memory_pct": 95}, "needs a `why:`"),
+    ({"count": 1, "max_memory_pct": 95, "why": "  "}, "needs a `why:`"),
+])
+def test_absurd_counts_and_unexplained_overrides_fail_validation(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        HugepageSpec.model_validate({"size": "2M", **fields})
