@@ -13,9 +13,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from agent.policy.shapes import DeviceGlob, NameGlob, PrintablePattern, Token
 from agent.policy.sysctl_rules import sysctl_entry_problem
 
-CMDLINE_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+CMDLINE_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # fullmatch: `$` would let a final newline in
 # A pool count nobody needs (32 TiB of 2M pages): absurd numbers fail validation, before any host memory check.
 MAX_HUGEPAGES = 1 << 24
 MAX_NUMA_NODE = 1023  # the kernel's MAX_NUMNODES is at most 1024
@@ -50,14 +51,14 @@ class ThpSpec(Section):
 
 
 class CpuSpec(Section):
-    governor: str | None = Field(None, description="cpufreq scaling governor, e.g. performance")
-    energy_performance_preference: str | None = Field(None, description="intel_pstate/amd_pstate EPP")
+    governor: Token | None = Field(None, description="cpufreq scaling governor, e.g. performance")
+    energy_performance_preference: Token | None = Field(None, description="intel_pstate/amd_pstate EPP")
 
 
 class BlockMatch(Section):
-    name: str | None = Field(None, description="glob on the kernel name, e.g. nvme*")
-    kind: str | None = Field(None, description="nvme, virtio, scsi, sata, loop, ...")
-    model: str | None = Field(None, description="regular expression on the device model")
+    name: DeviceGlob | None = Field(None, description="glob on the kernel name, e.g. nvme*")
+    kind: Token | None = Field(None, description="nvme, virtio, scsi, sata, loop, ...")
+    model: PrintablePattern | None = Field(None, description="regular expression on the device model")
     rotational: bool | None = None
 
     @field_validator("model")
@@ -74,15 +75,15 @@ class BlockMatch(Section):
 class BlockSpec(Section):
     match: BlockMatch
     read_ahead_kb: int | None = Field(None, ge=0, le=1 << 20)
-    scheduler: str | None = None
+    scheduler: Token | None = None
     nr_requests: int | None = Field(None, ge=1, le=1 << 16)
     udev_rule: bool = Field(False, description="also write a udev rule so the setting survives hot-plug/reboot")
 
 
 class GpuSelect(Section):
-    index: int | None = Field(None, ge=0)
-    uuid: str | None = None
-    name: str | None = Field(None, description="glob on the GPU name, e.g. '*H100*'")
+    index: int | None = Field(None, ge=0, le=1023)
+    uuid: Token | None = None
+    name: NameGlob | None = Field(None, description="glob on the GPU name, e.g. '*H100*'")
     all: bool = False
 
 
@@ -126,8 +127,8 @@ class WorkerSpec(Section):
     parallel: int | None = Field(None, ge=1, le=512)
     batch: int | None = Field(None, ge=1)
     ubatch: int | None = Field(None, ge=1)
-    cache_type_k: str | None = None
-    cache_type_v: str | None = None
+    cache_type_k: Token | None = None
+    cache_type_v: Token | None = None
     gpu_layers: int | None = Field(None, ge=0)
     gpu: int | None = Field(None, ge=0, description="GPU index the worker offloads to (made the only visible "
                             "device, by UUID); default GPU 0 when gpu_layers is not 0")
@@ -196,7 +197,7 @@ class Policy(Section):
     def _cmdline_params(cls, v: dict[str, str | None]) -> dict[str, str | None]:
         # These are rendered into boot-loader advice: one printable token per parameter, nothing smuggled in.
         for key, value in v.items():
-            if not CMDLINE_KEY_RE.match(key):
+            if not CMDLINE_KEY_RE.fullmatch(key):
                 raise PydanticCustomError("cmdline_param", "{problem}", {
                     "problem": f"invalid boot parameter name {key!r}", "key": key})
             if value is not None and (not value.isprintable() or any(c.isspace() for c in value)):

@@ -27,6 +27,7 @@ from agent.fsio import read_int, read_str, read_text
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import BlockMatch, BlockSpec, Policy
+from agent.policy.shapes import DEVICE_GLOB_RE, TOKEN_RE
 from agent.tuners import formats
 from agent.tuners.base import Change, Tuner, change
 from agent.tuners.registry import register
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from agent.engine.writer import HostWriter
 
 UDEV_RULES_DIR = "etc/udev/rules.d"
-UDEV_GLOB_RE = re.compile(r"^[A-Za-z0-9_*?\[\]\-.:!]+$")
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,13 @@ class BlockdevTuner(Tuner):
 
 
 def udev_rule(i: int, spec: BlockSpec, matched: list[Disk]) -> str:
-    """A rule setting the spec's queue attributes (scheduler first) on add/change of the matched disks."""
+    """A rule setting the spec's queue attributes (scheduler first) on add/change of the matched disks.
+
+    Built only from shape-checked words (the policy model checked them already; checked again here because the
+    rule is executable configuration and disk names come from the host, not the policy): no quote, comma or
+    newline can end a match and start another key."""
+    if spec.scheduler is not None and not TOKEN_RE.fullmatch(spec.scheduler):
+        raise InputError(f"scheduler {spec.scheduler!r} cannot be used in a udev rule", field=f"block.{i}.scheduler")
     attrs = []
     if spec.scheduler is not None:
         attrs.append(f'ATTR{{queue/scheduler}}="{spec.scheduler}"')
@@ -200,13 +206,10 @@ def udev_rule(i: int, spec: BlockSpec, matched: list[Disk]) -> str:
     if spec.read_ahead_kb is not None:
         attrs.append(f'ATTR{{queue/read_ahead_kb}}="{spec.read_ahead_kb}"')
     only_name = spec.match.name is not None and spec.match.model_dump(exclude_none=True).keys() == {"name"}
-    if only_name and spec.match.name is not None:
-        if not UDEV_GLOB_RE.match(spec.match.name):
-            raise InputError(f"name glob {spec.match.name!r} cannot be used in a udev rule",
-                             field=f"block.{i}.match.name")
-        kernels = [spec.match.name]
-    else:
-        kernels = [d.name for d in matched]
+    kernels = [spec.match.name] if only_name and spec.match.name is not None else [d.name for d in matched]
+    for kernel in kernels:
+        if not DEVICE_GLOB_RE.fullmatch(kernel):
+            raise InputError(f"device name {kernel!r} cannot be used in a udev rule", field=f"block.{i}.match.name")
     head = (f"# Written by hosttune from policy entry block.{i}: keeps these queue settings across hot-plug and\n"
             f"# reboot. `hosttune revert` removes this file.\n")
     lines = [f'ACTION=="add|change", SUBSYSTEM=="block", ENV{{DEVTYPE}}=="disk", KERNEL=="{k}", ' + ", ".join(attrs)
