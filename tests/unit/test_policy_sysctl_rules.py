@@ -121,3 +121,9 @@ def test_tuner_refuses_an_allowed_name_that_resolves_to_a_denied_key(host: HostP
     with pytest.raises(InputError, match=r"resolves to kernel\.core_pattern"):
         SysctlTuner().plan(policy, None, host)
     assert target.read_text() == "core\n"
+
+
+def test_docs_list_every_rule() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "policies.md").read_text(encoding="utf-8")
+    for pattern, _ in (*ALLOWED, *DENIED):
+        assert f"| `{pattern}` |" in docs, f"docs/policies.md does not list {pattern}"
