@@ -92,6 +92,14 @@ ALLOWED: tuple[tuple[str, str], ...] = (
 )
 
 
+# Allowed keys whose value is memory taken from everything else: key -> (largest share of MemTotal in %, why).
+# Checked at plan time, when the host's memory is known.
+MEMORY_SHARES: dict[str, tuple[float, str]] = {
+    "vm.min_free_kbytes": (5.0, "the kernel keeps this much free: too much and it reclaims everything and the OOM "
+                                "killer takes the rest"),
+}
+
+
 def denied_reason(key: str) -> str | None:
     lowered = key.lower()
     for pattern, why in DENIED:
@@ -147,3 +155,20 @@ def sysctl_value_problem(key: str, value: object) -> str | None:
 def sysctl_entry_problem(key: str, value: object) -> str | None:
     """Why a policy's sysctl entry is unacceptable (None when it is fine)."""
     return sysctl_key_problem(key) or sysctl_value_problem(key, value)
+
+
+def memory_share_problem(key: str, value: str, mem_total_bytes: int | None) -> str | None:
+    """Why `value` (kB) of a MEMORY_SHARES key is too much memory for this host (None when it is fine)."""
+    if key not in MEMORY_SHARES:
+        return None
+    pct, why = MEMORY_SHARES[key]
+    try:
+        kb = int(value)
+    except ValueError:
+        return f"{key}: expected a number of kB, not {value!r}"
+    if not mem_total_bytes:
+        return f"{key}: the host's memory size is unknown (no MemTotal in meminfo): cannot check {kb} kB against it"
+    if kb * 1024 * 100 > mem_total_bytes * pct:
+        return (f"{key}: {kb} kB is more than {pct:g}% of the host's {mem_total_bytes / (1 << 30):.1f} GiB of memory "
+                f"({why})")
+    return None

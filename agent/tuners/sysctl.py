@@ -4,7 +4,8 @@ Which keys and values a policy may set is agent/policy/sysctl_rules.py (allow-li
 nothing lifts); the tuner asks it again at plan time, for the key as written and for the key the file really
 resolves to. Then the procfs tree under HostPaths decides: the resolved path must stay inside procfs/sys, and
 the key must exist there and be writable. A policy naming a key this kernel lacks is bad input (exit 2 with the
-policy's file:line), found at plan time before anything is written.
+policy's file:line), found at plan time before anything is written. Keys whose value is memory taken from
+everything else (sysctl_rules.MEMORY_SHARES: vm.min_free_kbytes) are checked against the host's MemTotal here.
 
 ">=N" never lowers a value someone else raised (vm.max_map_count set higher by another package stays); "<=N"
 never raises one. Multi-value keys (net.ipv4.ip_local_port_range) compare whitespace-normalised.
@@ -24,9 +25,16 @@ from agent.fsio import read_text
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
-from agent.policy.sysctl_rules import SYSCTL_CONSTRAINT_RE, sysctl_key_problem, sysctl_value_problem
+from agent.policy.sysctl_rules import (
+    MEMORY_SHARES,
+    SYSCTL_CONSTRAINT_RE,
+    memory_share_problem,
+    sysctl_key_problem,
+    sysctl_value_problem,
+)
 from agent.tuners import formats
 from agent.tuners.base import Change, Compare, Tuner, change
+from agent.tuners.hugepages import memory_totals
 from agent.tuners.registry import register
 
 
@@ -90,6 +98,10 @@ class SysctlTuner(Tuner):
             field = f"sysctl.{key}"
             path = sysctl_path(paths, key, field)
             value, compare = parse_desired(key, desired, field)
+            if key in MEMORY_SHARES:
+                problem = memory_share_problem(key, value, memory_totals(facts, paths)[0])
+                if problem:
+                    raise InputError(problem, field=field)
             current = formats.parse("scalar", read_text(path))
             if compare != "eq" and current is not None and not current.split()[0].lstrip("-").isdigit():
                 raise InputError(f"{key} holds {current!r}: '>='/'<=' need a numeric sysctl", field=field)

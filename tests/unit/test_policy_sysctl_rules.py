@@ -127,3 +127,15 @@ def test_docs_list_every_rule() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "policies.md").read_text(encoding="utf-8")
     for pattern, _ in (*ALLOWED, *DENIED):
         assert f"| `{pattern}` |" in docs, f"docs/policies.md does not list {pattern}"
+
+
+def test_min_free_kbytes_is_capped_at_a_share_of_memory(host: HostPaths) -> None:
+    # the `server` fixture has 251.6 GiB: 5% is 13192806 kB
+    host.proc("sys/vm/min_free_kbytes").write_text("67584\n")
+    ok = SysctlTuner().plan(Policy(name="t", sysctl={"vm.min_free_kbytes": 1048576}), None, host)
+    assert ok[0].value == "1048576"
+    for value in (20_000_000, ">=20000000"):
+        with pytest.raises(InputError, match=r"more than 5% of the host's 251\.6 GiB") as e:
+            SysctlTuner().plan(Policy(name="t", sysctl={"vm.min_free_kbytes": value}), None, host)
+        assert e.value.field == "sysctl.vm.min_free_kbytes"
+    assert host.proc("sys/vm/min_free_kbytes").read_text() == "67584\n"
