@@ -45,6 +45,7 @@ DENIED: tuple[tuple[str, str], ...] = (
     ("kernel.yama.*", "ptrace restrictions between processes"),
     ("kernel.randomize_va_space", "address space layout randomisation"),
     ("vm.mmap_rnd_*", "address space layout randomisation"),
+    ("vm.legacy_va_layout", "the legacy mmap layout, with weaker address space randomisation"),
     ("vm.mmap_min_addr", "protects against kernel NULL-pointer exploits"),
     ("vm.unprivileged_userfaultfd", "a kernel exploit primitive for unprivileged users"),
     ("kernel.kptr_restrict", "hides kernel addresses from users"),

@@ -36,10 +36,11 @@ GIB = 1 << 30
 
 def memory_totals(facts: HostFacts | None, paths: HostPaths) -> tuple[int | None, dict[int, int]]:
     """(host MemTotal, {node: MemTotal}) in bytes, from the facts, else read from the tree; None/absent when
-    unknown."""
-    if facts is not None:
-        nodes = {n.id: n.memory_total_bytes for n in facts.cpu.numa_nodes if n.memory_total_bytes}
-        return facts.memory.total_bytes or None, nodes
+    unknown. Facts built in part (model_construct, a collector that failed) fall back to the tree."""
+    memory, cpu = getattr(facts, "memory", None), getattr(facts, "cpu", None)
+    if memory is not None and memory.total_bytes and cpu is not None:
+        nodes = {n.id: n.memory_total_bytes for n in cpu.numa_nodes if n.memory_total_bytes}
+        return memory.total_bytes, nodes
     host = (parse.meminfo(paths.proc("meminfo")) or {}).get("MemTotal")
     node_root = paths.sys("devices/system/node")
     out: dict[int, int] = {}
