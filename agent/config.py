@@ -121,6 +121,9 @@ class DaemonSettings(Section):
     controller_interval_s: float = Field(5.0, ge=0.5, le=3600)
     revert_on_stop: bool = Field(False, description="revert host tuning on SIGTERM (off: fleets saw outages)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    model_dirs: list[Path] | None = Field(
+        None, max_length=32, description="directories a policy submitted over the API may name worker models "
+        "from; default: the bundled model's directory. Policy files on the search path may name any path")
 
     # Derived locations -------------------------------------------------------------------------------------
     @property
@@ -130,6 +133,11 @@ class DaemonSettings(Section):
     @property
     def audit_path(self) -> Path:
         return self.audit_log or self.state_dir / AUDIT_LOG_NAME
+
+    def inline_model_dirs(self) -> list[Path]:
+        from agent.worker.models import default_model_dirs
+
+        return list(self.model_dirs) if self.model_dirs is not None else default_model_dirs()
 
     def host_paths(self) -> HostPaths:
         return HostPaths.from_options(
