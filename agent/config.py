@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from agent.errors import InputError
+from agent.fsio import read_text_capped
 from agent.hostfs import HostPaths
 
 ENV_PREFIX = "HOSTTUNE_"
@@ -33,6 +34,7 @@ DEFAULT_CONFIG = Path("/etc/hosttune/daemon.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/hosttune")
 TOKEN_FILE_NAME = "api.token"
 AUDIT_LOG_NAME = "audit.log"
+CONFIG_MAX_BYTES = 1 << 20
 
 # Fields holding paths: relative values in a config file are resolved against the file's directory.
 _PATH_FIELDS: tuple[tuple[str, ...], ...] = (
@@ -166,9 +168,11 @@ def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, .
 def read_yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """Parse a YAML mapping and the line of each key. Syntax errors and non-mappings raise InputError."""
     try:
-        text = path.read_text()
+        text = read_text_capped(path, CONFIG_MAX_BYTES)
     except OSError as e:
         raise InputError(f"cannot read config: {e.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise InputError("config is not valid UTF-8", path=path) from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -93,7 +93,13 @@ class ChainLoader:
         pf = PolicyFile(path, root, ext)
         for ref, ref_node in self.refs(pf):
             parent = self.resolve(ref, ref_node, pf, [*stack, path])
-            self.visit(parent, [*stack, path])
+            try:
+                self.visit(parent, [*stack, path])
+            except InputError as e:
+                if e.line is None and e.path == str(parent):  # unreadable as a whole: say which extends named it
+                    raise InputError(f"parent policy {str(parent)!r}: {e.message}", path=ref_node.file,
+                                     line=ref_node.line, field="extends") from None
+                raise
         self.order.append(pf)
         self.done.add(key)
 

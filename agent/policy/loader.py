@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from agent.errors import InputError
+from agent.fsio import read_text_capped
 from agent.inspect.models import HostFacts
 from agent.policy.chain import SUFFIXES, ChainLoader, find_named, is_path_ref, merge
 from agent.policy.computed import evaluate_computed
@@ -28,7 +29,7 @@ from agent.policy.inline import InlineRules
 from agent.policy.model import Policy
 from agent.policy.namespace import FactNamespace
 from agent.policy.validate import validate_tree
-from agent.policy.yamlnodes import Node, locations, node_at
+from agent.policy.yamlnodes import MAX_FILE_BYTES, Node, locations, node_at
 
 ENV_POLICY_PATH = "HOSTTUNE_POLICY_PATH"
 ETC_POLICIES = Path("/etc/hosttune/policies")
@@ -100,8 +101,8 @@ def _info(path: Path) -> PolicyInfo:
     description: str | None = None
     extends: list[str] = []
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = yaml.safe_load(read_text_capped(path, MAX_FILE_BYTES))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, InputError, RecursionError):
         data = None
         description = "(unreadable: run `hosttune policy validate` on it)"
     if isinstance(data, dict):

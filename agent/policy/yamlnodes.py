@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from agent.errors import InputError
+from agent.fsio import read_capped
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 50_000
@@ -51,10 +52,7 @@ def read_policy_yaml(path: Path) -> Node:
     try:
         if not path.is_file():
             raise InputError("policy file not found (or not a regular file)", path=path)
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"policy file is {size} bytes; the limit is {MAX_FILE_BYTES}", path=path)
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_FILE_BYTES)  # st_size is not trusted: procfs says 0 for endless files
     except OSError as e:
         raise InputError(f"cannot read policy file: {e.strerror or e}", path=path) from None
     try:
