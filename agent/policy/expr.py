@@ -378,6 +378,11 @@ def _unquote(tok: Token) -> str:
     return re.sub(r"\\(.)", r"\1", body)
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """The expression as quoted in an error message: at most `limit` characters (a 1000-character one is noise)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def parse(text: str) -> Expr:
     """Parse an expression (without the leading '=' of computed values)."""
     tree = _Parser(text).parse()
