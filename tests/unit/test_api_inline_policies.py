@@ -119,3 +119,18 @@ def test_inline_extends_path_and_model_oracle_refused(client: MainThreadClient, 
                                                  "sysctl": {"vm.swappiness": "=model.size_bytes % 100"}}})
     assert r.status_code == 422 and r.json()["where"]["field"] == "worker.model"
     assert submitted(settings) == []
+
+
+def test_kept_bodies_are_reloaded_under_the_inline_rules(settings: DaemonSettings) -> None:
+    """Drift re-apply and reload load the applied body again by path: it keeps the rules it was checked under
+    (a body planted in api-policies/ does not become a trusted file)."""
+    from agent.daemon.services import Services
+    from agent.errors import InputError
+
+    services = Services(settings)
+    kept = settings.state_dir / SUBMITTED_DIR / "request-00000000000000ff.yaml"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("name: planted\nworker:\n  binary: /bin/sh\n")
+    with pytest.raises(InputError) as e:
+        services.load_policy_ref(str(kept))
+    assert e.value.field == "worker.binary"
