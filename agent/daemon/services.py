@@ -195,14 +195,16 @@ class Services:
         if request.name is not None:
             return self.apply_loaded(loaded, facts)
         # Valid: keep the body so the applied state names a file that exists; a failed apply keeps nothing new.
-        created = self.submitted.keep(loaded.source, inline_text(request.yaml, request.policy))
-        try:
-            out = self.apply_loaded(loaded, facts)
-        except BaseException:
-            if created:
-                self.submitted.forget(loaded.source)
-            raise
-        self.submitted.prune(protect=[self.applied_ref, self._journal_source()])
+        # Under the mutation lock, so a concurrent apply of the same body cannot remove the file under it.
+        with self.lock:
+            created = self.submitted.keep(loaded.source, inline_text(request.yaml, request.policy))
+            try:
+                out = self.apply_loaded(loaded, facts)
+            except BaseException:
+                if created:
+                    self.submitted.forget(loaded.source)
+                raise
+            self.submitted.prune(protect=[self.applied_ref, self._journal_source()])
         return out
 
     def _journal_source(self) -> str | None:

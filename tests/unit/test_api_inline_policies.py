@@ -134,3 +134,12 @@ def test_kept_bodies_are_reloaded_under_the_inline_rules(settings: DaemonSetting
     with pytest.raises(InputError) as e:
         services.load_policy_ref(str(kept))
     assert e.value.field == "worker.binary"
+
+
+def test_an_applied_inline_worker_section_starts_nothing(client: MainThreadClient) -> None:
+    """Only the daemon config's policy starts a worker (runner.py, reload); an inline body's worker section is
+    validated and ignored, so even its allowed fields (port, threads) run nothing."""
+    body = {"yaml": ROUND_TRIP_POLICY + "worker:\n  engine: llamacpp\n  port: 9999\n  threads: 1\n"}
+    r = client.post("/v1/apply", json=body)
+    assert r.status_code == 200, r.text
+    assert client.get("/v1/worker").json()["state"] == "disabled"
