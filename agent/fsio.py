@@ -20,6 +20,7 @@ from agent.errors import HostError, InputError
 # Every file hosttune reads (host, policy, config, state) is read through read_capped. The largest real one is a
 # few hundred KiB (/proc/cpuinfo of a big host); procfs reports st_size 0 for files that read without end.
 MAX_READ_BYTES = 4 << 20
+READ_CHUNK = 64 << 10
 
 
 def read_capped(path: Path, limit: int = MAX_READ_BYTES) -> bytes:
@@ -27,16 +28,27 @@ def read_capped(path: Path, limit: int = MAX_READ_BYTES) -> bytes:
     limit+1 bytes, whatever st_size says. Not a regular file (a FIFO, a device) is refused without blocking.
     OSError (absent, permission) propagates for the caller to map."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
+    try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(mode):
             raise InputError("not a regular file", path=path)
-        data = f.read(limit + 1)
-    if len(data) > limit:
+        # Small reads: /proc/sys handlers allocate a kernel buffer of the requested size (a 4 MiB read fails
+        # with ENOMEM) and some procfs files want multiples of 8 bytes.
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total > limit:
         raise InputError(f"file is larger than the limit of {limit} bytes: refusing to read it", path=path)
-    return data
+    return b"".join(chunks)
 
 
 def read_text_capped(path: Path, limit: int = MAX_READ_BYTES, errors: str = "strict") -> str:

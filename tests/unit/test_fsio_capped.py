@@ -65,3 +65,11 @@ def test_cli_extends_to_an_endless_proc_file_is_refused_at_the_extends_line(tmp_
                        text=True, timeout=60, env={**os.environ, "HOSTTUNE_STATE_DIR": str(tmp_path / "state")})
     assert r.returncode == 2, r.stderr
     assert f"{policy}:2: extends: parent policy '/proc/self/pagemap'" in r.stderr
+
+
+def test_real_proc_sys_and_pagemap_read_in_small_chunks() -> None:
+    """/proc/sys handlers allocate a kernel buffer of the requested size: one read of the whole cap failed with
+    ENOMEM; the cap is enforced over small reads instead (also what /proc/self/pagemap needs)."""
+    assert read_capped(Path("/proc/sys/vm/swappiness")).strip().isdigit()
+    with pytest.raises(InputError, match="larger than the limit"):
+        read_capped(Path("/proc/self/pagemap"), 1 << 20)
