@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from agent.errors import InputError
+from agent.fsio import read_text_capped
 from agent.hostfs import HostPaths
 
 ENV_PREFIX = "HOSTTUNE_"
@@ -33,6 +34,7 @@ DEFAULT_CONFIG = Path("/etc/hosttune/daemon.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/hosttune")
 TOKEN_FILE_NAME = "api.token"
 AUDIT_LOG_NAME = "audit.log"
+CONFIG_MAX_BYTES = 1 << 20
 
 # Fields holding paths: relative values in a config file are resolved against the file's directory.
 _PATH_FIELDS: tuple[tuple[str, ...], ...] = (
@@ -121,6 +123,9 @@ class DaemonSettings(Section):
     controller_interval_s: float = Field(5.0, ge=0.5, le=3600)
     revert_on_stop: bool = Field(False, description="revert host tuning on SIGTERM (off: fleets saw outages)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    model_dirs: list[Path] | None = Field(
+        None, max_length=32, description="directories a policy submitted over the API may name worker models "
+        "from; default: the bundled model's directory. Policy files on the search path may name any path")
 
     # Derived locations -------------------------------------------------------------------------------------
     @property
@@ -130,6 +135,11 @@ class DaemonSettings(Section):
     @property
     def audit_path(self) -> Path:
         return self.audit_log or self.state_dir / AUDIT_LOG_NAME
+
+    def inline_model_dirs(self) -> list[Path]:
+        from agent.worker.models import default_model_dirs
+
+        return list(self.model_dirs) if self.model_dirs is not None else default_model_dirs()
 
     def host_paths(self) -> HostPaths:
         return HostPaths.from_options(
@@ -158,9 +168,11 @@ def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, .
 def read_yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """Parse a YAML mapping and the line of each key. Syntax errors and non-mappings raise InputError."""
     try:
-        text = path.read_text()
+        text = read_text_capped(path, CONFIG_MAX_BYTES)
     except OSError as e:
         raise InputError(f"cannot read config: {e.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise InputError("config is not valid UTF-8", path=path) from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -7,21 +7,60 @@ parsed raises InputError naming the path, because that is a broken tree, not a m
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from agent.errors import HostError, InputError
 
+# Every file hosttune reads (host, policy, config, state) is read through read_capped. The largest real one is a
+# few hundred KiB (/proc/cpuinfo of a big host); procfs reports st_size 0 for files that read without end.
+MAX_READ_BYTES = 4 << 20
+READ_CHUNK = 64 << 10
+
+
+def read_capped(path: Path, limit: int = MAX_READ_BYTES) -> bytes:
+    """The file's bytes, never more than `limit`: a longer file is refused (InputError naming it) after reading
+    limit+1 bytes, whatever st_size says. Not a regular file (a FIFO, a device) is refused without blocking.
+    OSError (absent, permission) propagates for the caller to map."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise InputError("not a regular file", path=path)
+        # Small reads: /proc/sys handlers allocate a kernel buffer of the requested size (a 4 MiB read fails
+        # with ENOMEM) and some procfs files want multiples of 8 bytes.
+        chunks: list[bytes] = []
+        total = 0
+        while total <= limit:
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise InputError(f"file is larger than the limit of {limit} bytes: refusing to read it", path=path)
+    return b"".join(chunks)
+
+
+def read_text_capped(path: Path, limit: int = MAX_READ_BYTES, errors: str = "strict") -> str:
+    """read_capped, decoded as UTF-8 (UnicodeDecodeError with errors='strict')."""
+    return read_capped(path, limit).decode("utf-8", errors)
+
 
 def read_text(path: Path) -> str | None:
-    """Contents of a host file, or None if it does not exist or cannot be read (permission, EIO on sysfs)."""
+    """Contents of a host file, or None if it does not exist or cannot be read (permission, EIO on sysfs).
+    Larger than MAX_READ_BYTES: InputError (a broken tree, not a missing feature)."""
     try:
-        return path.read_text(errors="replace")
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
+        return read_text_capped(path, errors="replace")
     except OSError:
         return None
 
@@ -121,7 +160,7 @@ def atomic_write_json(path: Path, obj: Any, mode: int = 0o600) -> None:
 
 def load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text_capped(path))
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:

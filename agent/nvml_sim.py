@@ -38,6 +38,7 @@ from typing import Any
 import pynvml
 
 from agent.errors import InputError
+from agent.fsio import read_text_capped
 
 ENV_STATE = "HOSTTUNE_NVML_SIM_STATE"
 ENV_LOG = "HOSTTUNE_NVML_SIM_LOG"
@@ -191,7 +192,7 @@ class NvmlSimulator:
             fcntl.flock(lockf, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
             state = copy.deepcopy(self._memory_state)
             if self.state_file.exists():
-                saved = json.loads(self.state_file.read_text() or "{}")
+                saved = json.loads(read_text_capped(self.state_file) or "{}")
                 for uuid, values in saved.get("gpus", {}).items():
                     if uuid in state:
                         state[uuid].update({k: v for k, v in values.items() if k in _MUTABLE_KEYS})
@@ -669,9 +670,11 @@ def _canonical_bus_id(bus_id: str) -> str:
 def load_description(path: Path) -> dict[str, Any]:
     """Read a simulator description; bad JSON is an InputError naming file:line."""
     try:
-        text = path.read_text()
+        text = read_text_capped(path)
     except OSError as e:
         raise InputError(f"cannot read NVML simulation file: {e.strerror}", path=path, field="--nvml-sim") from e
+    except UnicodeDecodeError:
+        raise InputError("NVML simulation file is not valid UTF-8", path=path, field="--nvml-sim") from None
     try:
         desc = json.loads(text)
     except json.JSONDecodeError as e:

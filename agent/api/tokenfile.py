@@ -14,8 +14,10 @@ import stat
 from pathlib import Path
 
 from agent.errors import InputError
+from agent.fsio import read_capped
 
 MIN_TOKEN_CHARS = 16
+TOKEN_MAX_BYTES = 4096
 
 
 def _check_existing(path: Path) -> str:
@@ -31,7 +33,7 @@ def _check_existing(path: Path) -> str:
     if st.st_uid != os.geteuid():
         raise InputError(f"the API token file is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})",
                          path=path)
-    token = path.read_text().strip()
+    token = read_capped(path, TOKEN_MAX_BYTES).decode(errors="replace").strip()
     if len(token) < MIN_TOKEN_CHARS:
         raise InputError(f"the API token is shorter than {MIN_TOKEN_CHARS} characters", path=path)
     return token

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from agent.errors import HostError, InputError
-from agent.fsio import atomic_write
+from agent.fsio import atomic_write, read_text_capped
 
 UNIT_NAME = "hosttune.service"
 SYSTEMD_FILES = ("hosttune.service", "hosttune.tmpfiles.conf", "daemon.yaml", "60-hosttune-block.rules.template")
@@ -72,7 +72,7 @@ def install(root: Path, exec_path: Path) -> list[Path]:
         "60-hosttune-block.rules.template": root / "usr/local/share/hosttune/60-hosttune-block.rules.template",
     }
     for name, dest in targets.items():
-        text = (src / name).read_text()
+        text = read_text_capped(src / name)
         if name == "hosttune.service":
             text = render_unit(text, exec_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def install(root: Path, exec_path: Path) -> list[Path]:
     config = root / "etc/hosttune/daemon.yaml"
     if not config.exists():
         config.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(config, (src / "daemon.yaml").read_text(), mode=0o644)
+        atomic_write(config, read_text_capped(src / "daemon.yaml"), mode=0o644)
         written.append(config)
     (root / "etc/hosttune/policies").mkdir(parents=True, exist_ok=True)
     state = root / "var/lib/hosttune"
@@ -110,7 +110,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     exec_path = Path(args.exec) if args.exec else default_exec()
     if args.print:
-        sys.stdout.write(render_unit((systemd_dir() / UNIT_NAME).read_text(), exec_path))
+        sys.stdout.write(render_unit(read_text_capped(systemd_dir() / UNIT_NAME), exec_path))
         return 0
     root = Path(args.root)
     if not root.is_dir():

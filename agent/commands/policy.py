@@ -77,12 +77,13 @@ def wants_host_facts(args: argparse.Namespace) -> bool:
 
 def facts_for(args: argparse.Namespace) -> tuple[Any, str]:
     """(HostFacts or None, where they came from)."""
+    from agent.fsio import read_capped
     from agent.inspect.models import HostFacts
 
     if args.facts:
         path = Path(args.facts)
         try:
-            return HostFacts.model_validate_json(path.read_bytes()), f"file {path}"
+            return HostFacts.model_validate_json(read_capped(path)), f"file {path}"
         except OSError as e:
             raise InputError(f"cannot read facts: {e.strerror}", path=path, field="--facts") from None
         except ValueError as e:

@@ -17,11 +17,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError
+from agent.fsio import read_text_capped
 from agent.worker.logs import RotatingLog
 
 Lever = Literal["admission", "knobs"]
 Action = Literal["increase", "decrease", "step", "rollback", "fallback"]
 Outcome = Literal["applied", "trial", "kept", "rolled_back", "fallback", "aborted"]
+
+LOG_MAX_BYTES = 16 << 20  # the log rotates at 5 MiB by default: a larger file is not ours
 
 
 class Decision(BaseModel):
@@ -93,7 +96,7 @@ def read_decisions(path: Path) -> list[Decision]:
     for f in [*files, path]:
         if not f.exists():
             continue
-        for n, line in enumerate(f.read_text().splitlines(), 1):
+        for n, line in enumerate(read_text_capped(f, LOG_MAX_BYTES).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -108,7 +111,7 @@ def _read_tolerant(path: Path) -> list[Decision]:
     """Decisions from the current file, skipping lines that do not parse (a daemon must start even if its log
     was truncated by a crash mid-write)."""
     latest: dict[int, Decision] = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in read_text_capped(path, LOG_MAX_BYTES, errors="replace").splitlines():
         try:
             d = Decision.model_validate(json.loads(line))
         except (ValueError, TypeError):
@@ -121,7 +124,7 @@ def _last_id(path: Path) -> int:
     """The highest decision id already on disk, so ids stay unique across daemon restarts."""
     last = 0
     if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
+        for line in read_text_capped(path, LOG_MAX_BYTES, errors="replace").splitlines():
             try:
                 last = max(last, int(json.loads(line)["id"]))
             except (ValueError, KeyError, TypeError):

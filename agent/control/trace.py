@@ -23,8 +23,10 @@ from agent.control.decisions import Decision
 from agent.control.ladder import Knobs
 from agent.control.observe import Tick, shifted, tick_from_dict, tick_to_dict
 from agent.errors import InputError
+from agent.fsio import read_text_capped
 
 FORMAT = "hosttune-control-trace/1"
+TRACE_MAX_BYTES = 64 << 20
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Trace:
 
 def load_trace(path: Path) -> Trace:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text_capped(path, TRACE_MAX_BYTES))
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read trace: {e}", path=path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -12,7 +12,6 @@ answers 503 `unavailable` for what is missing, with the reason.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import logging
 import threading
@@ -22,19 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.api.exceptions import Conflict, NotFound, Unavailable
 from agent.api.schemas import PolicyRequest
 from agent.config import DaemonSettings
+from agent.daemon.submitted import SubmittedPolicies, inline_text
 from agent.engine.state import StateLocked
 from agent.errors import HostError, InputError
-from agent.fsio import atomic_write
 from agent.hostfs import HostPaths
 
 log = logging.getLogger(__name__)
-
-SUBMITTED_DIR = "api-policies"
 
 
 def _import(module: str, what: str) -> Any:
@@ -66,6 +61,7 @@ class Services:
         self.settings = settings
         self.paths: HostPaths = settings.host_paths()
         self.state_dir = settings.state_dir
+        self.submitted = SubmittedPolicies(settings.state_dir)
         self.lock = threading.RLock()
         self.started_at = time.time()
         self.events: deque[dict[str, Any]] = deque(maxlen=200)
@@ -112,7 +108,10 @@ class Services:
         return _import("agent.policy.loader", "the policy loader")
 
     def load_policy_ref(self, ref: str | Path, facts: Any = None) -> Any:
-        return self._loader().load_policy(ref, facts if facts is not None else self.host_facts())
+        """A name or path; a body kept from an earlier API submission is loaded under the inline rules again."""
+        model_dirs = self.settings.inline_model_dirs() if self.submitted.contains(ref) else None
+        return self._loader().load_policy(ref, facts if facts is not None else self.host_facts(),
+                                          model_dirs=model_dirs)
 
     def list_policies(self) -> list[dict[str, Any]]:
         return [_dump(p) for p in self._loader().list_policies()]
@@ -132,25 +131,23 @@ class Services:
     def load_request(self, request: PolicyRequest, facts: Any = None) -> Any:
         """A policy named, or submitted inline, loaded through the same loader (and checks) as policy files.
 
-        Inline text is written under STATE_DIR/api-policies/ (0600, named by content hash) and loaded from there,
-        so its errors carry a line number and the applied state names a file that still exists afterwards.
+        Inline text is validated from the text under the inline rules (agent/policy/inline.py) before anything is
+        written; its errors carry a line number. Only apply() keeps it, under STATE_DIR/api-policies/ (submitted.py).
         """
         if request.name is not None:
             self._known_policy(request.name)
             return self.load_policy_ref(request.name, facts)
-        text = request.yaml if request.yaml is not None else yaml.safe_dump(request.policy, sort_keys=False)
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        path = self.state_dir / SUBMITTED_DIR / f"request-{digest}.yaml"
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        atomic_write(path, text)
+        text = inline_text(request.yaml, request.policy)
         try:
-            return self.load_policy_ref(path, facts)
+            return self._loader().load_policy_text(text, self.submitted.path_for(text),
+                                                   facts if facts is not None else self.host_facts(),
+                                                   model_dirs=self.settings.inline_model_dirs())
         except InputError as e:
             raise self._public(e) from None
 
     def _public(self, e: InputError) -> InputError:
         """Name the request body rather than our internal copy of it; keep the line and field."""
-        if e.path and Path(e.path).parent == self.state_dir / SUBMITTED_DIR:
+        if e.path and self.submitted.contains(e.path):
             e.path = "request body"
         return e
 
@@ -194,7 +191,25 @@ class Services:
 
     def apply(self, request: PolicyRequest) -> dict[str, Any]:
         facts = self.host_facts()
-        return self.apply_loaded(self.load_request(request, facts), facts)
+        loaded = self.load_request(request, facts)
+        if request.name is not None:
+            return self.apply_loaded(loaded, facts)
+        # Valid: keep the body so the applied state names a file that exists; a failed apply keeps nothing new.
+        # Under the mutation lock, so a concurrent apply of the same body cannot remove the file under it.
+        with self.lock:
+            created = self.submitted.keep(loaded.source, inline_text(request.yaml, request.policy))
+            try:
+                out = self.apply_loaded(loaded, facts)
+            except BaseException:
+                if created:
+                    self.submitted.forget(loaded.source)
+                raise
+            self.submitted.prune(protect=[self.applied_ref, self._journal_source()])
+        return out
+
+    def _journal_source(self) -> str | None:
+        applied = getattr(self._engine().status(self._state()), "applied", None)
+        return getattr(applied, "source", None)
 
     def apply_loaded(self, loaded: Any, facts: Any = None) -> dict[str, Any]:
         """Apply as one transaction; tunables an earlier policy set and this one drops are restored (the diff).

@@ -15,6 +15,8 @@ import errno
 import os
 from pathlib import Path
 
+from agent.fsio import read_capped
+
 PROC_SUPER_MAGIC = 0x9FA0
 SYSFS_MAGIC = 0x62656572
 KERNEL_MAGICS = {PROC_SUPER_MAGIC, SYSFS_MAGIC}
@@ -45,7 +47,7 @@ def is_kernel_file(path: Path) -> bool:
 def read_raw(path: Path) -> str | None:
     """The file's exact contents (latin-1), or None when it does not exist."""
     try:
-        return path.read_bytes().decode(ENCODING)
+        return read_capped(path).decode(ENCODING)
     except (FileNotFoundError, NotADirectoryError):
         return None
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import InputError
-from agent.policy.yamlnodes import Node, kind_of, read_policy_yaml
+from agent.policy.inline import InlineRules
+from agent.policy.yamlnodes import Node, kind_of, parse_policy_yaml, read_policy_yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 SUFFIXES = (".yaml", ".yml")
@@ -58,14 +59,26 @@ def _key(path: Path) -> Path:
 
 
 class ChainLoader:
-    def __init__(self, search_path: list[Path]) -> None:
+    """`text`: the source's content given directly (an API body, validated before anything is written);
+    `inline`: the restrictions for such a body (see agent.policy.inline)."""
+
+    def __init__(self, search_path: list[Path], *, text: str | None = None,
+                 inline: InlineRules | None = None) -> None:
         self.search_path = search_path
+        self.text = text
+        self.inline = inline
         self.order: list[PolicyFile] = []
         self.done: set[Path] = set()
 
     def load(self, source: Path) -> list[PolicyFile]:
+        self.source = source
         self.visit(source, [])
         return self.order
+
+    def read(self, path: Path) -> Node:
+        if self.text is not None and path == self.source:
+            return parse_policy_yaml(self.text, path)
+        return read_policy_yaml(path)
 
     def visit(self, path: Path, stack: list[Path]) -> None:
         key = _key(path)
@@ -73,12 +86,20 @@ class ChainLoader:
             return
         if len(stack) >= MAX_CHAIN:
             raise InputError(f"extends chain is deeper than {MAX_CHAIN} files", path=path)
-        root = read_policy_yaml(path)
+        root = self.read(path)
+        if self.inline is not None and self.inline.is_inline(path):
+            self.inline.check_own(root)
         ext = root.value.pop("extends", None)
         pf = PolicyFile(path, root, ext)
         for ref, ref_node in self.refs(pf):
             parent = self.resolve(ref, ref_node, pf, [*stack, path])
-            self.visit(parent, [*stack, path])
+            try:
+                self.visit(parent, [*stack, path])
+            except InputError as e:
+                if e.line is None and e.path == str(parent):  # unreadable as a whole: say which extends named it
+                    raise InputError(f"parent policy {str(parent)!r}: {e.message}", path=ref_node.file,
+                                     line=ref_node.line, field="extends") from None
+                raise
         self.order.append(pf)
         self.done.add(key)
 
@@ -98,6 +119,10 @@ class ChainLoader:
 
     def resolve(self, ref: str, node: Node, child: PolicyFile, stack: list[Path]) -> Path:
         on_stack = frozenset(_key(p) for p in stack)
+        inline = self.inline is not None and self.inline.is_inline(child.path)
+        if inline and is_path_ref(ref):
+            assert self.inline is not None
+            self.inline.refuse_path_extends(ref, node)
         if is_path_ref(ref):
             parent = Path(os.path.normpath(child.path.parent / ref))
             if not parent.is_file():
@@ -109,7 +134,8 @@ class ChainLoader:
         if not NAME_RE.match(ref):
             raise InputError(f"bad policy name {ref!r}: use letters, digits, '_', '-', '.' (or a path)",
                              path=node.file, line=node.line, field="extends")
-        dirs = [child.path.parent, *self.search_path]
+        # An inline body's own directory is the daemon's store of earlier bodies, not a policy directory.
+        dirs = list(self.search_path) if inline else [child.path.parent, *self.search_path]
         found, skipped = find_named(ref, dirs, on_stack)
         if found is not None:
             return found

@@ -65,7 +65,7 @@ def _compute(node: Node, path: tuple[str | int, ...], ns: FactNamespace, out: Co
             return Node(stand_in, node.file, node.line)
         value = expr.evaluate(tree, ns.lookup)
     except expr.ExprError as e:
-        raise InputError(f"in computed value {node.value!r}: {e}", path=node.file, line=node.line,
+        raise InputError(f"in computed value {expr.excerpt(node.value)}: {e}", path=node.file, line=node.line,
                          field=name) from None
     out.evaluated[name] = text
     return from_plain(value, node.file, node.line)

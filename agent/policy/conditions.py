@@ -112,9 +112,10 @@ class ConditionApplier:
                 return True  # offline: keep the section; the caller reports the unevaluated condition
             result = expr.evaluate(tree, self.ns.lookup)
         except expr.ExprError as e:
-            raise InputError(f"in condition {text!r}: {e}", path=cond.file, line=cond.line, field=field) from None
+            raise InputError(f"in condition {expr.excerpt(text)}: {e}", path=cond.file, line=cond.line,
+                             field=field) from None
         if not isinstance(result, bool):
-            raise InputError(f"condition {text!r} gave {expr.describe(result)} {result!r}, not true/false",
+            raise InputError(f"condition {expr.excerpt(text)} gave {expr.describe(result)} {result!r}, not true/false",
                              path=cond.file, line=cond.line, field=field)
         self.seen.append(Condition(dotted(path), text, result, cond.file, cond.line))
         return result

@@ -29,6 +29,7 @@ from typing import Any
 
 MAX_EXPR_CHARS = 1000
 MAX_NESTING = 32
+MAX_TREE_DEPTH = 100  # operators chained in one operand path (`1+1+...+1`): the evaluator recurses per level
 MAX_INT_BITS = 256
 MAX_STR_CHARS = 4096
 MAX_LIST_ITEMS = 10_000
@@ -103,25 +104,38 @@ class IfElse(Expr):
     other: Expr
 
 
+def _children(expr: Expr) -> tuple[Expr, ...]:
+    if isinstance(expr, ListExpr):
+        return expr.items
+    if isinstance(expr, Call):
+        return expr.args
+    if isinstance(expr, Unary):
+        return (expr.operand,)
+    if isinstance(expr, Binary):
+        return (expr.left, expr.right)
+    if isinstance(expr, IfElse):
+        return (expr.cond, expr.then, expr.other)
+    return ()
+
+
+def tree_depth(expr: Expr) -> int:
+    """Depth of the syntax tree, measured without recursion (a left-associative chain is as deep as it is long)."""
+    deepest, stack = 0, [(expr, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in _children(node))
+    return deepest
+
+
 def names(expr: Expr) -> Iterator[Name]:
-    """Every fact name the expression mentions (for load-time checks that do not need facts)."""
-    if isinstance(expr, Name):
-        yield expr
-    elif isinstance(expr, ListExpr):
-        for item in expr.items:
-            yield from names(item)
-    elif isinstance(expr, Call):
-        for arg in expr.args:
-            yield from names(arg)
-    elif isinstance(expr, Unary):
-        yield from names(expr.operand)
-    elif isinstance(expr, Binary):
-        yield from names(expr.left)
-        yield from names(expr.right)
-    elif isinstance(expr, IfElse):
-        yield from names(expr.cond)
-        yield from names(expr.then)
-        yield from names(expr.other)
+    """Every fact name the expression mentions, left to right (for load-time checks that do not need facts)."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Name):
+            yield node
+        stack.extend(reversed(_children(node)))
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -364,9 +378,17 @@ def _unquote(tok: Token) -> str:
     return re.sub(r"\\(.)", r"\1", body)
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """The expression as quoted in an error message: at most `limit` characters (a 1000-character one is noise)."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def parse(text: str) -> Expr:
     """Parse an expression (without the leading '=' of computed values)."""
-    return _Parser(text).parse()
+    tree = _Parser(text).parse()
+    if tree_depth(tree) > MAX_TREE_DEPTH:
+        raise ExprError(f"expression has more than {MAX_TREE_DEPTH} operations chained in one term: split it")
+    return tree
 
 
 # ---------------------------------------------------------------- evaluator

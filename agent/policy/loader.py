@@ -20,14 +20,16 @@ from typing import Any
 import yaml
 
 from agent.errors import InputError
+from agent.fsio import read_text_capped
 from agent.inspect.models import HostFacts
 from agent.policy.chain import SUFFIXES, ChainLoader, find_named, is_path_ref, merge
 from agent.policy.computed import evaluate_computed
 from agent.policy.conditions import Condition, ConditionApplier
+from agent.policy.inline import InlineRules
 from agent.policy.model import Policy
 from agent.policy.namespace import FactNamespace
 from agent.policy.validate import validate_tree
-from agent.policy.yamlnodes import Node, locations
+from agent.policy.yamlnodes import MAX_FILE_BYTES, Node, locations, node_at
 
 ENV_POLICY_PATH = "HOSTTUNE_POLICY_PATH"
 ETC_POLICIES = Path("/etc/hosttune/policies")
@@ -99,8 +101,8 @@ def _info(path: Path) -> PolicyInfo:
     description: str | None = None
     extends: list[str] = []
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = yaml.safe_load(read_text_capped(path, MAX_FILE_BYTES))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, InputError, RecursionError):
         data = None
         description = "(unreadable: run `hosttune policy validate` on it)"
     if isinstance(data, dict):
@@ -132,12 +134,31 @@ def find_policy(ref: str | Path, search_path: Sequence[Path] | None = None) -> P
 
 
 def load_policy(ref: str | Path, facts: HostFacts | None = None, *, search_path: Sequence[Path] | None = None,
-                context: Mapping[str, Any] | None = None) -> LoadedPolicy:
+                context: Mapping[str, Any] | None = None, model_dirs: Sequence[Path] | None = None) -> LoadedPolicy:
+    """`model_dirs` given: `ref` is a policy submitted over the API and gets agent.policy.inline's rules."""
     dirs = list(search_path) if search_path is not None else policy_search_path()
     source = find_policy(ref, dirs)
-    files = ChainLoader(dirs).load(source)
+    inline = InlineRules(source, tuple(model_dirs)) if model_dirs is not None else None
+    return _load(ChainLoader(dirs, inline=inline), source, facts, context)
+
+
+def load_policy_text(text: str, source: Path, facts: HostFacts | None = None, *,
+                     search_path: Sequence[Path] | None = None, context: Mapping[str, Any] | None = None,
+                     model_dirs: Sequence[Path] = ()) -> LoadedPolicy:
+    """A policy submitted over the API, validated from its text before anything is written: errors and
+    locations name `source` (where the caller keeps the text if it applies it; it need not exist yet)."""
+    dirs = list(search_path) if search_path is not None else policy_search_path()
+    inline = InlineRules(source, tuple(model_dirs))
+    return _load(ChainLoader(dirs, text=text, inline=inline), source, facts, context)
+
+
+def _load(chain: ChainLoader, source: Path, facts: HostFacts | None, context: Mapping[str, Any] | None
+          ) -> LoadedPolicy:
+    files = chain.load(source)
     model_ref = _worker_model(files)
-    ns = FactNamespace(facts, context, model=lambda: _model_facts(model_ref))
+    inline = chain.inline if model_ref is not None and chain.inline is not None \
+        and chain.inline.is_inline(model_ref.file) else None
+    ns = FactNamespace(facts, context, model=lambda: _model_facts(model_ref, inline))
 
     applier = ConditionApplier(ns)
     merged: Node | None = None
@@ -156,6 +177,10 @@ def load_policy(ref: str | Path, facts: HostFacts | None = None, *, search_path:
 
     computed = evaluate_computed(merged, ns)
     policy = validate_tree(merged, computed.evaluated)
+    if chain.inline is not None and policy.worker is not None and "worker.model" in computed.evaluated:
+        model_node = node_at(merged, ("worker", "model"))
+        if model_node is not None and chain.inline.is_inline(model_node.file):
+            chain.inline.check_model(Node(policy.worker.model, model_node.file, model_node.line))
     return LoadedPolicy(policy=policy, source=source, chain=[pf.path for pf in files], locations=locations(merged),
                         computed=computed.evaluated, deferred=computed.deferred, conditions=applier.seen,
                         facts_used=facts is not None)
@@ -182,13 +207,13 @@ def _worker_model(files: list[Any]) -> Node | None:
     return found
 
 
-def _model_facts(model: Node | None) -> dict[str, Any] | None:
+def _model_facts(model: Node | None, inline: InlineRules | None) -> dict[str, Any] | None:
     if model is None:
         return None
     from agent.worker.models import resolve_model
 
     try:
-        path = resolve_model(str(model.value))
+        path = inline.check_model(model) if inline is not None else resolve_model(str(model.value))
         size = path.stat().st_size
     except InputError as e:
         raise InputError(f"model.* names need the worker model: {e.message}", path=model.file, line=model.line,

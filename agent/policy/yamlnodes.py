@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from agent.errors import InputError
+from agent.fsio import read_capped
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 50_000
@@ -51,10 +52,7 @@ def read_policy_yaml(path: Path) -> Node:
     try:
         if not path.is_file():
             raise InputError("policy file not found (or not a regular file)", path=path)
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"policy file is {size} bytes; the limit is {MAX_FILE_BYTES}", path=path)
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_FILE_BYTES)  # st_size is not trusted: procfs says 0 for endless files
     except OSError as e:
         raise InputError(f"cannot read policy file: {e.strerror or e}", path=path) from None
     try:
@@ -65,8 +63,31 @@ def read_policy_yaml(path: Path) -> Node:
     return parse_policy_yaml(text, path)
 
 
+def _check_nesting(loader: yaml.SafeLoader, file: Path) -> None:
+    """Refuse runaway nesting from the event stream (PyYAML's parser is iterative; its composer recurses per level,
+    so `[[[[...]]]]` 500 deep would otherwise end in a RecursionError without a line)."""
+    depth = 0
+    while not loader.check_event(yaml.StreamEndEvent):
+        event = loader.get_event()
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise InputError(f"policy is nested more than {MAX_DEPTH} levels deep", path=file,
+                                 line=mark.line + 1 if mark is not None else None)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def parse_policy_yaml(text: str, file: Path) -> Node:
     try:
+        probe = yaml.SafeLoader(text)
+        try:
+            _check_nesting(probe, file)
+        except yaml.YAMLError:
+            pass  # the composing pass below reports syntax errors with their line
+        finally:
+            probe.dispose()
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as e:
         line = text[: max(e.position, 0)].count("\n") + 1

@@ -7,6 +7,7 @@ import re
 import signal
 from pathlib import Path
 
+from agent.fsio import read_text_capped
 from agent.hostfs import HostPaths
 
 TIMESTAMP_PREFIX = re.compile(r"^\d+\.\d+\.\d+\.\d+ [A-Z] +")
@@ -36,7 +37,7 @@ def key_stderr_line(lines: list[str], model: Path | None) -> str | None:
 
 def read_oom_kills(paths: HostPaths) -> int | None:
     try:
-        for line in paths.proc("vmstat").read_text().splitlines():
+        for line in read_text_capped(paths.proc("vmstat"), errors="replace").splitlines():
             if line.startswith("oom_kill "):
                 return int(line.split()[1])
     except (OSError, ValueError):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from agent.errors import InputError
@@ -23,11 +25,42 @@ def default_model_path() -> Path:
     return path
 
 
-def resolve_model(model: str) -> Path:
-    """`default` -> the bundled model; anything else is a path that must be a readable file."""
+def default_model_dirs() -> list[Path]:
+    """Where an inline (API) policy may name models from when the daemon config sets no `model_dirs`: the
+    bundled model's directory (none when it is not installed)."""
+    try:
+        return [default_model_path().parent]
+    except InputError:
+        return []
+
+
+def resolve_model(model: str, allowed_dirs: Sequence[Path] | None = None) -> Path:
+    """`default` -> the bundled model; anything else is a path that must be a readable file.
+
+    With `allowed_dirs` (a policy submitted over the API, which must not make root stat or read any file) the
+    model is `default`, a file name in one of those directories, or a path that resolves (symlinks followed)
+    to a regular file inside one of them; the message never says whether a file outside them exists.
+    """
     if model == "default":
         return default_model_path()
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise InputError("model file not found", path=path, field="worker.model")
-    return path
+    if allowed_dirs is None:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise InputError("model file not found", path=path, field="worker.model")
+        return path
+    return _model_in(model, allowed_dirs)
+
+
+def _model_in(model: str, allowed_dirs: Sequence[Path]) -> Path:
+    roots = [Path(os.path.realpath(d)) for d in allowed_dirs]
+    where = ", ".join(str(r) for r in roots) or "none configured"
+    refusal = InputError(f"an inline policy names models only as `default`, a file name or a path inside the "
+                         f"daemon's model_dirs ({where})", field="worker.model")
+    if not model or "\0" in model or len(model) > 4096:
+        raise refusal
+    candidates = [Path(model)] if "/" in model else [root / model for root in roots]
+    for candidate in candidates:
+        real = Path(os.path.realpath(candidate))
+        if any(real.is_relative_to(root) for root in roots) and real.is_file():
+            return real
+    raise refusal

@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import HostError, InputError
+from agent.fsio import read_capped
 from agent.telemetry.prom import parse_text
 
 METRIC_PREFIX = "torch:"
@@ -141,7 +142,7 @@ def read_token(path: Path) -> str:
     """The bearer token from a file the supervisor wrote; refuses an empty or group/world-readable file."""
     try:
         st = path.stat()
-        token = path.read_text().strip()
+        token = read_capped(path, 4096).decode(errors="replace").strip()
     except OSError as e:
         raise InputError(f"cannot read control token: {e.strerror}", path=path) from e
     if st.st_mode & 0o077:
