@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 POLICY_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
 MAX_POLICY_TEXT = 256 * 1024
@@ -34,3 +34,12 @@ class PolicyRequest(BaseModel):
             raise ValueError("give exactly one of 'name', 'yaml' or 'policy'"
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
+
+
+class RevertRequest(BaseModel):
+    """Optional body of POST /v1/revert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: StrictBool = Field(False, description="also restore targets someone else changed since hosttune set "
+                                                 "them (otherwise skipped, listed, and answered 409)")
