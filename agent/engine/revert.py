@@ -45,6 +45,8 @@ def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False) -> 
     except HostError as e:  # the originals below still cover every target the broken rollback left
         recovered = str(e)
     result = RevertResult(recovered=recovered)
+    last = journal.data.txn  # an apply whose rollback failed left its own values: those are not someone else's
+    unsettled = {w.key for w in last.writes} if last and last.kind == "apply" and last.status == "failed" else set()
     txn = journal.open_txn
     if txn is None and not journal.data.originals and journal.data.applied is None:
         return result
@@ -53,7 +55,7 @@ def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False) -> 
     else:
         journal.begin("revert", policy=journal.data.applied.policy if journal.data.applied else None)
     for record in list(reversed(journal.data.originals)):
-        drift = None if force else drift_of(record)
+        drift = None if force or record.key in unsettled else drift_of(record)
         if drift is not None:
             result.skipped.append(drift)
             continue

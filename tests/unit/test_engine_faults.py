@@ -5,6 +5,10 @@ revert and by a policy switch (unless forced), over the CLI (tests/unit/test_eng
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +158,50 @@ def test_api_revert_answers_409_with_the_skipped_and_force_restores(client: Main
     forced = client.post("/v1/revert", json={"force": True})
     assert forced.status_code == 200 and forced.json()["restored"] == ["sysctl:vm.swappiness"]
     assert tree_state(root_of(host)) == before
+
+
+def test_values_left_by_a_failed_rollback_are_not_someone_elses(host: HostPaths, state_dir: Path) -> None:
+    """An apply whose rollback failed left hosttune's own values behind: revert restores them, no skip."""
+    before = tree_state(root_of(host))
+    api.apply_policy(Policy(name="a", sysctl={"vm.swappiness": 1}), host, StateDir(state_dir))
+    with StateDir(state_dir).locked() as journal:  # apply b wrote, its rollback could not restore: "failed"
+        plan = api.plan_policy(Policy(name="b", sysctl={"vm.swappiness": 9}), host)
+        journal.begin("apply", policy="b")
+        writer = HostWriter(journal)
+        for change in plan.writes:
+            registry.get(change.tuner).apply(change, writer)
+        journal.finish("failed", error="rollback incomplete")
+    result = api.revert(StateDir(state_dir))
+    assert result.ok and result.skipped == []
+    assert tree_state(root_of(host)) == before
+
+
+def test_sigterm_during_a_cli_apply_rolls_back_completely(host: HostPaths, state_dir: Path, tmp_path: Path) -> None:
+    """`hosttune apply` killed politely twice — once mid-apply, once mid-rollback — still rolls back everything
+    (before: the second SIGTERM aborted the rollback, leaving a failed transaction)."""
+    before = tree_state(root_of(host))
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: p\nsysctl:\n  vm.swappiness: 1\n  vm.dirty_ratio: 5\n  vm.max_map_count: 262144\n")
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    env = {**os.environ, "HOSTTUNE_TEST_STALL_AT_WRITES": "2,3", "HOSTTUNE_TEST_STALL_DIR": str(stall)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "apply", str(policy), "--procfs", str(host.procfs),
+                             "--sysfs", str(host.sysfs), "--rootfs", str(host.rootfs), "--state-dir", str(state_dir)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for n in (2, 3):  # after the 2nd write of the apply, then at the rollback's first restore
+            deadline = time.monotonic() + 60
+            while not (stall / f"stalled-{n}").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            (stall / f"release-{n}").touch()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # our own child, by PID
+            proc.wait(10)
+    assert proc.returncode == 1 and "interrupted by signal 15" in err and "rolled back 2 writes" in err, err
+    assert tree_state(root_of(host)) == before
+    journal = StateDir(state_dir).journal().data
+    assert journal.txn is not None and journal.txn.status == "rolled_back" and journal.originals == []
