@@ -2,8 +2,8 @@
 
 apply:    recover -> begin (journal: txn open) -> stale originals back -> each change through the writer ->
           settle (every planned value must hold at the end) -> commit (txn committed + applied state + what each
-          written target holds now, one atomic journal rewrite). Any failure rolls back every write of the
-          transaction in reverse and raises naming the failing tunable.
+          written target holds now, one atomic journal rewrite). Any failure (KeyboardInterrupt too) rolls back
+          every write of the transaction in reverse and raises naming the failing tunable.
 signals:  SIGTERM during an apply (main thread) stops it before its next change and rolls back; further SIGTERMs
           cannot abort the rollback (the handler only notes them). Afterwards the signal is handed on to the
           handler that was installed before (the daemon's: it then stops), or, with the default disposition and a
