@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from agent.policy.yamlnodes import MAX_DEPTH, MAX_NODES
 
@@ -59,3 +59,12 @@ class PolicyRequest(BaseModel):
             raise ValueError("give exactly one of 'name', 'yaml' or 'policy'"
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
+
+
+class RevertRequest(BaseModel):
+    """Optional body of POST /v1/revert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: StrictBool = Field(False, description="also restore targets someone else changed since hosttune set "
+                                                 "them (otherwise skipped, listed, and answered 409)")

@@ -1,6 +1,7 @@
 """`hosttune daemon`: the start sequence, the scheduler, signals, sd_notify and the watchdog.
 
-Start order (each step reported as a STATUS= line): check the token file (refuse a readable one), roll back an
+Start order (each step reported as a STATUS= line): take the lifetime lock (one daemon per state dir, see
+lifetime.py), check the token file (refuse a readable one), roll back an
 interrupted transaction, apply the configured policy, start the worker and wait for it to be ready, start the
 gateway, start the scheduler's jobs, start the API — and only then READY=1, so `systemctl start` returning means
 the host is tuned and serving.
@@ -28,6 +29,7 @@ from typing import Any
 from agent.api.exceptions import Unavailable
 from agent.api.tokenfile import ensure_token
 from agent.config import DaemonSettings, load_settings
+from agent.daemon.lifetime import LifetimeLock
 from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
 from agent.errors import HostTuneError
@@ -259,6 +261,16 @@ class Daemon:
             log.info("leaving host tuning in place (revert_on_stop: false)")
 
     def run(self) -> int:
+        # First of all, and outside the start-failed path below (whose stop() could revert or unlink what the
+        # running daemon owns): a second daemon on this state dir leaves with the holder's PID and nothing done.
+        lifetime = LifetimeLock(self.settings.state_dir)
+        lifetime.acquire()
+        try:
+            return self._run()
+        finally:
+            lifetime.release()
+
+    def _run(self) -> int:
         self.install_signals()
         try:
             self.start()

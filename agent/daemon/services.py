@@ -2,8 +2,9 @@
 
 Why one adapter: inspection, policies, the tuning engine, the worker supervisor, the gateway and telemetry are
 separate packages with their own APIs; the daemon's runner and the REST routes only see this class. Every host
-mutation (apply, revert, rollback, drift re-apply, reload) runs under one lock, so an API request, the drift job
-and a SIGHUP reload never interleave their writes.
+mutation (apply, revert, rollback, drift re-apply, reload) goes through `_mutate`: the daemon's main loop runs it
+under one lock, so an API request, the drift job and a SIGHUP reload never interleave their writes and no thread
+holds the lock while it waits for the loop.
 
 Parts are imported lazily: a build without one of them (no engine yet, no gateway) still serves everything else and
 answers 503 `unavailable` for what is missing, with the reason.
@@ -167,6 +168,14 @@ class Services:
                 e.path, e.line = str(where[0]), where[1]
         return self._public(e)
 
+    def _mutate(self, fn: Callable[[], Any]) -> Any:
+        """Every host mutation: on the daemon's main loop (inline elsewhere), under the lock taken by whoever runs
+        it. Never held while waiting for the loop: a SIGHUP reload runs there and would wait for it forever."""
+        def locked() -> Any:
+            with self.lock:
+                return fn()
+        return self.run_mutation(locked)
+
     @staticmethod
     def _conflict(e: HostError) -> HostError:
         if isinstance(e, StateLocked):
@@ -216,27 +225,26 @@ class Services:
         `facts`: the host facts the policy was resolved against (collected again when not given)."""
         facts = facts if facts is not None else self.host_facts()
         engine, state = self._engine(), self._state()
-        with self.lock:
-            try:
-                result = self.run_mutation(lambda: engine.apply_policy(loaded.policy, self.paths, state, facts=facts,
-                                                                       source=str(loaded.source)))
-            except InputError as e:
-                raise self._located(loaded, e) from None
-            except HostError as e:
-                raise self._conflict(e) from None
+        try:
+            result = self._mutate(lambda: engine.apply_policy(loaded.policy, self.paths, state, facts=facts,
+                                                              source=str(loaded.source)))
+        except InputError as e:
+            raise self._located(loaded, e) from None
+        except HostError as e:
+            raise self._conflict(e) from None
         out: dict[str, Any] = _dump(result)
         out["changed"] = result.writes
         self.applied_ref = str(loaded.source)
         self.event("apply", policy=loaded.policy.name, writes=result.writes)
         return out
 
-    def revert(self) -> dict[str, Any]:
+    def revert(self, force: bool = False) -> dict[str, Any]:
+        """Restore the originals; targets someone else changed are skipped (listed in `skipped`) unless `force`."""
         engine, state = self._engine(), self._state()
-        with self.lock:
-            try:
-                result = self.run_mutation(lambda: engine.revert(state))
-            except HostError as e:
-                raise self._conflict(e) from None
+        try:
+            result = self._mutate(lambda: engine.revert(state, force=force))
+        except HostError as e:
+            raise self._conflict(e) from None
         out: dict[str, Any] = _dump(result)
         out["ok"] = result.ok
         self.applied_ref = None
@@ -247,8 +255,7 @@ class Services:
 
     def rollback_interrupted(self) -> str | None:
         engine, state = self._engine(), self._state()
-        with self.lock:
-            note: str | None = self.run_mutation(lambda: engine.recover_only(state))
+        note: str | None = self._mutate(lambda: engine.recover_only(state))
         if note:
             self.event("rollback", note=note)
         return note

@@ -39,9 +39,9 @@ def apply_policy(policy: Policy, paths: HostPaths, state: StateDir, *, facts: Ho
         return apply_plan(plan, journal, writer, recovered=recovered)
 
 
-def revert(state: StateDir) -> RevertResult:
+def revert(state: StateDir, *, force: bool = False) -> RevertResult:
     with state.locked() as journal:
-        return revert_all(journal, HostWriter(journal, crash_after=crash_after_from_env()))
+        return revert_all(journal, HostWriter(journal, crash_after=crash_after_from_env()), force=force)
 
 
 def recover_only(state: StateDir) -> str | None:

@@ -44,6 +44,9 @@ class Record(BaseModel):
     format: Format = "scalar"
     side_effect_of: str | None = Field(None, description="key of the write that changes this target as a side effect")
     extra: dict[str, Any] = Field(default_factory=dict, description="tuner-specific restore data (NVML)")
+    expected_raw: str | None = Field(None, description="originals only: what the file held when hosttune's last "
+                                     "apply committed; a different value now means someone else changed it since "
+                                     "(None: not known, e.g. a side-effect record or a journal from before)")
     at: float = Field(default_factory=time.time)
 
     @property

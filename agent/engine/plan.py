@@ -5,6 +5,8 @@ Each registered tuner plans its own section. The engine then adds two things no 
   overlaps a tuner's domains gets a warning on every one of that tuner's changes;
 - stale targets: a target an earlier apply changed that the new policy no longer mentions is planned back to
   its journaled original, so switching policies leaves the host as "original + new policy", not a mixture.
+  Unless someone else changed it since hosttune set it (planned "ok" with a warning: left as is, its original
+  kept for `hosttune revert --force`) or it is gone from the host (not_applicable: dropped from the journal).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from agent.engine import hostfile
 from agent.engine.journal import Journal, Record
+from agent.engine.ownership import drift_of, is_gone
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
@@ -80,6 +83,17 @@ def stale_changes(planned: list[Change], journal: Journal | None) -> list[Change
 def restore_change(record: Record) -> Change:
     now = hostfile.read_raw(Path(record.path)) if record.path else None
     original = formats.parse(record.format, record.original_raw)
+    if is_gone(record):
+        return Change(tuner=record.tuner, target=record.target, desired=original, action="not_applicable",
+                      reason=f"gone from this host ({record.path} no longer exists): dropped from the journal",
+                      path=record.path, value=original, format=record.format, stale=True)
+    drift = drift_of(record)
+    if drift is not None:
+        return Change(tuner=record.tuner, target=record.target, current=drift.current, desired=original,
+                      action="ok", reason="not in this policy, but changed by someone else since hosttune set it: "
+                                          "left as is", path=record.path, value=original, format=record.format,
+                      stale=True, warnings=[f"now {drift.current!r}, hosttune had set {drift.expected!r}; "
+                                            f"`hosttune revert --force` restores the original {original!r}"])
     return Change(tuner=record.tuner, target=record.target, current=formats.parse(record.format, now),
                   desired=original if original is not None else "(absent)",
                   action="ok" if now == record.original_raw else "change",

@@ -4,6 +4,10 @@ Revert is itself a journaled transaction and idempotent: each original is droppe
 its restore has read back byte for byte, so a revert killed half-way is finished by the next revert (or by the
 next apply, which runs revert's recovery first); a target that already holds its original costs no write.
 A restore that fails keeps its record and the command exits non-zero naming it; the others still run.
+
+A target someone else changed since hosttune last set it is skipped and reported with its current, expected
+and original value (its record is kept); `force` restores it anyway. A target gone from the host (a renamed
+block device) is dropped from the journal with a warning: there is nothing left to restore (ownership.py).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from agent.engine.journal import Journal
+from agent.engine.ownership import Drift, drift_of, forget_gone
 from agent.engine.transaction import recover
-from agent.engine.writer import HostWriter
+from agent.engine.writer import HostWriter, TargetGone
 from agent.errors import HostError, HostTuneError
 from agent.tuners import registry
 
@@ -21,22 +26,27 @@ class RevertResult(BaseModel):
     restored: list[str] = Field(default_factory=list, description="targets written back to their original")
     unchanged: list[str] = Field(default_factory=list, description="targets that already held their original")
     failed: list[str] = Field(default_factory=list, description="'target: why' for restores that failed")
+    skipped: list[Drift] = Field(default_factory=list, description="changed by someone else since hosttune set "
+                                 "them: left as is, still journaled (revert --force restores them)")
+    gone: list[str] = Field(default_factory=list, description="targets no longer on this host: dropped")
     recovered: str | None = None
     resumed: bool = Field(False, description="finished a revert that an earlier process had begun")
     writes: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.skipped
 
 
-def revert_all(journal: Journal, writer: HostWriter) -> RevertResult:
-    """Restore all originals (the caller holds the state lock)."""
+def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False) -> RevertResult:
+    """Restore all originals (the caller holds the state lock); `force` restores drifted targets too."""
     try:
         recovered = recover(journal, writer)
     except HostError as e:  # the originals below still cover every target the broken rollback left
         recovered = str(e)
     result = RevertResult(recovered=recovered)
+    last = journal.data.txn  # an apply whose rollback failed left its own values: those are not someone else's
+    unsettled = {w.key for w in last.writes} if last and last.kind == "apply" and last.status == "failed" else set()
     txn = journal.open_txn
     if txn is None and not journal.data.originals and journal.data.applied is None:
         return result
@@ -45,9 +55,18 @@ def revert_all(journal: Journal, writer: HostWriter) -> RevertResult:
     else:
         journal.begin("revert", policy=journal.data.applied.policy if journal.data.applied else None)
     for record in list(reversed(journal.data.originals)):
+        drift = None if force or record.key in unsettled else drift_of(record)
+        if drift is not None:
+            result.skipped.append(drift)
+            continue
         before = writer.writes
         try:
             registry.get(record.tuner).restore(record, writer)
+        except TargetGone:
+            forget_gone(journal, record, "revert")
+            journal.save()
+            result.gone.append(record.key)
+            continue
         except (HostTuneError, OSError, KeyError) as e:
             result.failed.append(f"{record.key}: {e}")
             continue
@@ -56,6 +75,7 @@ def revert_all(journal: Journal, writer: HostWriter) -> RevertResult:
         journal.save()
     journal.finish("failed" if result.failed else "committed",
                    applied=journal.data.applied if result.failed else None,
-                   error="; ".join(result.failed) or None)
+                   error="; ".join(result.failed) or (f"left {len(result.skipped)} target(s) someone else changed"
+                                                       if result.skipped else None))
     result.writes = writer.writes
     return result

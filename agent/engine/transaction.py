@@ -1,26 +1,33 @@
 """Apply a plan as one transaction, roll a transaction back, and recover from an interrupted one.
 
 apply:    recover -> begin (journal: txn open) -> stale originals back -> each change through the writer ->
-          settle (every planned value must hold at the end) -> commit (txn committed + applied state, one
-          atomic journal rewrite). Any failure, or SIGTERM/KeyboardInterrupt, rolls back every write of the
-          transaction in reverse and raises naming the failing tunable.
+          settle (every planned value must hold at the end) -> commit (txn committed + applied state + what each
+          written target holds now, one atomic journal rewrite). Any failure (KeyboardInterrupt too) rolls back
+          every write of the transaction in reverse and raises naming the failing tunable.
+signals:  SIGTERM during an apply (main thread) stops it before its next change and rolls back; further SIGTERMs
+          cannot abort the rollback (the handler only notes them). Afterwards the signal is handed on to the
+          handler that was installed before (the daemon's: it then stops), or, with the default disposition and a
+          transaction that had already committed, re-raised so the process ends as asked.
 rollback: restores each journaled before-value in reverse order, idempotently (re-running it after a crash in
-          the middle writes the same values again), and forgets originals that this transaction added.
+          the middle writes the same values again), and forgets originals that this transaction added. A target
+          that vanished meanwhile is gone: dropped with a warning, not a failure (see ownership.py).
 recover:  run at the start of apply and revert (and by the daemon): an open apply found in the journal means the
           last process died mid-way; it is rolled back. An open revert is left for revert to finish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from types import FrameType
+from types import FrameType, TracebackType
 
 from pydantic import BaseModel, Field
 
-from agent.engine.journal import Applied, Journal
+from agent.engine.journal import Applied, Journal, Txn
+from agent.engine.ownership import drift_of, forget_gone, remember_committed
 from agent.engine.plan import Plan
-from agent.engine.writer import HostWriter, WriteFailed
+from agent.engine.writer import HostWriter, TargetGone, WriteFailed
 from agent.errors import HostError, HostTuneError
 from agent.tuners import registry
 from agent.tuners.base import Change
@@ -48,6 +55,8 @@ def rollback(journal: Journal, writer: HostWriter) -> list[str]:
     for record in reversed(txn.writes):
         try:
             registry.get(record.tuner).restore(record, writer)
+        except TargetGone:
+            forget_gone(journal, record, "rollback")
         except (HostTuneError, OSError, KeyError) as e:
             problems.append(f"{record.key}: {e}")
             failed_keys.add(record.key)
@@ -72,32 +81,72 @@ def recover(journal: Journal, writer: HostWriter) -> str | None:
     return f"rolled back interrupted apply of {txn.policy} ({len(txn.writes)} writes, txn {txn.id})"
 
 
-def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(f"interrupted by signal {signum}")
+class SigtermGuard:
+    """Notes SIGTERM while a transaction runs (main thread only; elsewhere the caller owns signals)."""
+
+    def __init__(self) -> None:
+        self.on_main = threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        self.raised = False
+        self._previous: signal.Handlers | object = None
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum  # never raise here: that could abort a rollback half-way
+
+    def check(self) -> None:
+        """Stop the apply here (between two changes) when a SIGTERM came."""
+        if self.received is not None and not self.raised:
+            self.raised = True
+            raise Interrupted(f"interrupted by signal {self.received}")
+
+    def __enter__(self) -> SigtermGuard:
+        if self.on_main:
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.on_main:
+            return
+        previous = self._previous
+        signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
+        if self.received is None:
+            return
+        if callable(previous):
+            previous(self.received, None)
+        elif previous == signal.SIG_DFL and exc is None:
+            signal.raise_signal(self.received)
 
 
 def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: str | None = None) -> ApplyResult:
     """Apply every writing change of `plan` in one transaction (the caller holds the state lock and has run
     recover()). Raises HostError naming the failing tunable after rolling everything back."""
+    with SigtermGuard() as guard:
+        txn = _run(plan, journal, writer, guard)
+    return ApplyResult(policy=plan.policy, txn=txn.id, writes=writer.writes, recovered=recovered,
+                       changes=plan.changes)
+
+
+def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard) -> Txn:
     txn = journal.begin("apply", policy=plan.policy)
-    # Python only lets the main thread install handlers; a daemon applying from another thread relies on its
-    # own SIGTERM handling (it finishes the transaction before it stops).
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if on_main else None
     current: Change | None = None
     try:
         for change in plan.changes:
             if change.stale and change.writes:
+                guard.check()
                 current = change
                 record = journal.original(change.key)
                 if record is not None:
                     writer.remember_current(record)
-                    registry.get(change.tuner).restore(record, writer)
+                    with contextlib.suppress(TargetGone):  # vanished since the plan: dropped at commit
+                        registry.get(change.tuner).restore(record, writer)
         for change in plan.changes:
             if change.writes and not change.stale:
+                guard.check()
                 current = change
                 registry.get(change.tuner).apply(change, writer)
         for change in _unsettled(plan):
+            guard.check()
             current = change
             registry.get(change.tuner).apply(change, writer)
         current = None
@@ -105,27 +154,28 @@ def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: s
         if still:
             raise WriteFailed(still[0].target, "does not hold its value after the transaction "
                                                "(another setting resets it)")
+        guard.check()
     except BaseException as e:
         what = f"{current.tuner} {current.target}" if current is not None else "commit"
         txn.error = f"{what}: {e}"
         problems = rollback(journal, writer)
         state = (f"rolled back {len(txn.writes)} writes" if not problems
                  else f"rollback incomplete ({'; '.join(problems)}); run `hosttune revert`")
+        if isinstance(e, Interrupted):
+            raise Interrupted(f"apply {e.message}; {state}") from e
         if isinstance(e, HostTuneError | OSError):
             field = current.field if current is not None else None
             detail = e.detail if isinstance(e, WriteFailed) else getattr(e, "message", str(e))
             raise HostError(f"apply failed at {what}: {detail}; {state}", field=field) from e
         raise
-    finally:
-        if on_main:
-            signal.signal(signal.SIGTERM, previous)
     for change in plan.changes:
-        if change.stale:
+        record = journal.original(change.key) if change.stale else None
+        if record is not None and drift_of(record) is None:  # a drifted one stays: `revert --force` can restore it
             journal.drop_original(change.key)
+    remember_committed(journal, txn)
     journal.finish("committed", applied=Applied(policy=plan.policy, source=plan.source, txn=txn.id,
                                                  changes=[c for c in plan.changes if not c.stale]))
-    return ApplyResult(policy=plan.policy, txn=txn.id, writes=writer.writes, recovered=recovered,
-                       changes=plan.changes)
+    return txn
 
 
 def _unsettled(plan: Plan) -> list[Change]:

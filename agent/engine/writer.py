@@ -5,7 +5,9 @@
   3. write the value
   4. read it back and check it (a short hugepage pool, a clamped sysctl: an error, never a silent success)
   5. count the write; HOSTTUNE_CRASH_AFTER_WRITES=N makes the process SIGKILL itself right after its N-th host
-     write, which is how the crash tests prove that every step above survives kill -9
+     write, which is how the crash tests prove that every step above survives kill -9; test-only too,
+     HOSTTUNE_TEST_STALL_AT_WRITES=N[,M...] with HOSTTUNE_TEST_STALL_DIR=DIR holds the writer after its N-th write
+     (it creates DIR/stalled-N and waits for DIR/release-N), so a test can signal a process mid-transaction
 
 Rollback and revert go through here too (restore_file / restore_custom) and count as host writes, so a crash in
 the middle of a revert is testable the same way.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,9 @@ from agent.tuners import formats
 from agent.tuners.formats import Format
 
 ENV_CRASH_AFTER = "HOSTTUNE_CRASH_AFTER_WRITES"
+ENV_STALL_AT = "HOSTTUNE_TEST_STALL_AT_WRITES"
+ENV_STALL_DIR = "HOSTTUNE_TEST_STALL_DIR"
+STALL_MAX_S = 120.0
 
 Check = Callable[[str | None], str | None]
 RestoreValue = Callable[[str], str]
@@ -52,6 +58,19 @@ def _plain_check(fmt: Format, value: str) -> Check:
     return check
 
 
+def _stall_if_asked(n: int) -> None:
+    """The test-only hold point (see the module docstring); a no-op unless both variables are set."""
+    where = os.environ.get(ENV_STALL_DIR)
+    at = os.environ.get(ENV_STALL_AT, "")
+    if not where or str(n) not in at.split(","):
+        return
+    (Path(where) / f"stalled-{n}").touch()
+    release = Path(where) / f"release-{n}"
+    deadline = time.monotonic() + STALL_MAX_S
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 class WriteFailed(HostError):
     """A host write was refused or did not read back as asked; names the tunable."""
 
@@ -59,6 +78,10 @@ class WriteFailed(HostError):
         super().__init__(f"{target}: {message}", path=path)
         self.target = target
         self.detail = message
+
+
+class TargetGone(HostError):
+    """A journaled file no longer exists on this host (a renamed block device): nothing to restore."""
 
 
 class HostWriter:
@@ -86,6 +109,7 @@ class HostWriter:
         self.writes += 1
         if self.crash_after is not None and self.writes >= self.crash_after:
             os.kill(os.getpid(), signal.SIGKILL)
+        _stall_if_asked(self.writes)
 
     def _record(self, tuner: str, target: str, path: Path, fmt: Format, desired: str | None,
                 restore_value: RestoreValue, side_effect_of: str | None = None) -> Record:
@@ -153,6 +177,8 @@ class HostWriter:
         now = hostfile.read_raw(path)
         if now == record.original_raw:
             return False
+        if now is None:
+            raise TargetGone(f"{record.target}: gone from this host", path=str(path))
         if record.original_raw is None:
             hostfile.remove(path)
             self._count()

@@ -199,6 +199,7 @@ class Proxy:
             if rec.queue_wait_s is None:
                 rec.queue_wait_s = time.monotonic() - rec.started
             upstream: UpstreamReply | None = None
+            handed_off = False
             try:
                 host, port = split_base_url(base or "")
                 upstream = await open_reply(host, port, request.method, path, headers, body,
@@ -211,10 +212,9 @@ class Proxy:
                     if chunk:
                         first = chunk
                         break
+                handed_off = True
                 return upstream, first, rest
             except (*WORKER_GONE, _WorkerLoading) as e:
-                if upstream is not None:
-                    await upstream.aclose()
                 self.endpoint.report_failure()
                 if attempt == 0 and self.settings.retry_before_first_byte:
                     log.info("worker failed before the first byte (%s); retrying once when ready", type(e).__name__)
@@ -227,9 +227,12 @@ class Proxy:
                 # as it is, so say so (503 + Retry-After) rather than 502.
                 return self._fail(rec, 503, "error", f"worker failed before replying: {e}", retry_after=True)
             except UpstreamTimeout as e:
-                if upstream is not None:
-                    await upstream.aclose()
                 return self._fail(rec, 504, "timeout", f"worker timed out: {e}")
+            finally:
+                # Every way out but the hand-off closes the worker connection — a client that left while we
+                # waited for the first chunk (cancellation) included: the engine then stops generating for nobody.
+                if upstream is not None and not handed_off:
+                    upstream.close()
         raise AssertionError("unreachable")
 
     async def _answers_health(self, deadline: float) -> bool:

@@ -159,9 +159,14 @@ class UpstreamReply:
             finally:
                 proto.wakeup = None
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Drop the connection unless the reply is complete; idempotent, and synchronous so that it also runs
+        in a task being cancelled (a client that left)."""
         if self._proto.transport is not None and not self._proto.complete:
             self._proto.transport.abort()  # the worker sees the client leave and stops generating
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 async def open_reply(host: str, port: int, method: str, target: str, headers: Iterable[tuple[str, str]],

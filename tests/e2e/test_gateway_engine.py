@@ -4,6 +4,8 @@ and a worker killed (SIGKILL) and restarted under a steady load loses no request
 from __future__ import annotations
 
 import json
+import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,3 +129,48 @@ def test_worker_kill_and_restart_under_load_loses_no_request(llama: LocalLlamaSe
     assert bad == [], f"requests lost across the restart: {bad}"
     assert snap.outcomes["error"] == 0 and snap.outcomes["timeout"] == 0
     assert snap.retries_total >= 1  # the requests in flight at the kill were retried, not failed
+
+
+def engine_slots_busy(llama: LocalLlamaServer) -> int:
+    r = httpx.get(f"{llama.url}/slots", timeout=10)
+    r.raise_for_status()
+    return sum(1 for s in r.json() if s.get("is_processing"))
+
+
+def stream_and_leave(url: str, leave_at: float, after_first_bytes: bool) -> None:
+    """A streaming chat request on a raw socket, closed at `leave_at` (or at the first bytes of the reply)."""
+    body = json.dumps({"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400,
+                       "ignore_eos": True, "stream": True}).encode()
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        s.settimeout(0.02)
+        while time.monotonic() < leave_at:
+            try:
+                if s.recv(65536) and after_first_bytes:
+                    return
+            except TimeoutError:
+                continue
+
+
+def test_clients_leaving_at_random_points_leave_every_engine_slot_idle(llama: LocalLlamaServer) -> None:
+    """Streaming clients that leave while queued, during prompt processing, at the first bytes or mid-stream:
+    within a few seconds of the last one leaving, llama-server reports every slot idle (nothing generates for
+    nobody) and the gateway holds no admission slot."""
+    rng = random.Random(14)
+    served, gw, endpoint = gateway_for(llama, limit=3, max_queue=32)
+    with served:
+        wait_ready(endpoint)
+        threads = []
+        for _ in range(10):
+            leave_at = time.monotonic() + rng.uniform(0, 3.0)
+            t = threading.Thread(target=stream_and_leave, args=(served.url, leave_at, rng.random() < 0.3))
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(30)
+        until(lambda: engine_slots_busy(llama) == 0, timeout=10)
+        until(lambda: gw.gate.in_flight == 0 and gw.gate.queued == 0, timeout=10)
+        aborted = gw.stats.sample().outcomes.get("client_abort", 0)
+    assert aborted >= 1

@@ -63,7 +63,12 @@ def test_global_sysctls(tmp_path: Path) -> None:
         assert hosttune(state, "verify").returncode == 0
         (PROC_SYS / "vm/swappiness").write_text("33")
         assert hosttune(state, "verify").returncode == 1
+        # someone else's value: revert leaves it (exit 3) and restores the rest; --force restores it too
         r = hosttune(state, "revert")
+        assert r.returncode == 3 and "SKIPPED   sysctl:vm.swappiness: now '33'" in r.stdout, r.stdout + r.stderr
+        assert (PROC_SYS / "vm/swappiness").read_text() == "33\n"
+        assert (PROC_SYS / "vm/max_map_count").read_bytes() == before[str(files[2])]
+        r = hosttune(state, "revert", "--force")
         assert r.returncode == 0, r.stderr
         assert snapshot(files) == before
     finally:

@@ -81,11 +81,16 @@ def test_round_trip(host: HostPaths, tmp_path: Path, policy_file: Path) -> None:
     assert drift.returncode == 1
     assert [i["target"] for i in json.loads(drift.stdout)["items"] if i["state"] == "drift"] == ["vm.swappiness"]
 
+    # swappiness was changed by "someone" after apply: revert leaves it, says so and exits 3; --force restores it
     reverted = hosttune(host, state, "revert")
-    assert reverted.returncode == 0, reverted.stderr
-    after = tree_state(root)
-    # swappiness was changed by "someone" after apply; revert still restores the pre-hosttune original
-    assert after == before
+    assert reverted.returncode == 3, reverted.stderr
+    assert ("SKIPPED   sysctl:vm.swappiness: now '10', hosttune set '1' (changed by someone else; --force restores "
+            "the original '60')") in reverted.stdout
+    assert host.sysctl("vm.swappiness").read_text() == "10\n"
+    forced = hosttune(host, state, "revert", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "restored  sysctl:vm.swappiness" in forced.stdout
+    assert tree_state(root) == before
     assert "nothing to revert" in hosttune(host, state, "revert").stdout
 
 

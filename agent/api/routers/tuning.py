@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from agent.api.deps import Audit, Services
-from agent.api.schemas import PolicyRequest
+from agent.api.schemas import PolicyRequest, RevertRequest
 
 router = APIRouter(tags=["tuning"])
 
@@ -36,10 +36,22 @@ def apply(services: Services, request: PolicyRequest, audit: Audit) -> dict[str,
     return result
 
 
-@router.post("/revert", summary="restore every original value from the journal")
-def revert(services: Services, audit: Audit) -> dict[str, Any]:
-    result = services.revert()
+@router.post("/revert", summary="restore every original value from the journal",
+             responses={409: {"description": "some targets were changed by someone else since hosttune set them: "
+                                             "left as is and listed in `skipped` (the rest was reverted)"}})
+def revert(services: Services, audit: Audit, response: Response,
+           request: RevertRequest | None = None) -> dict[str, Any]:
+    force = request is not None and request.force
+    result = services.revert(force=force)
     audit["restored"] = len(result.get("restored") or [])
+    if force:
+        audit["force"] = True
+    skipped = result.get("skipped") or []
+    if skipped:
+        audit["skipped"] = len(skipped)
+        response.status_code = 409
+        result.update(error="conflict", detail=f"{len(skipped)} target(s) changed by someone else since hosttune "
+                                               f"set them were left as is; send {{\"force\": true}} to restore them")
     return result
 
 
