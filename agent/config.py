@@ -89,6 +89,8 @@ class GatewaySettings(Section):
 
 class WorkerSettings(Section):
     enabled: bool = Field(True, description="start the policy's worker section (if it has one)")
+    allow_remote: bool = Field(False, description="permit a policy's non-loopback worker.host (the worker has no "
+                               "auth and no admission limit of its own)")
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="SIGTERM, then SIGKILL after this long")
     ready_timeout_s: float = Field(300.0, gt=0, le=3600, description="longest model load before READY gives up")
     backoff_initial_s: float = Field(1.0, gt=0, le=600, description="wait before restarting after a crash; doubles "

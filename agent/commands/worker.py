@@ -53,6 +53,8 @@ def register(sub: Any) -> None:
                      help="drop the model's page-cache pages before each start (measure a cold load)")
     run.add_argument("--binding", choices=["auto", "numactl", "bindexec"], default="auto",
                      help="how to bind CPUs and memory (auto: numactl when installed, else the exec shim)")
+    run.add_argument("--allow-remote", action="store_true",
+                     help="let worker.host be a non-loopback address (the worker has no auth of its own)")
     run.add_argument("--ready-timeout", type=float, default=300.0, metavar="S",
                      help="seconds a start may take to answer its health check (300)")
     run.add_argument("--max-crashes", type=int, default=5, metavar="K",
@@ -98,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = WorkerSpec.model_validate({**spec.model_dump(), **overrides})
     headroom = policy.slo.memory_headroom_pct if policy.slo is not None else 10.0
     try:
-        prepared = prepare_worker(spec, facts, paths=paths, headroom_pct=headroom, prefer_binding=args.binding)
+        prepared = prepare_worker(spec, facts, paths=paths, headroom_pct=headroom, prefer_binding=args.binding,
+                                  allow_remote=args.allow_remote)
         prepared.build(prepared.spec)  # surface argv errors (reserved flags, cache types) before starting
     except HostTuneError as e:
         raise locate(e, loaded) from None

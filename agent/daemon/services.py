@@ -316,7 +316,8 @@ class Services:
         headroom = loaded.policy.slo.memory_headroom_pct if loaded.policy.slo is not None else 10.0
         try:
             prepared = prepare.prepare_worker(spec, facts if facts is not None else self.host_facts(),
-                                              paths=self.paths, headroom_pct=headroom)
+                                              paths=self.paths, headroom_pct=headroom,
+                                              allow_remote=ws.allow_remote)
             prepared.build(prepared.spec)  # argv errors surface now, with the policy's file:line
         except InputError as e:
             raise self._located(loaded, e) from None

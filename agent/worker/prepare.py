@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config import is_loopback
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
@@ -32,10 +33,12 @@ class PreparedWorker:
     fit: FitReport | None
     headroom_pct: float = 10.0
     notes: list[str] = field(default_factory=list)
+    allow_remote: bool = False  # the daemon config's worker.allow_remote: may the worker listen off loopback?
 
     def build(self, spec: WorkerSpec) -> Launch:
         """Launch for `spec` (the supervisor calls this for every start, and after restart(new_spec)). A changed
         model is resolved again, a changed placement re-planned, and open knobs sized like the first time."""
+        check_host(spec, self.allow_remote)
         model, info = self.model, self.info
         if spec.model != self.spec.model or spec.engine != self.spec.engine:
             model, info, _ = _model(spec)
@@ -47,6 +50,14 @@ class PreparedWorker:
         if info is not None:
             spec, _, _ = _size(spec, info, self.facts, placement, self.headroom_pct)
         return self.engine.launch(spec, model, placement)
+
+
+def check_host(spec: WorkerSpec, allow_remote: bool) -> None:
+    """A worker listening off loopback serves anyone on the network, without the gateway's limits or the API's
+    token: only when the daemon config (not the policy) says worker.allow_remote."""
+    if not allow_remote and not is_loopback(spec.host):
+        raise InputError(f"{spec.host!r} is not a loopback address: the daemon config must set "
+                         "worker.allow_remote: true for a worker reachable from the network", field="worker.host")
 
 
 def fit_device(facts: HostFacts, placement: Placement) -> str:
@@ -89,7 +100,9 @@ def _size(spec: WorkerSpec, info: GgufInfo, facts: HostFacts, placement: Placeme
 
 
 def prepare_worker(spec: WorkerSpec, facts: HostFacts, *, paths: HostPaths | None = None,
-                   headroom_pct: float = 10.0, prefer_binding: BindPreference = "auto") -> PreparedWorker:
+                   headroom_pct: float = 10.0, prefer_binding: BindPreference = "auto",
+                   allow_remote: bool = False) -> PreparedWorker:
+    check_host(spec, allow_remote)
     paths = paths or HostPaths.live()
     engine = engine_for(spec, prefer_binding)
     model, info, notes = _model(spec)
@@ -99,4 +112,5 @@ def prepare_worker(spec: WorkerSpec, facts: HostFacts, *, paths: HostPaths | Non
         spec, report, fit_notes = _size(spec, info, facts, placement, headroom_pct)
         notes += fit_notes
     return PreparedWorker(spec=spec, engine=engine, facts=facts, paths=paths, model=model, info=info,
-                          placement=placement, fit=report, headroom_pct=headroom_pct, notes=notes)
+                          placement=placement, fit=report, headroom_pct=headroom_pct, notes=notes,
+                          allow_remote=allow_remote)
