@@ -314,10 +314,13 @@ class Services:
         supervisor_mod = _import("agent.worker.supervisor", "the worker supervisor")
         ws = self.settings.worker
         headroom = loaded.policy.slo.memory_headroom_pct if loaded.policy.slo is not None else 10.0
+        privdrop = _import("agent.worker.privdrop", "the worker")
+        run_as = privdrop.resolve_run_as(ws.user)  # a daemon config field: not located in the policy
         try:
             prepared = prepare.prepare_worker(spec, facts if facts is not None else self.host_facts(),
                                               paths=self.paths, headroom_pct=headroom,
-                                              allow_remote=ws.allow_remote)
+                                              allow_remote=ws.allow_remote,
+                                              run_as=run_as)
             prepared.build(prepared.spec)  # argv errors surface now, with the policy's file:line
         except InputError as e:
             raise self._located(loaded, e) from None
