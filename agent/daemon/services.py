@@ -348,6 +348,10 @@ class Services:
         if self.worker_supervisor is None:
             self.start_worker(loaded)
             return "worker started"
+        try:  # refuse the reload, rather than restart into a worker that fails its build
+            _import("agent.worker.prepare", "the worker").check_host(spec, self.settings.worker.allow_remote)
+        except InputError as e:
+            raise self._located(loaded, e) from None
         self.worker_supervisor.restart(spec, reason="reload: worker spec changed")
         self.event("worker_restart", reason="reload: worker spec changed")
         return "worker restarted (spec changed)"

@@ -78,3 +78,24 @@ def test_cli_worker_run_refuses_a_remote_host_with_file_line(tmp_path: Path) -> 
                         str(tmp_path / "state")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     assert f"{policy}:5: worker.host" in r.stderr and "allow_remote" in r.stderr
+
+
+def test_daemon_reload_refuses_a_remote_worker_host_before_restarting(tmp_path: Path) -> None:
+    from agent.daemon.services import Services
+
+    class Sup:
+        restarted = False
+
+        def restart(self, spec: WorkerSpec, reason: str) -> None:
+            self.restarted = True
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: p\nworker:\n  engine: command\n  argv: [python3, -m, http.server]\n  host: 10.0.0.5\n")
+    loaded = load_policy(policy, search_path=[tmp_path])
+    services = Services(DaemonSettings(state_dir=tmp_path / "state"))
+    sup = Sup()
+    services.worker_supervisor = sup
+    with pytest.raises(InputError, match=r"worker\.allow_remote") as err:
+        services._respawn_worker(loaded)
+    assert (err.value.path, err.value.line, err.value.field) == (str(policy), 5, "worker.host")
+    assert not sup.restarted
