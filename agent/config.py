@@ -91,6 +91,12 @@ class GatewaySettings(Section):
 
 class WorkerSettings(Section):
     enabled: bool = Field(True, description="start the policy's worker section (if it has one)")
+    allow_remote: bool = Field(False, description="permit a policy's non-loopback worker.host (the worker has no "
+                               "auth and no admission limit of its own)")
+    user: str = Field("hosttune-worker", pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+                      description="unprivileged user the worker runs as (no capabilities, scrubbed environment); "
+                      "when it does not exist the worker runs as nobody, with a warning; `root` (dev machines "
+                      "only) keeps the worker privileged")
     stop_timeout_s: float = Field(10.0, gt=0, le=300, description="SIGTERM, then SIGKILL after this long")
     ready_timeout_s: float = Field(300.0, gt=0, le=3600, description="longest model load before READY gives up")
     backoff_initial_s: float = Field(1.0, gt=0, le=600, description="wait before restarting after a crash; doubles "

@@ -3,6 +3,7 @@ out-of-memory message, ignores SIGTERM, turns unhealthy), for supervisor tests t
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -69,6 +70,15 @@ if a.crash_after is not None:
 print(f"listening on {a.port}", flush=True)
 srv.serve_forever()
 '''
+
+
+def worker_python() -> str:
+    """An interpreter the unprivileged worker user can run: this venv's may live under /root (pyenv), which no
+    other user can enter. The system python3 serves for workers that need only the standard library."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK) and (Path(candidate).resolve().stat().st_mode & 0o001):
+            return candidate
+    return sys.executable
 
 
 def free_port() -> int:

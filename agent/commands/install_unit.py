@@ -1,8 +1,9 @@
-"""`hosttune install-unit`: install the systemd unit, the tmpfiles.d entry, the udev rule template and an example
-config, with ExecStart pointing at THIS installation's `hosttune` (a venv, /usr/local, a wheel in /opt ...).
+"""`hosttune install-unit`: install the systemd unit, the tmpfiles.d entry, the sysusers.d entry (the worker's
+unprivileged user), the udev rule template and an example config, with ExecStart pointing at THIS installation's
+`hosttune` (a venv, /usr/local, a wheel in /opt ...).
 
 `--root DIR` installs into another root (an image being built, or the nspawn test container). Nothing existing is
-overwritten except the unit and tmpfiles files themselves; an existing /etc/hosttune/daemon.yaml is kept.
+overwritten except the unit, tmpfiles and sysusers files themselves; an existing /etc/hosttune/daemon.yaml is kept.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from agent.errors import HostError, InputError
 from agent.fsio import atomic_write, read_text_capped
 
 UNIT_NAME = "hosttune.service"
-SYSTEMD_FILES = ("hosttune.service", "hosttune.tmpfiles.conf", "daemon.yaml", "60-hosttune-block.rules.template")
+SYSTEMD_FILES = ("hosttune.service", "hosttune.tmpfiles.conf", "hosttune.sysusers.conf", "daemon.yaml",
+                 "60-hosttune-block.rules.template")
 EXEC_RE = re.compile(r"^ExecStart=(\S+)", re.MULTILINE)
 
 
@@ -69,6 +71,7 @@ def install(root: Path, exec_path: Path) -> list[Path]:
     targets = {
         "hosttune.service": root / "etc/systemd/system" / UNIT_NAME,
         "hosttune.tmpfiles.conf": root / "etc/tmpfiles.d/hosttune.conf",
+        "hosttune.sysusers.conf": root / "etc/sysusers.d/hosttune.conf",  # the worker's unprivileged user
         "60-hosttune-block.rules.template": root / "usr/local/share/hosttune/60-hosttune-block.rules.template",
     }
     for name, dest in targets.items():
@@ -119,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"installed {path}")
     live = root.resolve() == Path("/")
     if live:
+        _run(["systemd-sysusers", "/etc/sysusers.d/hosttune.conf"])
         _run(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/hosttune.conf"])
         if systemd_running():
             _run(["systemctl", "daemon-reload"])

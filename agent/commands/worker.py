@@ -26,6 +26,7 @@ from agent.hostfs import HostPaths
 from agent.policy.model import Policy, WorkerSpec
 from agent.render import print_json
 from agent.worker.prepare import PreparedWorker, prepare_worker
+from agent.worker.privdrop import DEFAULT_WORKER_USER, resolve_run_as
 from agent.worker.status import WorkerState, WorkerStatus
 from agent.worker.supervisor import RestartPolicy, Supervisor
 
@@ -53,6 +54,11 @@ def register(sub: Any) -> None:
                      help="drop the model's page-cache pages before each start (measure a cold load)")
     run.add_argument("--binding", choices=["auto", "numactl", "bindexec"], default="auto",
                      help="how to bind CPUs and memory (auto: numactl when installed, else the exec shim)")
+    run.add_argument("--allow-remote", action="store_true",
+                     help="let worker.host be a non-loopback address (the worker has no auth of its own)")
+    run.add_argument("--user", default=DEFAULT_WORKER_USER,
+                     help=f"unprivileged user the worker runs as when hosttune is root ({DEFAULT_WORKER_USER}; "
+                     "nobody when that user does not exist)")
     run.add_argument("--ready-timeout", type=float, default=300.0, metavar="S",
                      help="seconds a start may take to answer its health check (300)")
     run.add_argument("--max-crashes", type=int, default=5, metavar="K",
@@ -98,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         spec = WorkerSpec.model_validate({**spec.model_dump(), **overrides})
     headroom = policy.slo.memory_headroom_pct if policy.slo is not None else 10.0
     try:
-        prepared = prepare_worker(spec, facts, paths=paths, headroom_pct=headroom, prefer_binding=args.binding)
+        prepared = prepare_worker(spec, facts, paths=paths, headroom_pct=headroom, prefer_binding=args.binding,
+                                  allow_remote=args.allow_remote, run_as=resolve_run_as(args.user))
         prepared.build(prepared.spec)  # surface argv errors (reserved flags, cache types) before starting
     except HostTuneError as e:
         raise locate(e, loaded) from None

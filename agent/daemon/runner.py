@@ -32,6 +32,7 @@ from agent.config import DaemonSettings, load_settings
 from agent.daemon.lifetime import LifetimeLock
 from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
+from agent.engine.state import StateDir
 from agent.errors import HostTuneError
 from agent.sdnotify import Notifier, watchdog_interval_s
 
@@ -87,7 +88,7 @@ class Daemon:
     # -- start ----------------------------------------------------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        s.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        StateDir(s.state_dir).ensure()  # refuses a symlinked or foreign-owned state dir, fixes its mode
         ensure_token(s.token_path)  # refuse a group/world-readable token before touching the host
 
         self.status("checking for an interrupted transaction")

@@ -336,9 +336,13 @@ class Services:
         supervisor_mod = _import("agent.worker.supervisor", "the worker supervisor")
         ws = self.settings.worker
         headroom = loaded.policy.slo.memory_headroom_pct if loaded.policy.slo is not None else 10.0
+        privdrop = _import("agent.worker.privdrop", "the worker")
+        run_as = privdrop.resolve_run_as(ws.user)  # a daemon config field: not located in the policy
         try:
             prepared = prepare.prepare_worker(spec, facts if facts is not None else self.host_facts(),
-                                              paths=self.paths, headroom_pct=headroom)
+                                              paths=self.paths, headroom_pct=headroom,
+                                              allow_remote=ws.allow_remote,
+                                              run_as=run_as)
             prepared.build(prepared.spec)  # argv errors surface now, with the policy's file:line
         except InputError as e:
             raise self._located(loaded, e) from None
@@ -366,6 +370,10 @@ class Services:
         if self.worker_supervisor is None:
             self.start_worker(loaded)
             return "worker started"
+        try:  # refuse the reload, rather than restart into a worker that fails its build
+            _import("agent.worker.prepare", "the worker").check_host(spec, self.settings.worker.allow_remote)
+        except InputError as e:
+            raise self._located(loaded, e) from None
         self.worker_supervisor.restart(spec, reason="reload: worker spec changed")
         self.event("worker_restart", reason="reload: worker spec changed")
         return "worker restarted (spec changed)"

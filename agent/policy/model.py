@@ -7,6 +7,7 @@ After resolution a Policy holds only concrete values: tuners never see expressio
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
@@ -21,6 +22,11 @@ CMDLINE_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # fullmatch: `$` w
 MAX_HUGEPAGES = 1 << 24
 MAX_NUMA_NODE = 1023  # the kernel's MAX_NUMNODES is at most 1024
 DEFAULT_HUGEPAGE_MEMORY_PCT = 90.0
+# A hostname (RFC 1123 labels) or an IPv4/IPv6 literal: never a space, never a leading '-' that argv would
+# read as a flag. Whether a remote address is allowed is the daemon config's call (worker.allow_remote).
+# fullmatch: `$` would let a final newline in.
+HOSTNAME_RE = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 
 class Section(BaseModel):
@@ -118,7 +124,8 @@ class WorkerPlacement(Section):
 class WorkerSpec(Section):
     engine: Literal["llamacpp", "torch", "command"] = "llamacpp"
     model: str = Field("default", description="a GGUF path, or `default` for the bundled SmolLM2-135M")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="address the worker listens on: loopback unless the daemon config "
+                      "sets worker.allow_remote: true")
     port: int = Field(8081, ge=1, le=65535)
     binary: str | None = Field(None, description="llama-server path (default: the venv's, then PATH)")
     threads: int | None = Field(None, ge=1)
@@ -140,6 +147,18 @@ class WorkerSpec(Section):
     health_url: str | None = None
     metrics_url: str | None = None
     prewarm: bool = Field(False, description="read the model into the page cache before start")
+
+    @field_validator("host")
+    @classmethod
+    def _host_shape(cls, v: str) -> str:
+        try:
+            if "%" in v:  # an IPv6 scope id may hold any text (spaces, newlines): not needed for a bind address
+                raise ValueError
+            ipaddress.ip_address(v)
+        except ValueError:
+            if not HOSTNAME_RE.fullmatch(v):
+                raise ValueError(f"{v[:80]!r} is not an IP address or a host name") from None
+        return v
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> WorkerSpec:

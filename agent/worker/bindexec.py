@@ -1,12 +1,16 @@
 """Exec shim: bind this process's CPUs and memory, then exec the worker (same PID, policy inherited).
 
-`python -m agent.worker.bindexec [--cpus 0-3] [--membind 1] [--pdeathsig 15 --parent PID] -- ARGV...`
+`python -m agent.worker.bindexec [--cpus 0-3] [--membind 1] [--uid U --gid G] [--pdeathsig 15 --parent PID]
+ -- ARGV...`
 
 Why a shim and not preexec_fn: the supervisor spawns from a thread, and preexec_fn is unsafe with threads (the
 forked child may deadlock on a lock another thread held). CPU affinity and the memory policy survive execve, so
 binding here and exec'ing is equivalent to numactl --physcpubind/--membind, for hosts without numactl.
 --pdeathsig asks the kernel to signal the worker when the supervising thread dies (even by SIGKILL), so a
-crashed hosttune never leaves an orphaned llama-server holding the port and the memory. Imports stay minimal:
+crashed hosttune never leaves an orphaned llama-server holding the port and the memory. --uid/--gid drop to
+the worker user after binding (agent/worker/privdrop.py says why): no_new_privs, ambient and bounding capability
+sets cleared, no supplementary groups, then setresgid/setresuid, which empties the permitted and effective sets.
+The death signal is set after the drop: the kernel clears it when the credentials change. Imports stay minimal:
 this runs before every worker start.
 """
 
@@ -20,6 +24,11 @@ import sys
 
 MPOL_BIND = 2
 PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+CAP_MAX_PROBE = 64  # capability numbers are probed until the kernel says EINVAL (no /proc read needed)
 SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 261, "s390x": 237, "riscv64": 237}
 EXIT_BIND_FAILED = 126
 
@@ -60,11 +69,44 @@ def set_parent_death_signal(sig: int, parent: int | None) -> None:
         os.kill(os.getpid(), sig)  # the supervisor died before the prctl took effect
 
 
+def _prctl(libc: ctypes.CDLL, option: int, arg: int) -> int:
+    if libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        return ctypes.get_errno() or errno.EPERM
+    return 0
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid/gid for good, with no capabilities and no way to gain any through execve."""
+    if uid == 0 or gid == 0:
+        raise OSError(errno.EPERM, "refusing to run the worker as root")
+    libc = ctypes.CDLL(None, use_errno=True)
+    for option, arg, what in ((PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS"),
+                              (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")):
+        err = _prctl(libc, option, arg)
+        if err:
+            raise OSError(err, f"prctl({what}): {os.strerror(err)}")
+    for cap in range(CAP_MAX_PROBE):
+        # EPERM: no CAP_SETPCAP (the unit leaves it out of the bounding set); no_new_privs and the uid change
+        # already keep the worker from holding or gaining any capability. EINVAL: past the last capability.
+        if _prctl(libc, PR_CAPBSET_DROP, cap) in (errno.EINVAL, errno.EPERM):
+            break
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return
+    raise OSError(errno.EPERM, "the privilege drop did not hold (setuid(0) succeeded)")
+
+
 def main(argv: list[str]) -> int:
     cpus: set[int] | None = None
     node: int | None = None
     death_signal: int | None = None
     parent: int | None = None
+    uid: int | None = None
+    gid: int | None = None
     i = 0
     while i < len(argv) and argv[i] != "--":
         if argv[i] == "--cpus":
@@ -76,6 +118,12 @@ def main(argv: list[str]) -> int:
         elif argv[i] == "--pdeathsig":
             death_signal = int(argv[i + 1])
             i += 2
+        elif argv[i] == "--uid":
+            uid = int(argv[i + 1])
+            i += 2
+        elif argv[i] == "--gid":
+            gid = int(argv[i + 1])
+            i += 2
         elif argv[i] == "--parent":
             parent = int(argv[i + 1])
             i += 2
@@ -86,15 +134,24 @@ def main(argv: list[str]) -> int:
     if not command:
         print("bindexec: no command after --", file=sys.stderr)
         return 2
+    if (uid is None) != (gid is None):
+        print("bindexec: --uid and --gid go together", file=sys.stderr)
+        return 2
     try:
-        if death_signal is not None:
-            set_parent_death_signal(death_signal, parent)
         if cpus:
             os.sched_setaffinity(0, cpus)
         if node is not None:
             set_membind(node)
     except OSError as e:
         print(f"bindexec: cannot bind (cpus {sorted(cpus or [])}, node {node}): {e}", file=sys.stderr)
+        return EXIT_BIND_FAILED
+    try:
+        if uid is not None and gid is not None:
+            drop_privileges(uid, gid)
+        if death_signal is not None:  # after the drop: a credential change clears the death signal
+            set_parent_death_signal(death_signal, parent)
+    except OSError as e:
+        print(f"bindexec: cannot drop privileges to uid {uid} gid {gid}: {e}", file=sys.stderr)
         return EXIT_BIND_FAILED
     try:
         os.execvp(command[0], command)

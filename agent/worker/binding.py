@@ -6,8 +6,8 @@ the supervisor holds is the worker's own, and the binding is in force before the
 cgroup would also confine threads the worker spawns later, but only cgroup v1 offers cpuset on these hosts and
 affinity is inherited by threads anyway.
 
-The shim always runs first when a parent-death signal is wanted (prctl must be called in the child, and
-preexec_fn is unsafe from the supervisor's thread); it then execs numactl or the worker.
+The shim always runs first when a parent-death signal or a privilege drop is wanted (prctl and setresuid must be
+called in the child, and preexec_fn is unsafe from the supervisor's thread); it then execs numactl or the worker.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.fsio import format_cpu_list
 from agent.worker.placement import Placement
+from agent.worker.privdrop import RunAs
 
 Mechanism = Literal["numactl", "bindexec", "none"]
 BindPreference = Literal["auto", "numactl", "bindexec"]
@@ -36,11 +37,14 @@ class Binding(BaseModel):
 
 
 def plan_binding(placement: Placement | None, prefer: BindPreference = "auto", numactl: str | None = None,
-                 parent_death_signal: int | None = None) -> Binding:
-    """The argv prefix that applies `placement` (mechanism `none` when nothing is to be bound), and optionally
-    makes the kernel send `parent_death_signal` to the worker when its supervising thread dies."""
+                 parent_death_signal: int | None = None, run_as: RunAs | None = None) -> Binding:
+    """The argv prefix that applies `placement` (mechanism `none` when nothing is to be bound), optionally
+    makes the kernel send `parent_death_signal` to the worker when its supervising thread dies, and drops to
+    `run_as` before the worker (or numactl) is exec'd."""
     shim = [sys.executable, "-m", "agent.worker.bindexec"]
     guard = ["--pdeathsig", str(parent_death_signal), "--parent", str(os.getpid())] if parent_death_signal else []
+    if run_as is not None:
+        guard = [*run_as.shim_args(), *guard]
     if placement is None or (not placement.cpus and not placement.membind):
         return Binding(mechanism="none", cpus=[], membind_node=None, prefix=[*shim, *guard, "--"] if guard else [])
     node = placement.node if placement.membind else None

@@ -6,7 +6,6 @@ An adapter also says which knobs need a restart to change. For llama.cpp that is
 
 from __future__ import annotations
 
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from agent.worker.binding import Binding, BindPreference, plan_binding
 from agent.worker.fit import check_cache_type
 from agent.worker.llamacpp_bin import LlamaServerBinary, find_llama_server
 from agent.worker.placement import Placement
+from agent.worker.privdrop import RunAs, worker_env
 
 # Fields of WorkerSpec that are engine knobs (the controller may change them; each needs a restart here).
 KNOBS: tuple[str, ...] = ("threads", "threads_batch", "ctx", "parallel", "batch", "ubatch", "cache_type_k",
@@ -72,10 +72,11 @@ class LlamaCppEngine:
     name = "llamacpp"
 
     def __init__(self, binary: LlamaServerBinary | None = None, prefer_binding: BindPreference = "auto",
-                 parent_death_signal: int | None = signal.SIGTERM) -> None:
+                 parent_death_signal: int | None = signal.SIGTERM, run_as: RunAs | None = None) -> None:
         self._binary = binary
         self._prefer: BindPreference = prefer_binding
         self._death_signal = parent_death_signal
+        self._run_as = run_as
 
     def binary(self, spec: WorkerSpec) -> LlamaServerBinary:
         if self._binary is None:
@@ -121,10 +122,11 @@ class LlamaCppEngine:
         if model is None:
             raise InputError("the llamacpp engine needs a model file", field="worker.model")
         binary = self.binary(spec)
-        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal)
+        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal,
+                               run_as=self._run_as)
         argv = [*binding.prefix, str(binary.path), *self.argv(spec, model, placement)]
         url = base_url(spec.host, spec.port)
-        return Launch(engine=self.name, argv=argv, env=_gpu_env(binary.env(), placement), base_url=url,
+        return Launch(engine=self.name, argv=argv, env=_gpu_env(binary.env(worker_env()), placement), base_url=url,
                       health_url=f"{url}/health", metrics_url=f"{url}/metrics", model=model, placement=placement,
                       binding=binding)
 
@@ -138,16 +140,18 @@ class CommandEngine:
     name = "command"
 
     def __init__(self, prefer_binding: BindPreference = "auto",
-                 parent_death_signal: int | None = signal.SIGTERM) -> None:
+                 parent_death_signal: int | None = signal.SIGTERM, run_as: RunAs | None = None) -> None:
         self._prefer: BindPreference = prefer_binding
         self._death_signal = parent_death_signal
+        self._run_as = run_as
 
     def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch:
         if not spec.argv:
             raise InputError("engine 'command' needs argv", field="worker.argv")
-        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal)
+        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal,
+                               run_as=self._run_as)
         url = base_url(spec.host, spec.port)
-        return Launch(engine=self.name, argv=[*binding.prefix, *spec.argv], env=_gpu_env(dict(os.environ), placement),
+        return Launch(engine=self.name, argv=[*binding.prefix, *spec.argv], env=_gpu_env(worker_env(), placement),
                       base_url=url, health_url=spec.health_url or f"{url}/health", metrics_url=spec.metrics_url,
                       model=model, placement=placement, binding=binding)
 
@@ -155,13 +159,13 @@ class CommandEngine:
         return changed_fields(old, new)
 
 
-def engine_for(spec: WorkerSpec, prefer_binding: BindPreference = "auto") -> Engine:
+def engine_for(spec: WorkerSpec, prefer_binding: BindPreference = "auto", run_as: RunAs | None = None) -> Engine:
     if spec.engine == "llamacpp":
-        return LlamaCppEngine(prefer_binding=prefer_binding)
+        return LlamaCppEngine(prefer_binding=prefer_binding, run_as=run_as)
     if spec.engine == "command":
-        return CommandEngine(prefer_binding=prefer_binding)
+        return CommandEngine(prefer_binding=prefer_binding, run_as=run_as)
     if spec.engine == "torch":
         from agent.worker.torch_engine import TorchEngine  # imports no torch; the worker process does
 
-        return TorchEngine(prefer_binding=prefer_binding)
+        return TorchEngine(prefer_binding=prefer_binding, run_as=run_as)
     raise InputError(f"unknown engine {spec.engine}", field="worker.engine")

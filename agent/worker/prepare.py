@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config import is_loopback
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
@@ -18,6 +19,7 @@ from agent.worker.fit import FitReport, device_memory, plan_fit
 from agent.worker.gguf_meta import GgufInfo, read_gguf
 from agent.worker.models import resolve_model
 from agent.worker.placement import Placement, plan_placement
+from agent.worker.privdrop import RunAs, check_launch, check_readable
 
 
 @dataclass
@@ -32,13 +34,18 @@ class PreparedWorker:
     fit: FitReport | None
     headroom_pct: float = 10.0
     notes: list[str] = field(default_factory=list)
+    allow_remote: bool = False  # the daemon config's worker.allow_remote: may the worker listen off loopback?
+    run_as: RunAs | None = None  # the unprivileged user the worker runs as (None: not root, nothing to drop)
 
     def build(self, spec: WorkerSpec) -> Launch:
         """Launch for `spec` (the supervisor calls this for every start, and after restart(new_spec)). A changed
         model is resolved again, a changed placement re-planned, and open knobs sized like the first time."""
+        check_host(spec, self.allow_remote)
         model, info = self.model, self.info
         if spec.model != self.spec.model or spec.engine != self.spec.engine:
             model, info, _ = _model(spec)
+        if model is not None:
+            check_readable(model, self.run_as)
         placement = self.placement
         if (model, spec.placement, spec.threads, spec.gpu, spec.gpu_layers) != (
                 self.model, self.spec.placement, self.spec.threads, self.spec.gpu, self.spec.gpu_layers):
@@ -46,7 +53,17 @@ class PreparedWorker:
                                        model_bytes=info.weight_bytes if info else None)
         if info is not None:
             spec, _, _ = _size(spec, info, self.facts, placement, self.headroom_pct)
-        return self.engine.launch(spec, model, placement)
+        launch = self.engine.launch(spec, model, placement)
+        check_launch(launch.argv, len(launch.binding.prefix), launch.env, self.run_as)
+        return launch
+
+
+def check_host(spec: WorkerSpec, allow_remote: bool) -> None:
+    """A worker listening off loopback serves anyone on the network, without the gateway's limits or the API's
+    token: only when the daemon config (not the policy) says worker.allow_remote."""
+    if not allow_remote and not is_loopback(spec.host):
+        raise InputError(f"{spec.host!r} is not a loopback address: the daemon config must set "
+                         "worker.allow_remote: true for a worker reachable from the network", field="worker.host")
 
 
 def fit_device(facts: HostFacts, placement: Placement) -> str:
@@ -89,14 +106,19 @@ def _size(spec: WorkerSpec, info: GgufInfo, facts: HostFacts, placement: Placeme
 
 
 def prepare_worker(spec: WorkerSpec, facts: HostFacts, *, paths: HostPaths | None = None,
-                   headroom_pct: float = 10.0, prefer_binding: BindPreference = "auto") -> PreparedWorker:
+                   headroom_pct: float = 10.0, prefer_binding: BindPreference = "auto",
+                   allow_remote: bool = False, run_as: RunAs | None = None) -> PreparedWorker:
+    check_host(spec, allow_remote)
     paths = paths or HostPaths.live()
-    engine = engine_for(spec, prefer_binding)
+    engine = engine_for(spec, prefer_binding, run_as)
     model, info, notes = _model(spec)
+    if model is not None:
+        check_readable(model, run_as)
     placement = plan_placement(facts, spec, model, paths=paths, model_bytes=info.weight_bytes if info else None)
     report: FitReport | None = None
     if info is not None:
         spec, report, fit_notes = _size(spec, info, facts, placement, headroom_pct)
         notes += fit_notes
     return PreparedWorker(spec=spec, engine=engine, facts=facts, paths=paths, model=model, info=info,
-                          placement=placement, fit=report, headroom_pct=headroom_pct, notes=notes)
+                          placement=placement, fit=report, headroom_pct=headroom_pct, notes=notes,
+                          allow_remote=allow_remote, run_as=run_as)

@@ -23,6 +23,7 @@ from agent.policy.model import WorkerSpec
 from agent.worker.binding import BindPreference, plan_binding
 from agent.worker.engines import Launch, base_url, changed_fields
 from agent.worker.placement import Placement
+from agent.worker.privdrop import RunAs, worker_env
 from agent.worker.torch_control import TorchWorkerControl
 
 LIVE_KNOBS = frozenset({"parallel", "ctx"})
@@ -35,7 +36,8 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, prefer_binding: BindPreference = "auto", parent_death_signal: int | None = signal.SIGTERM,
-                 token_dir: Path | None = None, python: str = sys.executable) -> None:
+                 token_dir: Path | None = None, python: str = sys.executable, run_as: RunAs | None = None) -> None:
+        self._run_as = run_as
         self._prefer: BindPreference = prefer_binding
         self._death_signal = parent_death_signal
         self._token_dir = token_dir
@@ -54,6 +56,9 @@ class TorchEngine:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
             os.chmod(path, 0o600)
+            if self._run_as is not None:  # the worker user reads it; still nobody else
+                os.chown(self._token_dir, self._run_as.uid, self._run_as.gid)
+                os.chown(path, self._run_as.uid, self._run_as.gid)
             self._token_file = path
         return self._token_file
 
@@ -80,8 +85,9 @@ class TorchEngine:
     def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch:
         if model is None:
             raise InputError("the torch engine needs a model (a GGUF file, or `default`)", field="worker.model")
-        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal)
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
+        binding = plan_binding(placement, prefer=self._prefer, parent_death_signal=self._death_signal,
+                               run_as=self._run_as)
+        env = worker_env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TQDM_DISABLE="1")
         if placement is not None and placement.gpu_uuid:
             env["CUDA_VISIBLE_DEVICES"] = placement.gpu_uuid
         url = base_url(spec.host, spec.port)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +58,10 @@ def test_worker_run_places_serves_and_survives_kill_9(tmp_path: Path) -> None:
         for ln in model_lines:
             assert set(re.findall(r" N(\d+)=", ln)) <= {str(node)}, ln
         assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"llama-server")
+        if os.geteuid() == 0:  # started by root: the real llama-server runs as the worker user, no capabilities
+            uid = re.search(r"^Uid:\s*(\d+)", status, re.M)
+            cap = re.search(r"^CapEff:\s*(\w+)", status, re.M)
+            assert uid is not None and int(uid.group(1)) != 0 and cap is not None and int(cap.group(1), 16) == 0
         assert st["binding"] in ("numactl", "bindexec")
         assert st["resident_at_start"] == 1.0 and st["prewarm"]["bytes_read"] > 90_000_000
         assert complete(st["base_url"])
@@ -82,8 +88,11 @@ def test_worker_run_places_serves_and_survives_kill_9(tmp_path: Path) -> None:
 
 
 def test_broken_model_is_a_crash_loop_not_a_spin(tmp_path: Path) -> None:
-    bad = tmp_path / "x.gguf"
+    shared = Path(tempfile.mkdtemp(prefix="hosttune-e2e-"))  # the worker user must reach it (tmp_path is 0700)
+    shared.chmod(0o755)
+    bad = shared / "x.gguf"
     bad.write_bytes(b"\x13\x37garbage\x00" * 2)
+    bad.chmod(0o644)
     run = WorkerRun(tmp_path, {"model": str(bad), "port": free_port()},
                     "--max-crashes", "3", "--crash-window", "60", "--backoff", "0.2")
     try:
@@ -100,3 +109,4 @@ def test_broken_model_is_a_crash_loop_not_a_spin(tmp_path: Path) -> None:
         assert not any(alive(p) for p in run.worker_pids)
     finally:
         run.stop()
+        shutil.rmtree(shared)

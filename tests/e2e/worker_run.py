@@ -56,6 +56,11 @@ class WorkerRun:
         self.policy.write_text(yaml.safe_dump({"name": "e2e-worker", "worker": worker}))
         self.out = open(tmp / "hosttune.out", "w+")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, HOSTTUNE_STATE_DIR=str(self.state_dir), PYTHONUNBUFFERED="1")
+        if worker.get("engine", "llamacpp") != "llamacpp" and "--user" not in extra_args:
+            # Fake servers live in pytest's 0700 tmp dir and run on this venv's interpreter, which may sit under
+            # /root: only root can run them. The real llama-server runs as the unprivileged worker user here, and
+            # tests/kernel/test_worker_privdrop_real.py checks the drop itself.
+            extra_args = (*extra_args, "--user", "root")
         self.proc = subprocess.Popen([sys.executable, "-m", "agent", "worker", "run", str(self.policy), *extra_args],
                                      cwd=REPO, env=env, stdout=self.out, stderr=subprocess.STDOUT)
         self.worker_pids: set[int] = set()

@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from conftest import tree_state
 from daemon_fixtures import HOSTTUNE, ROUND_TRIP_POLICY, DaemonProcess, free_port, no_gpu_sim, write_config
+from worker_fakes import worker_python
 
 from agent.hostfs import HostPaths
 
@@ -290,7 +290,8 @@ def _http_worker_policy(tmp_path: Path, port: int, slo: str = "") -> Path:
         "worker:\n"
         "  engine: command\n"
         f"  port: {port}\n"
-        f"  argv: [{sys.executable}, -m, http.server, '{port}', --bind, 127.0.0.1]\n"
+        # runs as the unprivileged worker user: an interpreter it can run, serving a directory it can list
+        f"  argv: [{worker_python()}, -m, http.server, '{port}', --bind, 127.0.0.1, --directory, /]\n"
         f"  health_url: http://127.0.0.1:{port}/\n"
         "  placement: {mode: none}\n" + slo)
     return policy
