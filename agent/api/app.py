@@ -21,7 +21,7 @@ from agent.api.deps import HostServices
 from agent.api.errors import install_error_handlers
 from agent.api.limits import BodyLimitMiddleware
 from agent.api.routers import controller, health, host, policies, telemetry, tuning, worker
-from agent.api.snapshot import Snapshot
+from agent.api.snapshot import Snapshot, SnapshotReads
 from agent.config import DaemonSettings
 
 V1_ROUTERS = (host.router, policies.router, tuning.router, telemetry.router, controller.router, worker.router)
@@ -71,6 +71,7 @@ def create_app(settings: DaemonSettings, services: HostServices) -> FastAPI:
     # Added last = outermost. The audit record also covers requests the token check or the body limit refuse;
     # the token is checked before the body limit reads (buffers) a body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(SnapshotReads)  # GET /v1/status from the snapshot, once the token is checked
     app.add_middleware(TokenFirstMiddleware)
     app.add_middleware(AuditMiddleware)
     return app

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi.encoders import jsonable_encoder
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 STATUS_MAX_AGE_S = 1.0
 
@@ -37,6 +38,9 @@ class Snapshot:
         return (self._body is not None and self._generation_seen == self._generation()
                 and time.monotonic() - self._taken_at < self.max_age_s)
 
+    def _encoded(self) -> bytes:
+        return json.dumps(jsonable_encoder(self._compute())).encode()
+
     def invalidate(self) -> None:
         self._body = None
 
@@ -47,8 +51,31 @@ class Snapshot:
             if self._fresh() and self._body is not None:
                 return self._body
             generation, taken_at = self._generation(), time.monotonic()
-            document = await anyio.to_thread.run_sync(self._compute)
-            body = json.dumps(jsonable_encoder(document)).encode()
+            body = await anyio.to_thread.run_sync(self._encoded)  # the encoding too: the loop keeps serving
             self.computations += 1
             self._body, self._generation_seen, self._taken_at = body, generation, taken_at
             return body
+
+
+class SnapshotReads:
+    """Answers GET /v1/status straight from the snapshot, in front of FastAPI's routing and dependency solving
+    (which cost more than the answer: 3,000 vs 4,100 req/s and p99 127-147 ms vs 62 ms at 200 clients,
+    docs/benchmarks.md). It sits inside the token check, so it answers only requests that carried the token; the
+    FastAPI route stays the operation's documentation (OpenAPI) and serves the same snapshot."""
+
+    PATH = "/v1/status"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == self.PATH:
+            snapshot: Snapshot | None = getattr(getattr(scope.get("app"), "state", None), "status_snapshot", None)
+            if snapshot is not None:
+                body = await snapshot.get()
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -21,7 +21,7 @@ from agent.api import create_app
 from agent.api import snapshot as snapshot_mod
 from agent.api.audit import MAX_FIELD_CHARS, AuditLog, UnauthenticatedBudget
 from agent.api.routers import tuning
-from agent.api.snapshot import Snapshot
+from agent.api.snapshot import Snapshot, SnapshotReads
 from agent.config import DaemonSettings
 from agent.daemon.services import Services
 from agent.hostfs import HostPaths
@@ -231,3 +231,37 @@ def test_status_is_fresh_after_apply_and_revert(client: MainThreadClient, settin
     assert client.post("/v1/revert").status_code == 200
     reverted = client.get("/v1/status").json()
     assert reverted["daemon"]["policy_ref"] is None and reverted != applied
+
+
+def test_snapshot_reads_answer_status_in_front_of_the_router() -> None:
+    """GET /v1/status is answered from the snapshot without FastAPI's routing; anything else passes through."""
+    passed: list[str] = []
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        passed.append(f"{scope['method']} {scope['path']}")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    class State:
+        status_snapshot = Snapshot(lambda: {"applied": None}, lambda: 0)
+
+    class App:
+        state = State()
+
+    async def go(method: str, path: str) -> tuple[int, bytes]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {"type": "http", "method": method, "path": path, "app": App(), "headers": []}
+        await SnapshotReads(inner)(scope, receive, send)
+        return sent[0]["status"], sent[1].get("body", b"")
+
+    assert asyncio.run(go("GET", "/v1/status")) == (200, b'{"applied": null}')
+    assert asyncio.run(go("POST", "/v1/status"))[0] == 204
+    assert asyncio.run(go("GET", "/v1/statusx"))[0] == 204
+    assert passed == ["POST /v1/status", "GET /v1/statusx"]
