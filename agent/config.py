@@ -70,11 +70,14 @@ class ServedSection(Section):
     max_header_bytes: int = Field(32768, ge=1024, le=1 << 20, description="largest header block; 431 above it")
     max_connections: int = Field(256, ge=8, le=100000, description="concurrent connections and requests; 503 "
                                  "above it")
+    header_timeout_s: float = Field(10.0, ge=0.1, le=300, description="a connection that has not sent a whole "
+                                    "request head this long after it opened (or after a request began) is closed")
 
     def server_limits(self, bind_host: str | None) -> ServerLimits:
         """The limits of a server bound to `bind_host` (None: a unix socket, where the Host is not checked)."""
         names = None if bind_host is None else host_names(bind_host, self.allowed_hosts)
-        return ServerLimits(names, self.max_url_bytes, self.max_header_bytes, self.max_connections)
+        return ServerLimits(names, self.max_url_bytes, self.max_header_bytes, self.max_connections,
+                            self.header_timeout_s)
 
 
 class ApiSettings(ServedSection):

@@ -10,11 +10,13 @@ are properties of where and how it listens, not of the routes. Three layers:
   block over `max_header_bytes`, 421 for a Host header that is not one of the server's names (a web page reaching
   a loopback port through DNS rebinding sends its own name). A request without a Host header passes: a browser
   always sends one. On a unix socket there is no Host check: no browser reaches it;
-- uvicorn's `limit_concurrency` (`max_connections`): past it, new requests get 503 at once.
+- uvicorn's `limit_concurrency` (`max_connections`): past it, new requests get 503 at once; and a deadline for
+  the request head (`header_timeout_s`), so idle or trickling connections cannot hold those places.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 from collections.abc import Callable, Iterable
@@ -80,6 +82,7 @@ class ServerLimits:
     max_url_bytes: int = 8192
     max_header_bytes: int = 32768
     max_connections: int = 256
+    head_timeout_s: float = 10.0
 
     @property
     def hard_cap_bytes(self) -> int:
@@ -132,9 +135,12 @@ class HeadTooLarge(Exception):
     pass
 
 
-def bounded_http_protocol(hard_cap_bytes: int) -> Any:
-    """uvicorn's httptools protocol with a cap on the request line and headers it buffers (None: httptools is not
-    installed; uvicorn's h11 then applies `h11_max_incomplete_event_size`)."""
+def bounded_http_protocol(hard_cap_bytes: int, head_timeout_s: float) -> Any:
+    """uvicorn's httptools protocol with a cap on the request line and headers it buffers, and a deadline for them:
+    a connection that has not sent a whole request head `head_timeout_s` after it opened (or after a request began)
+    is closed — uvicorn has no such timeout, so a client trickling a header a byte at a time held its connection
+    (and a place under max_connections) for ever. None: httptools is not installed (uvicorn's h11 then applies
+    `h11_max_incomplete_event_size`, without the deadline)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
@@ -143,10 +149,38 @@ def bounded_http_protocol(hard_cap_bytes: int) -> Any:
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head_cap = hard_cap_bytes
         head_bytes = 0
+        head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _start_head_timer(self) -> None:
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(head_timeout_s, self._head_expired)
+
+        def _stop_head_timer(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _head_expired(self) -> None:
+            self.head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
 
         def on_message_begin(self) -> None:
             self.head_bytes = 0
+            self._start_head_timer()
             super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._stop_head_timer()
+            super().on_headers_complete()
 
         def _count(self, n: int) -> None:
             self.head_bytes += n
@@ -168,7 +202,7 @@ def server_config(app: ASGIApp, limits: ServerLimits, render: Render = json_erro
     """A uvicorn.Config serving `app` behind the guard, with the parser cap and the concurrency limit."""
     import uvicorn  # imported here: the config module needs this module's name checks, not the server
 
-    protocol = bounded_http_protocol(limits.hard_cap_bytes)
+    protocol = bounded_http_protocol(limits.hard_cap_bytes, limits.head_timeout_s)
     return uvicorn.Config(RequestGuard(app, limits, render), http=protocol or "h11",
                           h11_max_incomplete_event_size=limits.hard_cap_bytes,
                           limit_concurrency=limits.max_connections, **options)

@@ -143,3 +143,40 @@ def test_allowed_hosts_config_is_validated_and_named(tmp_path: Path, monkeypatch
     with pytest.raises(InputError) as e:
         load_settings(cfg)
     assert e.value.field == "gateway.max_header_bytes"
+
+
+def test_a_trickled_or_silent_request_head_is_cut_at_the_deadline() -> None:
+    """Before: uvicorn has no request-head timeout; a client sending a header a byte at a time (or nothing) held
+    its connection, and a place under max_connections, for ever."""
+    server = ServerThread(small_app(), bind_tcp("127.0.0.1", 0), "test-api",
+                          limits=ServerLimits(host_names("127.0.0.1"), head_timeout_s=0.5))
+    server.start()
+    try:
+        assert server.port is not None
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
+            slow.sendall(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Slow: a")
+            assert silent.recv(100) == b""  # closed by the server (a timeout here would raise)
+            assert slow.recv(100) == b""
+        assert httpx.get(server.url + "/x").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_api_socket_is_tcp_so_asyncio_disables_nagle() -> None:
+    """Found by the API benchmark: bind_tcp made its socket with proto 0, asyncio's TCP_NODELAY step skips such
+    sockets, and every reply sent in two writes (head, body) waited for the client's delayed ACK."""
+    server = ServerThread(small_app(), bind_tcp("127.0.0.1", 0), "test-api")
+    server.start()
+    try:
+        assert server.sock.proto == socket.IPPROTO_TCP
+        conns = [p for p in server.server.server_state.connections]
+        assert conns == []
+        with socket.create_connection(("127.0.0.1", server.port or 0), timeout=5) as c:
+            c.sendall(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert c.recv(1000).startswith(b"HTTP/1.1 200")
+            (conn,) = server.server.server_state.connections
+            accepted = conn.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        server.stop()
