@@ -19,14 +19,15 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from agent.errors import InputError
 from agent.fsio import read_text_capped
 from agent.hostfs import HostPaths
+from agent.httpguard import ServerLimits, host_names, normalize_host_name
 
 ENV_PREFIX = "HOSTTUNE_"
 ENV_CONFIG = "HOSTTUNE_CONFIG"
@@ -57,7 +58,31 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ApiSettings(Section):
+HostName = Annotated[str, AfterValidator(normalize_host_name)]
+
+
+class ServedSection(Section):
+    """What the API and the gateway share: the Host names they answer to and the limits on a request's head and on
+    concurrent connections (agent/httpguard.py)."""
+
+    allowed_hosts: list[HostName] = Field(default_factory=list, max_length=32,
+                                          description="Host header names accepted besides localhost, 127.0.0.1, "
+                                                      "::1 and the bind address (others get 421: DNS rebinding)")
+    max_url_bytes: int = Field(8192, ge=256, le=65536, description="longest URL (path and query); 414 above it")
+    max_header_bytes: int = Field(32768, ge=1024, le=1 << 20, description="largest header block; 431 above it")
+    max_connections: int = Field(256, ge=8, le=100000, description="concurrent connections and requests; 503 "
+                                 "above it")
+    header_timeout_s: float = Field(10.0, ge=0.1, le=300, description="a connection that has not sent a whole "
+                                    "request head this long after it opened (or after a request began) is closed")
+
+    def server_limits(self, bind_host: str | None) -> ServerLimits:
+        """The limits of a server bound to `bind_host` (None: a unix socket, where the Host is not checked)."""
+        names = None if bind_host is None else host_names(bind_host, self.allowed_hosts)
+        return ServerLimits(names, self.max_url_bytes, self.max_header_bytes, self.max_connections,
+                            self.header_timeout_s)
+
+
+class ApiSettings(ServedSection):
     allow_remote: bool = Field(False, description="permit a non-loopback `host` (the API can retune the host)")
     host: str = Field("127.0.0.1", description="TCP address to bind (ignored when unix_socket is set)")
     port: int = Field(7711, ge=0, le=65535, description="TCP port; 0 picks a free one (tests)")
@@ -72,7 +97,7 @@ class ApiSettings(Section):
         return v
 
 
-class GatewaySettings(Section):
+class GatewaySettings(ServedSection):
     enabled: bool = Field(True, description="run the OpenAI-compatible gateway in front of the worker")
     allow_remote: bool = False
     host: str = "127.0.0.1"
@@ -80,6 +105,8 @@ class GatewaySettings(Section):
     limit: int = Field(4, ge=1, le=4096, description="requests in flight to the worker (the controller moves it)")
     max_queue: int = Field(128, ge=0, le=100000, description="requests waiting for admission; more get 503")
     queue_timeout_s: float = Field(30.0, gt=0, le=3600, description="wait for admission or a restarting worker")
+    max_connections: int = Field(1024, ge=8, le=100000, description="concurrent connections and requests; 503 "
+                                 "above it")
 
     @field_validator("host")
     @classmethod
@@ -119,6 +146,8 @@ class DaemonSettings(Section):
     nvml_sim: Path | None = Field(None, description="simulate NVML from a GPU description file")
     token_file: Path | None = Field(None, description=f"API bearer token (default STATE_DIR/{TOKEN_FILE_NAME})")
     audit_log: Path | None = Field(None, description=f"JSON-lines audit log (default STATE_DIR/{AUDIT_LOG_NAME})")
+    audit_max_bytes: int = Field(8 << 20, ge=64 << 10, le=1 << 30, description="rotate the audit log at this size")
+    audit_keep: int = Field(2, ge=1, le=10, description="rotated audit logs kept (audit.log.1 ...)")
     api: ApiSettings = Field(default_factory=ApiSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -16,11 +16,12 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from agent import __version__
 from agent.api.audit import AuditLog, AuditMiddleware
-from agent.api.auth import ensure_token, require_token
+from agent.api.auth import TokenFirstMiddleware, ensure_token, require_token
 from agent.api.deps import HostServices
 from agent.api.errors import install_error_handlers
 from agent.api.limits import BodyLimitMiddleware
 from agent.api.routers import controller, health, host, policies, telemetry, tuning, worker
+from agent.api.snapshot import Snapshot, SnapshotReads
 from agent.config import DaemonSettings
 
 V1_ROUTERS = (host.router, policies.router, tuning.router, telemetry.router, controller.router, worker.router)
@@ -52,7 +53,8 @@ def create_app(settings: DaemonSettings, services: HostServices) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.token = ensure_token(settings.token_path)
-        app.state.audit = AuditLog(settings.audit_path)
+        app.state.status_snapshot = Snapshot(services.status, services.state_generation)  # its lock: this loop's
+        app.state.audit = AuditLog(settings.audit_path, max_bytes=settings.audit_max_bytes, keep=settings.audit_keep)
         try:
             yield
         finally:
@@ -66,7 +68,10 @@ def create_app(settings: DaemonSettings, services: HostServices) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(v1_router())
-    # Added last = outermost: the audit record also covers requests the body limit rejects.
+    # Added last = outermost. The audit record also covers requests the token check or the body limit refuse;
+    # the token is checked before the body limit reads (buffers) a body.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(SnapshotReads)  # GET /v1/status from the snapshot, once the token is checked
+    app.add_middleware(TokenFirstMiddleware)
     app.add_middleware(AuditMiddleware)
     return app

@@ -20,13 +20,16 @@ from typing import Any
 import uvicorn
 
 from agent.errors import HostError, InputError
+from agent.httpguard import ServerLimits, host_names, server_config
 
 log = logging.getLogger(__name__)
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP;
+    # with it on, a reply written in two parts waited for the client's delayed ACK (44 ms per request)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -64,14 +67,17 @@ def bind_unix(path: Path) -> socket.socket:
 class ServerThread:
     """One uvicorn server in a daemon thread. start() returns once it accepts connections (or raises)."""
 
-    def __init__(self, app: Any, sock: socket.socket, name: str, log_level: str = "warning") -> None:
+    def __init__(self, app: Any, sock: socket.socket, name: str, log_level: str = "warning",
+                 limits: ServerLimits | None = None) -> None:
         self.sock = sock
         self.name = name
         self._unix_path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        if limits is None:  # Host names from the bound address; a unix socket has no Host check (no browser)
+            limits = ServerLimits(None if self._unix_path else host_names(str(sock.getsockname()[0])))
         # The control plane needs no uvloop: the plain asyncio loop keeps the daemon's idle memory down (the
         # gateway, on the data path, keeps uvicorn's "auto" choice).
-        config = uvicorn.Config(app, log_config=None, log_level=log_level, access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5, loop="asyncio")
+        config = server_config(app, limits, log_config=None, log_level=log_level, access_log=False, lifespan="on",
+                               timeout_graceful_shutdown=5, loop="asyncio")
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._error: BaseException | None = None

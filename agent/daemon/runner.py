@@ -153,7 +153,8 @@ class Daemon:
         a = self.settings.api
         sock = bind_unix(a.unix_socket) if a.unix_socket else bind_tcp(a.host, a.port)
         app = create_app(self.settings, self.services)
-        self.api = ServerThread(app, sock, "api", log_level=self.settings.log_level)
+        self.api = ServerThread(app, sock, "api", log_level=self.settings.log_level,
+                                limits=a.server_limits(None if a.unix_socket else a.host))
         self.api.start()
 
     def ready_text(self) -> str:

@@ -66,6 +66,7 @@ class Services:
         self.lock = threading.RLock()
         self.started_at = time.time()
         self.events: deque[dict[str, Any]] = deque(maxlen=200)
+        self.generation = 0  # bumped by every event: readers of a cached status know it moved
         self.last_drift: dict[str, Any] | None = None
         self.applied_ref: str | None = None
         self.worker_supervisor: Any = None
@@ -86,6 +87,7 @@ class Services:
     def event(self, kind: str, **fields: Any) -> None:
         record = {"time": time.time(), "kind": kind, **fields}
         self.events.append(record)
+        self.generation += 1
         log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in fields.items()))
 
     # -- facts and policies -------------------------------------------------------------------------------------
@@ -232,6 +234,8 @@ class Services:
             raise self._located(loaded, e) from None
         except HostError as e:
             raise self._conflict(e) from None
+        finally:
+            self.generation += 1  # even a failed apply may have journaled a rolled-back transaction
         out: dict[str, Any] = _dump(result)
         out["changed"] = result.writes
         self.applied_ref = str(loaded.source)
@@ -245,6 +249,8 @@ class Services:
             result = self._mutate(lambda: engine.revert(state, force=force))
         except HostError as e:
             raise self._conflict(e) from None
+        finally:
+            self.generation += 1
         out: dict[str, Any] = _dump(result)
         out["ok"] = result.ok
         self.applied_ref = None
@@ -265,6 +271,9 @@ class Services:
         out["daemon"] = {"started_at": self.started_at, "policy_ref": self.applied_ref,
                          "last_drift_check": self.last_drift, "events": list(self.events)[-20:]}
         return out
+
+    def state_generation(self) -> int:
+        return self.generation
 
     def changes(self, limit: int) -> list[dict[str, Any]]:
         """Journal history (transactions: apply/revert, status, writes), newest first."""
@@ -287,6 +296,7 @@ class Services:
             return {"skipped": "no tuning engine"}
         drifted = report["drifted"]
         self.last_drift = {"time": time.time(), "drifted": len(drifted)}
+        self.generation += 1
         if drifted:
             self.event("drift", tunables=len(drifted), targets=",".join(str(c["target"]) for c in drifted[:5]))
             if reapply and self.applied_ref:
@@ -395,7 +405,8 @@ class Services:
         drain_mod = _import("agent.control.drain", "the controller")
         self.drain = drain_mod.Drain()  # a controller restart drains replies in progress first
         gateway = gw_app.Gateway(self.drain.wrap(SupervisedEndpoint(self)), settings)
-        server = gw_server.GatewayServer(gateway.app(), host=g.host, port=g.port, allow_remote=g.allow_remote)
+        server = gw_server.GatewayServer(gateway.app(), host=g.host, port=g.port, allow_remote=g.allow_remote,
+                                         limits=g.server_limits(g.host))
         server.start()
         self.gateway_obj = gateway
         self.gateway = server

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from agent.gateway.admission import AdmissionGate, Rejected
+from agent.gateway.body import BodyTimeout, BodyTooLarge, ClientBody, ClientGone
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.sse import StreamTally
 from agent.gateway.stats import GatewayStats, RequestRecord
@@ -125,20 +126,26 @@ class Proxy:
     # --- the request path -------------------------------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
-        """Admit, open the worker's reply (with hold and one retry), and hand back a streaming Response.
-        A client that disconnects while queued or held gives its place up at once."""
+        """Admit, then read the body, open the worker's reply (with hold and one retry), and hand back a streaming
+        Response. A client that disconnects while queued or held gives its place up at once; a client refused
+        admission never made the gateway read more than the first PEEK_BYTES of its body (agent/gateway/body.py)."""
         started = time.monotonic()
-        body = await self._read_body(request)
-        if body is None:
-            return JSONResponse({"error": {"message": f"request body larger than {self.settings.max_body_bytes} "
-                                           "bytes", "type": "invalid_request_error", "code": 413}}, status_code=413)
-        rec = RequestRecord(route=request.url.path, stream=wants_stream(body), started=started)
-        work = asyncio.ensure_future(self._admit_and_open(request, body, rec))
-        watcher = asyncio.ensure_future(_until_disconnect(request.receive))
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.settings.max_body_bytes):
+            return self._too_large()
+        rec = RequestRecord(route=request.url.path, stream=False, started=started)
+        client = ClientBody(request.receive, self.settings.max_body_bytes)
+        reading = asyncio.ensure_future(client.run())
+        work = asyncio.ensure_future(self._admit_and_open(request, client, rec))
         try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, reading}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watcher.cancel()
+            reading.cancel()  # the body is read or refused; the reply watches for a disconnect itself
+        if not work.done() and client.too_large:  # over the limit before admission: no need to wait for it
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            return self._too_large()
         if not work.done():
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,22 +156,11 @@ class Proxy:
             return Response(status_code=499)
         return work.result()
 
-    async def _read_body(self, request: Request) -> bytes | None:
-        """The request body, or None when it exceeds max_body_bytes (refused before it is all read)."""
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def _too_large(self) -> Response:
+        return JSONResponse({"error": {"message": f"request body larger than {self.settings.max_body_bytes} bytes",
+                                       "type": "invalid_request_error", "code": 413}}, status_code=413)
 
-    async def _admit_and_open(self, request: Request, body: bytes, rec: RequestRecord) -> Response:
+    async def _admit_and_open(self, request: Request, client: ClientBody, rec: RequestRecord) -> Response:
         deadline = rec.started + self.settings.queue_timeout_s
         try:
             await self.gate.acquire(deadline)
@@ -172,6 +168,20 @@ class Proxy:
             return self._reject(rec, r.reason)
         handed_off = False
         try:
+            try:
+                body = await client.read(time.monotonic() + self.settings.body_timeout_s)
+            except BodyTooLarge:
+                return self._too_large()
+            except ClientGone:
+                rec.outcome, rec.status = "client_abort", 499
+                rec.e2e_s = time.monotonic() - rec.started
+                self.stats.finish(rec)
+                return Response(status_code=499)
+            except BodyTimeout:
+                return JSONResponse({"error": {"message": f"request body not received within "
+                                               f"{self.settings.body_timeout_s:g} s", "type": "invalid_request_error",
+                                               "code": 408}}, status_code=408)
+            rec.stream = wants_stream(body)
             opened = await self._open(request, body, rec, deadline)
             if isinstance(opened, Response):
                 return opened

@@ -5,6 +5,7 @@ own and fronts an engine that has none either."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import threading
 import time
 
@@ -12,6 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from agent.errors import HostError, InputError
+from agent.httpguard import ServerLimits, host_names, server_config
 
 
 def is_loopback(host: str) -> bool:
@@ -24,14 +26,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def openai_error(status: int, kind: str, message: str) -> bytes:
+    """The guard's refusals in the shape OpenAI clients parse."""
+    return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+
+
 class GatewayServer:
     def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 8080, allow_remote: bool = False,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", limits: ServerLimits | None = None) -> None:
         if not is_loopback(host) and not allow_remote:
             raise InputError(f"{host!r} is not a loopback address; pass --allow-remote to expose the gateway",
                              field="--host")
-        self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on",
-                                     timeout_graceful_shutdown=5, access_log=False)
+        self.config = server_config(app, limits or ServerLimits(host_names(host), max_connections=1024),
+                                    render=openai_error, host=host, port=port, log_level=log_level, lifespan="on",
+                                    timeout_graceful_shutdown=5, access_log=False)
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 

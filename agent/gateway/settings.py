@@ -20,3 +20,5 @@ class GatewaySettings(BaseModel):
     read_timeout_s: float = Field(300.0, gt=0, description="longest silence from the worker while it answers")
     window_s: float = Field(60.0, gt=0, description="sliding window of the latency percentiles")
     max_body_bytes: int = Field(32 << 20, ge=1024, description="largest request body passed on (413 above it)")
+    body_timeout_s: float = Field(30.0, gt=0, description="longest wait for an admitted request's body (408 "
+                                  "after it): a slow sender holds an admission slot no longer")

@@ -1,7 +1,8 @@
 """API fuzzing with schemathesis against the daemon app's own OpenAPI document (issue 10).
 
 The app is the real one (agent.api.create_app over agent.daemon.services.Services) on a copy of the fixture
-"server" host tree, called in-process through ASGI. Every operation of /openapi.json gets generated requests:
+"server" host tree, called in-process through ASGI, and (bounded, last test) `hosttune daemon` as a process behind
+its real uvicorn. Every operation of /openapi.json gets generated requests:
 - with the daemon's token: no response is a 5xx (bad input is 4xx; a refused host write is 409), but for the
   designed 503 of restarting a worker this daemon does not supervise;
 - without a token, or with a generated one: no response is a 5xx, every /v1 route answers 401/403 (or 413 for
@@ -20,7 +21,7 @@ import pytest
 import schemathesis
 from apscheduler.schedulers.background import BackgroundScheduler
 from conftest import tree_state
-from daemon_fixtures import settings_for
+from daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, settings_for, write_config
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -143,8 +144,8 @@ def test_without_valid_token_no_5xx_and_no_mutation(daemon: Daemon, operation: t
     SEEN.setdefault("no-token", set()).add(_label(case))
     assert not server_error(case, response), (_label(case), response.status_code, response.text[:300])
     if case.path.startswith("/v1"):
-        # 413: the body limit (outermost middleware) refuses an oversized body before anything reads it
-        assert response.status_code in (401, 403, 413), (_label(case), response.status_code)
+        # the token is checked before anything reads the body: no 413 or 422 without it (issue 14)
+        assert response.status_code in (401, 403), (_label(case), response.status_code)
     assert daemon.snapshot() == before, _label(case)
 
 
@@ -182,3 +183,53 @@ def test_malformed_body_without_token_is_401_not_422(daemon: Daemon) -> None:
         assert r.status_code == 401, (r.status_code, r.text)
         good = {"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"}
         assert client.post("/v1/apply", content=b"{", headers=good).status_code == 422
+
+
+def test_real_daemon_fuzz_no_5xx_and_no_mutation_without_the_token(host: HostPaths, tmp_path: Path) -> None:
+    """The same two properties against `hosttune daemon` as a process: its real uvicorn, the request guard (Host,
+    URL and header limits), the token check before the body, the main-thread mutations. Bounded: 3 examples per
+    operation, each sent with or without the token (drawn)."""
+    port = free_port()
+    config = write_config(tmp_path / "daemon.yaml", state_dir=str(tmp_path / "state"), procfs=str(host.procfs),
+                          sysfs=str(host.sysfs), rootfs=str(host.rootfs), nvml_sim=str(no_gpu_sim(tmp_path)),
+                          drift_check_s=0, api={"port": port, "max_body_bytes": 65536})
+    d = DaemonProcess(config, tmp_path)
+    root = host.procfs.parent
+    state_dir = tmp_path / "state"
+
+    def snapshot() -> dict[str, bytes]:
+        state = {k: v for k, v in tree_state(state_dir).items() if not k.startswith("audit.log")}
+        return {**tree_state(root), **{f"state/{k}": v for k, v in state.items()}}
+
+    seen: set[tuple[str, bool]] = set()
+    try:
+        d.wait_ready()
+        base = f"http://127.0.0.1:{port}"
+        token = (state_dir / "api.token").read_text().strip()
+        schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+        for method, path in OPERATIONS:
+            op = schema[path][method]
+            strategy = st.one_of(op.as_strategy(generation_mode=GenerationMode.POSITIVE),
+                                 op.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+
+            @settings(max_examples=3, deadline=None, database=None,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                             HealthCheck.data_too_large])
+            @given(case=strategy, with_token=st.booleans())
+            def one(case: Any, with_token: bool) -> None:
+                headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+                if with_token:
+                    headers["Authorization"] = f"Bearer {token}"
+                before = None if with_token else snapshot()
+                response = case.call(base_url=base, headers=headers, timeout=30)
+                seen.add((_label(case), with_token))
+                assert not server_error(case, response), (_label(case), response.status_code, response.text[:300])
+                if not with_token:
+                    if case.path.startswith("/v1"):
+                        assert response.status_code == 401, (_label(case), response.status_code)
+                    assert snapshot() == before, _label(case)
+
+            one()
+    finally:
+        assert d.stop() == 0, d.output()[-2000:]
+    assert {label for label, _ in seen} == {f"{m} {p}" for m, p in OPERATIONS}

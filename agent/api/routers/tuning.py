@@ -1,17 +1,19 @@
 """The tuning transaction resource: plan (writes nothing), apply, revert, status, journal history, verify.
 
 Routes are plain `def`: they read and write sysfs/procfs (blocking), so FastAPI runs them in its thread pool and
-the event loop keeps serving /healthz. Mutations say what they did in the audit record.
+the event loop keeps serving /healthz. Mutations say what they did in the audit record. The exception is
+/status, read often and by many: an async route over a cached snapshot.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from agent.api.deps import Audit, Services
 from agent.api.schemas import PolicyRequest, RevertRequest
+from agent.api.snapshot import Snapshot
 
 router = APIRouter(tags=["tuning"])
 
@@ -55,9 +57,11 @@ def revert(services: Services, audit: Audit, response: Response,
     return result
 
 
-@router.get("/status", summary="applied policy, when, and the journal's state")
-def status(services: Services) -> dict[str, Any]:
-    return services.status()
+@router.get("/status", summary="applied policy, when, and the journal's state", response_model=dict[str, Any])
+async def status(request: Request) -> Response:
+    """Async over the cached snapshot (agent/api/snapshot.py): concurrent readers share one computation."""
+    snapshot: Snapshot = request.app.state.status_snapshot
+    return Response(await snapshot.get(), media_type="application/json")
 
 
 @router.get("/changes", summary="journal history, newest first")
