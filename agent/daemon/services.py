@@ -63,6 +63,7 @@ class Services:
         self.paths: HostPaths = settings.host_paths()
         self.state_dir = settings.state_dir
         self.submitted = SubmittedPolicies(settings.state_dir)
+        self.submitted_lock = threading.Lock()  # keep/apply/forget of one inline body; never taken on the main loop
         self.lock = threading.RLock()
         self.started_at = time.time()
         self.events: deque[dict[str, Any]] = deque(maxlen=200)
@@ -206,8 +207,9 @@ class Services:
         if request.name is not None:
             return self.apply_loaded(loaded, facts)
         # Valid: keep the body so the applied state names a file that exists; a failed apply keeps nothing new.
-        # Under the mutation lock, so a concurrent apply of the same body cannot remove the file under it.
-        with self.lock:
+        # Under the submitted-bodies lock, so a concurrent apply of the same body cannot remove the file under it.
+        # Not the mutation lock: apply_loaded waits for the main loop, which takes that one (a deadlock).
+        with self.submitted_lock:
             created = self.submitted.keep(loaded.source, inline_text(request.yaml, request.policy))
             try:
                 out = self.apply_loaded(loaded, facts)
