@@ -155,3 +155,13 @@ def host(host_tree: Callable[[str], HostPaths]) -> HostPaths:
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture
+def no_daemon_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop HOSTTUNE_<setting> variables of the outer environment, so DaemonSettings are the test's own."""
+    from agent.config import DaemonSettings
+    for name in list(os.environ):
+        if name.startswith("HOSTTUNE_") and name.lower().removeprefix("hosttune_").split("__")[0] in \
+                DaemonSettings.model_fields:
+            monkeypatch.delenv(name)

@@ -29,12 +29,7 @@ ISSUE_ROUTES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("HOSTTUNE_") and name.lower().removeprefix("hosttune_").split("__")[0] in \
-                DaemonSettings.model_fields:
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ tuners, whoever submits the policy."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ import yaml
 from conftest import tree_state
 from daemon_fixtures import MainThreadClient, main_thread_client, settings_for
 
-from agent.config import DaemonSettings
 from agent.hostfs import HostPaths
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "hostile-policies"
@@ -23,12 +21,7 @@ CASES = ["values-sysctl-denied-core-pattern", "values-sysctl-denied-modprobe", "
          "values-cpu-governor-newline", "values-block-scheduler-udev-injection"]
 
 
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("HOSTTUNE_") and name.lower().removeprefix("hosttune_").split("__")[0] in \
-                DaemonSettings.model_fields:
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 
 
 @pytest.fixture

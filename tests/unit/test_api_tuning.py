@@ -4,7 +4,6 @@ bounded bodies and the audit log."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,7 @@ from daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_cli
 from agent.config import DaemonSettings
 from agent.hostfs import HostPaths
 
-
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("HOSTTUNE_") and name.lower().removeprefix("hosttune_").split("__")[0] in \
-                DaemonSettings.model_fields:
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 
 
 @pytest.fixture
