@@ -46,6 +46,9 @@ from agent.worker.status import Transition, WorkerState, WorkerStatus
 log = logging.getLogger("hosttune.worker")
 
 STDERR_TAIL_LINES = 40
+# The longest line read from the worker's stdout/stderr at once: a worker that writes without newlines must not
+# make the (root) supervisor buffer an unbounded line; a longer line is logged in pieces.
+PIPE_LINE_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -455,7 +458,7 @@ class Supervisor:
 
     def _pump(self, pipe: IO[bytes], sink: RotatingLog | None, keep_tail: bool) -> None:
         try:
-            for raw in iter(pipe.readline, b""):
+            for raw in iter(lambda: pipe.readline(PIPE_LINE_MAX), b""):
                 if sink is not None:
                     sink.write(raw)
                 if keep_tail:
