@@ -14,6 +14,7 @@ import types
 import pytest
 from test_gateway_upstream_client import run as run_script
 
+from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
 from agent.gateway.upstream_client import WorkerGone, open_reply
 from agent.worker.supervisor import PIPE_LINE_MAX, Supervisor
 
@@ -72,3 +73,13 @@ def test_gateway_refuses_a_worker_reply_with_many_small_headers() -> None:
         return None
 
     run_script(script, client)
+
+
+def test_sse_parser_does_not_buffer_an_endless_event() -> None:
+    """A stream that never sends the blank line ending an event keeps at most MAX_EVENT_BYTES buffered, and the
+    events after it are still parsed."""
+    parser = SSEParser()
+    for _ in range(64):  # 4 MiB, no "\n\n"
+        assert parser.feed(b"data: " + b"x" * 65536) == []
+        assert len(parser._buf) <= MAX_EVENT_BYTES + 65536 + 6
+    assert parser.feed(b"\n\ndata: {\"content\": \"ok\"}\n\n")[-1] == ("data", b'{"content": "ok"}')
