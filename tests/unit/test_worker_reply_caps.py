@@ -8,14 +8,20 @@ import asyncio
 import collections
 import contextlib
 import io
+import socket
+import socketserver
 import threading
+import time
 import types
+from collections.abc import Callable, Iterator
 
 import pytest
 from test_gateway_upstream_client import run as run_script
 
 from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
+from agent.gateway.upstream import StaticUpstream
 from agent.gateway.upstream_client import WorkerGone, open_reply
+from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
 from agent.worker.supervisor import PIPE_LINE_MAX, Supervisor
 
 
@@ -83,3 +89,71 @@ def test_sse_parser_does_not_buffer_an_endless_event() -> None:
         assert parser.feed(b"data: " + b"x" * 65536) == []
         assert len(parser._buf) <= MAX_EVENT_BYTES + 65536 + 6
     assert parser.feed(b"\n\ndata: {\"content\": \"ok\"}\n\n")[-1] == ("data", b'{"content": "ok"}')
+
+
+class _Raw(socketserver.BaseRequestHandler):
+    reply: Callable[[socket.socket, bytes], None]
+
+    def handle(self) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = self.request.recv(4096)
+            if not data:
+                return
+            head += data
+        with contextlib.suppress(OSError):
+            type(self).reply(self.request, head)
+
+
+@contextlib.contextmanager
+def raw_worker(reply: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
+    handler = type("H", (_Raw,), {"reply": staticmethod(reply)})
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_worker_sampler_caps_the_metrics_body() -> None:
+    """A 64 MiB /metrics (valid comment lines) is refused after MAX_METRICS_BYTES, not read into memory."""
+    def reply(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n")
+        line = b"# " + b"c" * 1021 + b"\n"
+        for _ in range(64 * 1024):
+            sock.sendall(line)
+
+    with raw_worker(reply) as url:
+        s = WorkerSampler(StaticUpstream(url), timeout_s=2.0).sample()
+    assert not s.up and s.error is not None and "larger than" in s.error
+
+
+def test_worker_sampler_gives_up_on_a_trickled_metrics_body() -> None:
+    """One byte every 0.2 s (each read within the read timeout): the sample ends after SAMPLE_DEADLINE_S."""
+    def reply(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n# ")
+        for _ in range(60):
+            sock.sendall(b"c")
+            time.sleep(0.2)
+
+    with raw_worker(reply) as url:
+        t0 = time.monotonic()
+        s = WorkerSampler(StaticUpstream(url), timeout_s=1.0).sample()
+        elapsed = time.monotonic() - t0
+    assert not s.up and s.error is not None and "not complete" in s.error
+    assert elapsed < SAMPLE_DEADLINE_S + 1.5
+
+
+def test_worker_sampler_survives_hostile_slots_json() -> None:
+    metrics = b"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 1\n"
+
+    def reply(sock: socket.socket, head: bytes) -> None:
+        body = metrics if head.startswith(b"GET /metrics") else b'[{"n_ctx": Infinity}]'
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+
+    with raw_worker(reply) as url:
+        s = WorkerSampler(StaticUpstream(url), timeout_s=2.0).sample()
+    assert not s.up and s.error
