@@ -15,9 +15,12 @@ import time
 import types
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
+from gateway_fakes import ServedApp
 from test_gateway_upstream_client import run as run_script
 
+from agent.gateway.app import create_app
 from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
 from agent.gateway.upstream import StaticUpstream
 from agent.gateway.upstream_client import WorkerGone, open_reply
@@ -157,3 +160,17 @@ def test_worker_sampler_survives_hostile_slots_json() -> None:
     with raw_worker(reply) as url:
         s = WorkerSampler(StaticUpstream(url), timeout_s=2.0).sample()
     assert not s.up and s.error
+
+
+def test_gateway_passthrough_get_caps_the_worker_reply() -> None:
+    """/v1/models answered with 64 MiB: the gateway stops at MAX_PASSTHROUGH_BYTES and answers 502."""
+    def reply(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n")
+        for _ in range(1024):
+            sock.sendall(b" " * 65536)
+
+    with raw_worker(reply) as url:
+        app, _gw = create_app(StaticUpstream(url))
+        with ServedApp(app) as served:
+            r = httpx.get(served.url + "/v1/models", timeout=30)
+    assert r.status_code == 502 and "larger than" in r.text
