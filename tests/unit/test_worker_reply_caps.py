@@ -8,12 +8,15 @@ import asyncio
 import collections
 import contextlib
 import io
+import os
 import socket
 import socketserver
 import threading
 import time
 import types
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +28,9 @@ from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
 from agent.gateway.upstream import StaticUpstream
 from agent.gateway.upstream_client import WorkerGone, open_reply
 from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
+from agent.worker.privdrop import RunAs
 from agent.worker.supervisor import PIPE_LINE_MAX, Supervisor
+from agent.worker.torch_engine import TorchEngine
 
 
 class _Sink:
@@ -174,3 +179,28 @@ def test_gateway_passthrough_get_caps_the_worker_reply() -> None:
         with ServedApp(app) as served:
             r = httpx.get(served.url + "/v1/models", timeout=30)
     assert r.status_code == 502 and "larger than" in r.text
+
+
+def test_torch_token_handover_follows_no_link_the_worker_user_planted(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the token directory is the worker user's, that user can swap the token file for a symlink (to
+    /etc/shadow, say): the daemon must not chown (or chmod, or write) through that name afterwards."""
+    victim = tmp_path / "victim"
+    victim.write_text("root:secret\n")
+    chowned: list[str] = []
+    real_chown = os.chown
+
+    def chown(path: Any, uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
+        p = Path(path)
+        chowned.append(os.path.realpath(p) if follow_symlinks else str(p))
+        real_chown(path, uid, gid, follow_symlinks=follow_symlinks)
+        if p.name.startswith("hosttune-torch-") or p.name == "ctl":  # the worker user races in right here
+            (p / "torch-control.token").unlink()
+            (p / "torch-control.token").symlink_to(victim)
+
+    monkeypatch.setattr(os, "chown", chown)
+    engine = TorchEngine(parent_death_signal=None, token_dir=tmp_path / "ctl",
+                         run_as=RunAs("me", os.getuid(), os.getgid()))
+    engine.token_file()
+    assert str(victim) not in chowned
+    assert victim.read_text() == "root:secret\n"
