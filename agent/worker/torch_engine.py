@@ -74,7 +74,7 @@ class TorchEngine:
             if arg.split("=", 1)[0] in RESERVED_FLAGS:
                 raise InputError(f"{arg} is set by hosttune from the worker spec; use the matching worker field",
                                  field=f"worker.extra_args[{i}]")
-        args = ["-m", "agent.worker.torch_server", "--model", str(model), "--host", spec.host, "--port",
+        args = ["-P", "-m", "agent.worker.torch_server", "--model", str(model), "--host", spec.host, "--port",
                 str(spec.port), "--control-token-file", str(self.token_file())]
         if spec.dtype is not None:
             args += ["--dtype", spec.dtype]

@@ -9,8 +9,10 @@ import collections
 import contextlib
 import io
 import os
+import signal
 import socket
 import socketserver
+import subprocess
 import threading
 import time
 import types
@@ -28,6 +30,7 @@ from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
 from agent.gateway.upstream import StaticUpstream
 from agent.gateway.upstream_client import WorkerGone, open_reply
 from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
+from agent.worker.binding import plan_binding
 from agent.worker.privdrop import RunAs
 from agent.worker.supervisor import PIPE_LINE_MAX, Supervisor
 from agent.worker.torch_engine import TorchEngine
@@ -204,3 +207,19 @@ def test_torch_token_handover_follows_no_link_the_worker_user_planted(tmp_path: 
     engine.token_file()
     assert str(victim) not in chowned
     assert victim.read_text() == "root:secret\n"
+
+
+def test_root_shim_imports_nothing_from_the_working_directory(tmp_path: Path) -> None:
+    """`sudo hosttune worker ...` started in /tmp: a local user's /tmp/agent/worker/bindexec.py must not run (the
+    shim runs as root before it drops to the worker user)."""
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "agent" / "worker"
+    planted.mkdir(parents=True)
+    (tmp_path / "agent" / "__init__.py").write_text("")
+    (planted / "__init__.py").write_text("")
+    (planted / "bindexec.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    binding = plan_binding(None, parent_death_signal=signal.SIGTERM)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([*binding.prefix, "/bin/true"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
+    assert not marker.exists()
+    assert out.returncode == 0, out.stderr
