@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -26,6 +25,7 @@ import psutil
 from agent.errors import InputError
 from agent.gateway.upstream import WorkerEndpoint
 from agent.telemetry.prom import MetricFamily, parse_text, sample_value
+from agent.worker.replycap import read_reply
 
 # The most the sampler reads of the worker's /metrics and /slots, and how long one sample may take in all: a worker
 # (unprivileged, perhaps compromised) that answers with an endless or trickled body must not grow the root daemon's
@@ -151,17 +151,7 @@ class WorkerSampler:
 
     def _get(self, url: str, limit: int, deadline: float) -> tuple[int, bytes]:
         """(status, body) of a GET, the body read raw up to `limit` bytes and until `deadline` (monotonic)."""
-        with self._client.stream("GET", url, headers={"accept-encoding": "identity"}) as r:
-            if r.status_code != 200:
-                return r.status_code, b""
-            body = bytearray()
-            for chunk in r.iter_raw():
-                body += chunk
-                if len(body) > limit:
-                    raise InputError(f"{urlsplit(url).path} reply larger than {limit} bytes")
-                if time.monotonic() > deadline:
-                    raise InputError(f"{urlsplit(url).path} reply not complete within {SAMPLE_DEADLINE_S:g} s")
-            return 200, bytes(body)
+        return read_reply(self._client, "GET", url, limit, max(0.0, deadline - time.monotonic()))
 
     def _process(self) -> tuple[int | None, float | None]:
         pid = self.pid() if callable(self.pid) else None

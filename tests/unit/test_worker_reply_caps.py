@@ -25,6 +25,7 @@ import pytest
 from gateway_fakes import ServedApp
 from test_gateway_upstream_client import run as run_script
 
+from agent.errors import HostError
 from agent.gateway.app import create_app
 from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
 from agent.gateway.upstream import StaticUpstream
@@ -33,6 +34,7 @@ from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
 from agent.worker.binding import plan_binding
 from agent.worker.privdrop import RunAs
 from agent.worker.supervisor import PIPE_LINE_MAX, Supervisor
+from agent.worker.torch_control import TorchWorkerControl
 from agent.worker.torch_engine import TorchEngine
 
 
@@ -223,3 +225,30 @@ def test_root_shim_imports_nothing_from_the_working_directory(tmp_path: Path) ->
     out = subprocess.run([*binding.prefix, "/bin/true"], cwd=tmp_path, env=env, capture_output=True, timeout=60)
     assert not marker.exists()
     assert out.returncode == 0, out.stderr
+
+
+def test_torch_control_client_caps_the_worker_reply() -> None:
+    """The daemon's controller reads /control and /metrics of the torch worker: a 64 MiB or trickled reply is a
+    HostError after MAX_REPLY_BYTES / the deadline, not a daemon that buffers it (or hangs on it)."""
+    def huge(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 422 Unprocessable\r\ncontent-type: application/json\r\n\r\n")
+        for _ in range(1024):
+            sock.sendall(b" " * 65536)
+
+    with raw_worker(huge) as url, TorchWorkerControl(url, token="t" * 32, timeout_s=2.0) as control:
+        with pytest.raises(HostError, match="larger than"):
+            control.state()
+        with pytest.raises(HostError, match="larger than"):
+            control.stats()
+
+    def trickle(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n# ")
+        for _ in range(60):
+            sock.sendall(b"c")
+            time.sleep(0.2)
+
+    with raw_worker(trickle) as url, TorchWorkerControl(url, token="t" * 32, timeout_s=1.0) as control:
+        t0 = time.monotonic()
+        with pytest.raises(HostError, match="not complete"):
+            control.stats()
+        assert time.monotonic() - t0 < 4.0
