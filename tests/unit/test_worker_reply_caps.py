@@ -28,7 +28,7 @@ from test_gateway_upstream_client import run as run_script
 from agent.errors import HostError
 from agent.gateway.app import create_app
 from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
-from agent.gateway.upstream import StaticUpstream
+from agent.gateway.upstream import ProbedUpstream, StaticUpstream
 from agent.gateway.upstream_client import WorkerGone, open_reply
 from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
 from agent.worker.binding import plan_binding
@@ -252,3 +252,24 @@ def test_torch_control_client_caps_the_worker_reply() -> None:
         with pytest.raises(HostError, match="not complete"):
             control.stats()
         assert time.monotonic() - t0 < 4.0
+
+
+def test_gateway_health_probe_reads_no_body() -> None:
+    """`hosttune gateway --worker-url`: the /health probe takes the status and reads none of a trickled body
+    (each byte within the probe timeout, so reading it would take 12 s)."""
+    def endless(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n")
+        for _ in range(60):
+            sock.sendall(b" ")
+            time.sleep(0.2)
+
+    async def probe(url: str) -> tuple[bool, float]:
+        up = ProbedUpstream(url, probe_timeout_s=2.0)
+        t0 = time.monotonic()
+        async with httpx.AsyncClient() as client:
+            ok = await up.probe(client)
+        return ok, time.monotonic() - t0
+
+    with raw_worker(endless) as url:
+        ok, elapsed = asyncio.run(probe(url))
+    assert ok and elapsed < 1.5
