@@ -52,7 +52,7 @@ class _WorkerLoading(Exception):
 def wants_stream(body: bytes) -> bool:
     try:
         payload = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth: the worker says no
         return False
     return isinstance(payload, dict) and bool(payload.get("stream"))
 

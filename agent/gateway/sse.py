@@ -193,7 +193,7 @@ def _message_content(obj: dict[str, Any]) -> bool:
 def _loads(data: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past the parser's depth
         return None
     return obj if isinstance(obj, dict) else None
 

@@ -27,7 +27,7 @@ from test_gateway_upstream_client import run as run_script
 
 from agent.errors import HostError
 from agent.gateway.app import create_app
-from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser
+from agent.gateway.sse import MAX_EVENT_BYTES, SSEParser, StreamTally
 from agent.gateway.upstream import ProbedUpstream, StaticUpstream
 from agent.gateway.upstream_client import WorkerGone, open_reply
 from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
@@ -273,3 +273,27 @@ def test_gateway_health_probe_reads_no_body() -> None:
     with raw_worker(endless) as url:
         ok, elapsed = asyncio.run(probe(url))
     assert ok and elapsed < 1.5
+
+
+def test_gateway_deeply_nested_body_is_passed_on_not_a_500() -> None:
+    """A client's body nested 200 000 deep: the gateway's stream sniffing must not raise (RecursionError was a
+    500); the body goes to the worker, which answers for it."""
+    def reply(sock: socket.socket, head: bytes) -> None:
+        body = b'{"error": {"message": "bad json"}}'
+        sock.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                     b"connection: close\r\n\r\n%s" % (len(body), body))
+
+    with raw_worker(reply) as url:
+        app, _gw = create_app(StaticUpstream(url))
+        with ServedApp(app) as served:
+            r = httpx.post(served.url + "/v1/completions", content=b"[" * 200_000, timeout=30)
+    assert r.status_code == 400, r.text
+
+
+def test_sse_tally_survives_deeply_nested_worker_json() -> None:
+    tally = StreamTally(started=0.0, stream=True)
+    tally.feed(b"data: " + b"[" * 200_000 + b"\n\n", 1.0)
+    tally = StreamTally(started=0.0, stream=False)
+    tally.feed(b"[" * 200_000, 1.0)
+    tally.finish()
+    assert tally.content_chunks == 0
