@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import http.client
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from agent.errors import HostTuneError
 from agent.fsio import atomic_write_json
@@ -404,15 +405,41 @@ class Supervisor:
     # ----- process plumbing -------------------------------------------------------------------------------------
 
     def _probe(self, url: str) -> int | None:
-        """HTTP status of the health URL; None when nothing answers. No proxies: the worker is local."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(url, timeout=self.policy.probe_timeout_s) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as e:
-            return int(e.code)
-        except (OSError, ValueError):
+        """HTTP status of the health URL; None when nothing answers (or the URL is not http/https). No proxies:
+        the worker is local. The whole probe has a deadline (twice probe_timeout_s): the socket timeout is per
+        read, and a worker that trickles its reply head a byte at a time would otherwise hold this thread, and with
+        it every stop and restart, for as long as it likes."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             return None
+        timeout = self.policy.probe_timeout_s
+        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        try:
+            conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
+        except ValueError:
+            return None
+
+        expired = threading.Event()
+
+        def cut() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(2 * timeout, cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+            status = int(conn.getresponse().status)
+            return None if expired.is_set() else status  # a head cut short is no answer
+        except (OSError, ValueError, http.client.HTTPException):
+            return None
+        finally:
+            timer.cancel()
+            conn.close()
 
     def _terminate(self, proc: _Proc) -> str:
         """SIGTERM, wait up to stop_timeout_s, then SIGKILL. Only ever signals our own child, by its PID."""

@@ -33,7 +33,7 @@ from agent.gateway.upstream_client import WorkerGone, open_reply
 from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
 from agent.worker.binding import plan_binding
 from agent.worker.privdrop import RunAs
-from agent.worker.supervisor import PIPE_LINE_MAX, Supervisor
+from agent.worker.supervisor import PIPE_LINE_MAX, RestartPolicy, Supervisor
 from agent.worker.torch_control import TorchWorkerControl
 from agent.worker.torch_engine import TorchEngine
 
@@ -297,3 +297,27 @@ def test_sse_tally_survives_deeply_nested_worker_json() -> None:
     tally.feed(b"[" * 200_000, 1.0)
     tally.finish()
     assert tally.content_chunks == 0
+
+
+def test_supervisor_health_probe_has_an_overall_deadline() -> None:
+    """A worker trickling its reply head a byte at a time (each within the socket timeout) no longer holds the
+    supervisor's watch thread, and so its stop and restart handling, past 2 x probe_timeout_s."""
+    def trickle(sock: socket.socket, head: bytes) -> None:
+        sock.sendall(b"HTTP/1.1 200 OK\r\nx-slow: ")
+        for _ in range(60):
+            sock.sendall(b"a")
+            time.sleep(0.2)
+
+    fake = types.SimpleNamespace(policy=RestartPolicy(probe_timeout_s=0.5))
+    with raw_worker(trickle) as url:
+        t0 = time.monotonic()
+        code = Supervisor._probe(fake, url + "/health")  # type: ignore[arg-type]
+        elapsed = time.monotonic() - t0
+    assert code is None and elapsed < 2.5
+
+
+def test_supervisor_health_probe_is_http_only(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    fake = types.SimpleNamespace(policy=RestartPolicy(probe_timeout_s=0.5))
+    assert Supervisor._probe(fake, secret.as_uri()) is None  # type: ignore[arg-type]
