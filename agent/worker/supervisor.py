@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import psutil
+
 from agent.errors import HostTuneError
 from agent.fsio import atomic_write_json
 from agent.hostfs import HostPaths
@@ -83,6 +85,33 @@ class _Proc:
     spawned: float
     oom_kills_before: int | None
     exited: bool = False
+
+
+def listens_on_own_port(pid: int, base_url: str | None) -> bool:
+    """Whether the worker (pid, or a process it started) listens on the port of `base_url`, where the gateway
+    will send requests. A local user who bound that port before the worker (during a restart's backoff, or while
+    the engine initialises) answers the health check too: taking that for "ready" sent clients' prompts to them.
+    True when there is no port to check, or when the process table cannot be read (not root, no /proc)."""
+    port = urlsplit(base_url).port if base_url else None
+    if port is None:
+        return True
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
+    for p in procs:
+        try:
+            conns = p.net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:
+            return True
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+    return False
 
 
 class Supervisor:
@@ -369,6 +398,8 @@ class Supervisor:
                 return "crash", self._crash_reason(proc)
             code = self._probe(proc.launch.health_url)
             if not ready:
+                if code == 200 and not listens_on_own_port(proc.popen.pid, proc.launch.base_url):
+                    code = None  # someone else answers on the worker's port (a local user who bound it first)
                 if code == 200:
                     load = time.monotonic() - proc.spawned
                     self._event("ready", pid=proc.popen.pid, load_seconds=round(load, 3))

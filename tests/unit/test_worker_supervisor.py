@@ -262,3 +262,34 @@ def test_rotating_log_keeps_backups(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "a.log.1", "a.log.2"]
     assert (tmp_path / "a.log").read_bytes().startswith(b"08")
     assert (tmp_path / "a.log.2").read_bytes().startswith(b"04")
+
+
+def test_a_squatter_on_the_worker_port_does_not_make_it_ready(h: Harness) -> None:
+    """A local user binds the worker's port first and answers /health with 200: the worker is not ready until a
+    process of its own listens there (the gateway would send clients' prompts to the squatter)."""
+    import http.server
+    import sys
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    port = squatter.server_address[1]
+    try:
+        spec = WorkerSpec(engine="command", argv=[sys.executable, "-c", "import time; time.sleep(30)"], port=port)
+        sup = h.supervisor(spec)
+        sup.start()
+        assert not sup.wait_ready(1.5)
+        assert sup.state == WorkerState.STARTING
+        sup.stop()
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
