@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import psutil
-
 from agent.errors import HostTuneError
 from agent.fsio import atomic_write_json
 from agent.hostfs import HostPaths
@@ -87,31 +85,44 @@ class _Proc:
     exited: bool = False
 
 
-def listens_on_own_port(pid: int, base_url: str | None) -> bool:
-    """Whether the worker (pid, or a process it started) listens on the port of `base_url`, where the gateway
-    will send requests. A local user who bound that port before the worker (during a restart's backoff, or while
+def port_listeners(paths: HostPaths, port: int) -> list[int] | None:
+    """The uids owning the listening TCP sockets (IPv4 and IPv6) on `port` in our network namespace, from
+    /proc/net/tcp{,6} (readable without ptrace rights: the unit's ProtectProc=invisible hides the worker's own
+    /proc entry from the daemon). None when neither table can be read."""
+    uids: list[int] = []
+    seen = False
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(paths.proc("net", name), encoding="ascii", errors="replace") as f:
+                seen = True
+                next(f, None)  # the header
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 7 and cols[3] == "0A" and cols[1].rpartition(":")[2] == f"{port:04X}":
+                        uids.append(int(cols[7]))
+        except (OSError, ValueError):
+            continue
+    return uids if seen else None
+
+
+def listens_on_own_port(paths: HostPaths, uid: int, base_url: str | None) -> bool:
+    """Whether every listener on the port of `base_url` (where the gateway sends requests) is the worker's uid,
+    and there is one. A local user who bound that port before the worker (during a restart's backoff, or while
     the engine initialises) answers the health check too: taking that for "ready" sent clients' prompts to them.
-    True when there is no port to check, or when the process table cannot be read (not root, no /proc)."""
+    True when there is no port to check or no socket table to read."""
     port = urlsplit(base_url).port if base_url else None
     if port is None:
         return True
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True
-    for p in procs:
-        try:
-            conns = p.net_connections(kind="inet")
-        except psutil.NoSuchProcess:
-            continue
-        except psutil.Error:
-            return True
-        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
-            return True
-    return False
+    uids = port_listeners(paths, port)
+    return uids is None or (bool(uids) and all(u == uid for u in uids))
+
+
+def worker_uid(launch: Launch) -> int:
+    """The uid the worker runs as: the exec shim's --uid (agent/worker/binding.py), else ours."""
+    prefix = launch.binding.prefix
+    if "--uid" in prefix[:-1]:
+        return int(prefix[prefix.index("--uid") + 1])
+    return os.geteuid()
 
 
 class Supervisor:
@@ -398,7 +409,8 @@ class Supervisor:
                 return "crash", self._crash_reason(proc)
             code = self._probe(proc.launch.health_url)
             if not ready:
-                if code == 200 and not listens_on_own_port(proc.popen.pid, proc.launch.base_url):
+                if code == 200 and not listens_on_own_port(self._paths, worker_uid(proc.launch),
+                                                           proc.launch.base_url):
                     code = None  # someone else answers on the worker's port (a local user who bound it first)
                 if code == 200:
                     load = time.monotonic() - proc.spawned

@@ -264,12 +264,15 @@ def test_rotating_log_keeps_backups(tmp_path: Path) -> None:
     assert (tmp_path / "a.log.2").read_bytes().startswith(b"04")
 
 
-def test_a_squatter_on_the_worker_port_does_not_make_it_ready(h: Harness) -> None:
-    """A local user binds the worker's port first and answers /health with 200: the worker is not ready until a
-    process of its own listens there (the gateway would send clients' prompts to the squatter)."""
+def test_a_squatter_on_the_worker_port_does_not_make_it_ready(h: Harness, tmp_path: Path) -> None:
+    """A local user binds the worker's port first and answers /health with 200: the worker is not ready while a
+    listener on its port belongs to another uid (the gateway would send clients' prompts to the squatter). The
+    socket table says who owns the port (/proc/net/tcp: the unit hides the worker's own /proc entry)."""
     import http.server
     import sys
     import threading
+
+    from agent.hostfs import HostPaths
 
     class Ok(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -283,9 +286,15 @@ def test_a_squatter_on_the_worker_port_does_not_make_it_ready(h: Harness) -> Non
     squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
     threading.Thread(target=squatter.serve_forever, daemon=True).start()
     port = squatter.server_address[1]
+    procfs = tmp_path / "proc"
+    (procfs / "net").mkdir(parents=True)
+    head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    (procfs / "net" / "tcp").write_text(head + f"   0: 0100007F:{port:04X} 00000000:0000 0A 00000000:00000000 "
+                                        f"00:00000000 00000000 {os.getuid() + 4242} 0 1 1 0 100 0 0 10 0\n")
+    paths = HostPaths(procfs=procfs, sysfs=tmp_path / "sys", rootfs=tmp_path)
     try:
         spec = WorkerSpec(engine="command", argv=[sys.executable, "-c", "import time; time.sleep(30)"], port=port)
-        sup = h.supervisor(spec)
+        sup = h.supervisor(spec, paths=paths)
         sup.start()
         assert not sup.wait_ready(1.5)
         assert sup.state == WorkerState.STARTING
@@ -293,3 +302,19 @@ def test_a_squatter_on_the_worker_port_does_not_make_it_ready(h: Harness) -> Non
     finally:
         squatter.shutdown()
         squatter.server_close()
+
+
+def test_port_listeners_reads_the_live_socket_table() -> None:
+    import socket
+
+    from agent.hostfs import HostPaths
+    from agent.worker.supervisor import listens_on_own_port, port_listeners
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert port_listeners(HostPaths.live(), port) == [os.getuid()]
+        assert listens_on_own_port(HostPaths.live(), os.getuid(), f"http://127.0.0.1:{port}")
+        assert not listens_on_own_port(HostPaths.live(), os.getuid() + 1, f"http://127.0.0.1:{port}")
+    assert not listens_on_own_port(HostPaths.live(), os.getuid(), f"http://127.0.0.1:{port}")  # nobody listens
