@@ -318,3 +318,23 @@ def test_port_listeners_reads_the_live_socket_table() -> None:
         assert listens_on_own_port(HostPaths.live(), os.getuid(), f"http://127.0.0.1:{port}")
         assert not listens_on_own_port(HostPaths.live(), os.getuid() + 1, f"http://127.0.0.1:{port}")
     assert not listens_on_own_port(HostPaths.live(), os.getuid(), f"http://127.0.0.1:{port}")  # nobody listens
+
+
+@pytest.mark.root
+def test_a_worker_under_its_own_uid_is_ready_and_owns_its_port(tmp_path: Path) -> None:
+    """As root: the worker drops to nobody, binds its port as nobody, and the uid check takes it for the worker."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the worker drops to nobody)")
+    from agent.worker.privdrop import RunAs
+
+    port = free_port()
+    engine = CommandEngine(parent_death_signal=None, run_as=RunAs("nobody", 65534, 65534))
+    spec = WorkerSpec(engine="command", argv=["/usr/bin/python3", "-m", "http.server", str(port), "--bind",
+                                              "127.0.0.1", "--directory", "/"],
+                      port=port, health_url=f"http://127.0.0.1:{port}/")
+    sup = Supervisor(spec, lambda s: engine.launch(s, None, None), state_dir=tmp_path / "state", policy=FAST)
+    sup.start()
+    try:
+        assert sup.wait_ready(15), sup.status()
+    finally:
+        sup.stop()
