@@ -4,8 +4,9 @@ Why at the server and not in each app: the Host names a server answers to and th
 are properties of where and how it listens, not of the routes. Three layers:
 
 - the parser (`bounded_http_protocol`): uvicorn's httptools protocol, which enforces no size on the request line
-  or headers, counts them while parsing and drops the connection (400) past a hard cap of four times the limits
-  below, so a client streaming an endless header block costs a bounded buffer;
+  or headers, counts them while parsing (and the raw bytes received while a head is incomplete: httptools holds
+  a header line until it ends) and drops the connection (400) past a hard cap of four times the limits below, so
+  a client streaming an endless header block, or one endless header line, costs a bounded buffer;
 - `RequestGuard`, an ASGI middleware in front of the app: 414 for a URL over `max_url_bytes`, 431 for a header
   block over `max_header_bytes`, 421 for a Host header that is not one of the server's names (a web page reaching
   a loopback port through DNS rebinding sends its own name). A request without a Host header passes: a browser
@@ -150,6 +151,21 @@ def bounded_http_protocol(hard_cap_bytes: int, head_timeout_s: float) -> Any:
         head_cap = hard_cap_bytes
         head_bytes = 0
         head_timer: asyncio.TimerHandle | None = None
+        # Raw bytes received inside an incomplete head: httptools keeps a header line to itself (no on_header)
+        # until the line ends, so one endless header is only seen here.
+        raw_head_bytes = 0
+        head_completed = False
+
+        def data_received(self, data: bytes) -> None:
+            in_head, self.head_completed = self.head_timer is not None, False
+            super().data_received(data)
+            # Counted: chunks that began inside a head that is still incomplete after them (a chunk that also
+            # carried a body, pipelined, is not: it would count body bytes as head).
+            if in_head and not self.head_completed and self.head_timer is not None \
+                    and not self.transport.is_closing():
+                self.raw_head_bytes += len(data)
+                if self.raw_head_bytes > self.head_cap:
+                    self.send_400_response("Request head too large.")
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -164,6 +180,7 @@ def bounded_http_protocol(hard_cap_bytes: int, head_timeout_s: float) -> Any:
                 self.head_timer = self.loop.call_later(head_timeout_s, self._head_expired)
 
         def _stop_head_timer(self) -> None:
+            self.raw_head_bytes = 0
             if self.head_timer is not None:
                 self.head_timer.cancel()
                 self.head_timer = None
@@ -179,6 +196,7 @@ def bounded_http_protocol(hard_cap_bytes: int, head_timeout_s: float) -> Any:
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
+            self.head_completed = True
             self._stop_head_timer()
             super().on_headers_complete()
 

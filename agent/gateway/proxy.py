@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                         "transfer-encoding", "upgrade", "host", "content-length"})
+# The largest worker reply to a pass-through GET (/v1/models, /props) the gateway buffers: read raw (no gzip
+# decoding, so no decompression bomb), and a bigger one is a 502, not the gateway's memory.
+MAX_PASSTHROUGH_BYTES = 8 << 20
 # Failures where the worker did not get or did not finish the request: safe to retry if nothing was forwarded.
 WORKER_GONE = (WorkerGone,)
 
@@ -49,7 +52,7 @@ class _WorkerLoading(Exception):
 def wants_stream(body: bytes) -> bool:
     try:
         payload = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the parser's depth: the worker says no
         return False
     return isinstance(payload, dict) and bool(payload.get("stream"))
 
@@ -253,9 +256,9 @@ class Proxy:
             base = self.endpoint.base_url()
             if base and self.endpoint.is_ready():
                 try:
-                    r = await self.client.get(f"{base}/health", timeout=1.0)
-                    if r.status_code != 503:
-                        return True
+                    async with self.client.stream("GET", f"{base}/health", timeout=1.0) as r:
+                        if r.status_code != 503:  # the status is all we need: the body is never read
+                            return True
                 except httpx.HTTPError:
                     pass
             remaining = deadline - time.monotonic()
@@ -271,12 +274,20 @@ class Proxy:
             return JSONResponse({"error": {"message": "worker is not ready", "code": 503}}, status_code=503,
                                 headers={"Retry-After": str(self.settings.retry_after_s)})
         try:
-            r = await self.client.get(f"{base}{request.url.path}", headers=request_headers(request))
+            async with self.client.stream("GET", f"{base}{request.url.path}",
+                                          headers=request_headers(request)) as r:
+                body = bytearray()
+                async for chunk in r.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_PASSTHROUGH_BYTES:
+                        return JSONResponse({"error": {"message": f"worker reply larger than "
+                                                       f"{MAX_PASSTHROUGH_BYTES} bytes", "code": 502}},
+                                            status_code=502)
         except httpx.HTTPError as e:
             self.endpoint.report_failure()
             return JSONResponse({"error": {"message": f"worker unavailable: {type(e).__name__}", "code": 502}},
                                 status_code=502)
-        return Response(r.content, status_code=r.status_code,
+        return Response(bytes(body), status_code=r.status_code,
                         headers={k: v for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP})
 
 

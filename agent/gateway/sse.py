@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SOURCE_RANK = {"usage": 3, "timings": 2, "llamacpp": 1, "counted": 0}
+# The longest SSE event kept for parsing: a worker (or a server `hosttune bench` talks to) that sends an event
+# without an end must not grow the buffer without bound; the bytes still pass through, the event is not counted.
+MAX_EVENT_BYTES = 1 << 20
 
 
 class SSEParser:
@@ -51,6 +54,8 @@ class SSEParser:
                     data.append(value)
             if data:
                 events.append((kind, b"\n".join(data)))
+        if len(self._buf) > MAX_EVENT_BYTES:
+            self._buf = self._buf[-1:]  # drop the oversized event; keep a "\n" that may start the next "\n\n"
         return events
 
 
@@ -188,7 +193,7 @@ def _message_content(obj: dict[str, Any]) -> bool:
 def _loads(data: bytes) -> dict[str, Any] | None:
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past the parser's depth
         return None
     return obj if isinstance(obj, dict) else None
 

@@ -124,8 +124,8 @@ class ProbedUpstream:
 
     async def probe(self, client: httpx.AsyncClient) -> bool:
         try:
-            r = await client.get(self.url + "/health", timeout=self.probe_timeout_s)
-            self.last_status = r.status_code
+            async with client.stream("GET", self.url + "/health", timeout=self.probe_timeout_s) as r:
+                self.last_status = r.status_code  # the status is the answer: the body is never read
             ok = r.status_code == 200
         except httpx.HTTPError:
             self.last_status = None

@@ -22,6 +22,9 @@ import httptools
 
 PAUSE_AT = 64     # buffered body chunks before we stop reading from the worker (the client is slow)
 RESUME_AT = 8
+# The most bytes of a reply the gateway reads before the worker's headers are complete: a worker that sends
+# endless headers (or one endless header line) must not make the gateway (the root daemon) buffer them all.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -52,6 +55,7 @@ class _ReplyProtocol(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self.paused = False
         self.framed = False          # content-length or chunked: EOF before completion is an error
+        self.head_bytes = 0          # bytes received before the headers were complete
 
     # transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,6 +68,14 @@ class _ReplyProtocol(asyncio.Protocol):
             self._fail(WorkerGone(f"malformed reply from the worker: {e}", self.status is not None))
             if self.transport is not None:
                 self.transport.abort()
+            return
+        if not self.headers_done.done():
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(WorkerGone(f"reply headers from the worker over {MAX_HEAD_BYTES} bytes",
+                                      self.status is not None))
+                if self.transport is not None:
+                    self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.complete:

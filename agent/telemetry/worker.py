@@ -13,6 +13,7 @@ come from the gateway.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -24,6 +25,14 @@ import psutil
 from agent.errors import InputError
 from agent.gateway.upstream import WorkerEndpoint
 from agent.telemetry.prom import MetricFamily, parse_text, sample_value
+from agent.worker.replycap import read_reply
+
+# The most the sampler reads of the worker's /metrics and /slots, and how long one sample may take in all: a worker
+# (unprivileged, perhaps compromised) that answers with an endless or trickled body must not grow the root daemon's
+# memory or hold the sampler. Bodies are asked for and read raw (no gzip: no decompression bomb).
+MAX_METRICS_BYTES = 4 << 20
+MAX_SLOTS_BYTES = 1 << 20
+SAMPLE_DEADLINE_S = 2.0
 
 # llama-server metric -> our field
 LLAMACPP_FIELDS = {
@@ -140,6 +149,10 @@ class WorkerSampler:
         if self._http is not None:
             self._http.close()
 
+    def _get(self, url: str, limit: int, deadline: float) -> tuple[int, bytes]:
+        """(status, body) of a GET, the body read raw up to `limit` bytes and until `deadline` (monotonic)."""
+        return read_reply(self._client, "GET", url, limit, max(0.0, deadline - time.monotonic()))
+
     def _process(self) -> tuple[int | None, float | None]:
         pid = self.pid() if callable(self.pid) else None
         if not pid:
@@ -162,17 +175,19 @@ class WorkerSampler:
                                error="no worker URL")
             self._prev = cur
             return cur
+        deadline = time.monotonic() + SAMPLE_DEADLINE_S
         try:
-            r = self._client.get(url + "/metrics")
-            if r.status_code != 200:
-                raise InputError(f"/metrics answered HTTP {r.status_code} (start llama-server with --metrics)")
-            cur = replace(parse_worker_metrics(r.text, now), ready=ready, rss_bytes=rss, cpu_seconds_total=cpu)
+            status, body = self._get(url + "/metrics", MAX_METRICS_BYTES, deadline)
+            if status != 200:
+                raise InputError(f"/metrics answered HTTP {status} (start llama-server with --metrics)")
+            cur = replace(parse_worker_metrics(body.decode("utf-8", "replace"), now), ready=ready, rss_bytes=rss,
+                          cpu_seconds_total=cpu)
             if self.slots and cur.engine == "llamacpp":
-                s = self._client.get(url + "/slots")
-                if s.status_code == 200:
-                    total, busy, ctx = parse_slots(s.json())
+                status, body = self._get(url + "/slots", MAX_SLOTS_BYTES, deadline)
+                if status == 200:
+                    total, busy, ctx = parse_slots(json.loads(body))
                     cur = replace(cur, slots_total=total, slots_busy=busy, slot_ctx=ctx)
-        except (httpx.HTTPError, InputError, ValueError) as e:
+        except (httpx.HTTPError, InputError, ValueError, TypeError, OverflowError, RecursionError) as e:
             cur = WorkerSample(t=now, up=False, ready=ready, rss_bytes=rss, cpu_seconds_total=cpu,
                                error=str(e) or type(e).__name__)
         cur = with_rates(cur, self._prev)

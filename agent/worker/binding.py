@@ -41,7 +41,9 @@ def plan_binding(placement: Placement | None, prefer: BindPreference = "auto", n
     """The argv prefix that applies `placement` (mechanism `none` when nothing is to be bound), optionally
     makes the kernel send `parent_death_signal` to the worker when its supervising thread dies, and drops to
     `run_as` before the worker (or numactl) is exec'd."""
-    shim = [sys.executable, "-m", "agent.worker.bindexec"]
+    # -P: the shim runs as root, so the working directory (wherever `hosttune` was started, /tmp say) must not
+    # come first on its sys.path: a planted agent/worker/bindexec.py there would run as root.
+    shim = [sys.executable, "-P", "-m", "agent.worker.bindexec"]
     guard = ["--pdeathsig", str(parent_death_signal), "--parent", str(os.getpid())] if parent_death_signal else []
     if run_as is not None:
         guard = [*run_as.shim_args(), *guard]

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.errors import HostError, InputError
 from agent.fsio import read_capped
 from agent.telemetry.prom import parse_text
+from agent.worker.replycap import read_reply
 
 METRIC_PREFIX = "torch:"
+MAX_REPLY_BYTES = 1 << 20  # the most of a /control or /metrics reply the daemon reads
 
 
 class ControlUpdate(BaseModel):
@@ -78,6 +80,7 @@ class TorchWorkerControl:
             token = read_token(token_file)
         self.base_url = base_url.rstrip("/")
         self._client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {token}"}, trust_env=False)
+        self._deadline_s = 2 * timeout_s
 
     def close(self) -> None:
         self._client.close()
@@ -88,24 +91,29 @@ class TorchWorkerControl:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+        """The reply body of a 200; read capped (agent/worker/replycap.py): the worker is not trusted."""
         try:
-            r = self._client.request(method, self.base_url + path, json=body)
+            status, data = read_reply(self._client, method, self.base_url + path, MAX_REPLY_BYTES,
+                                      self._deadline_s, json=body)
         except httpx.HTTPError as e:
             raise HostError(f"torch worker at {self.base_url} did not answer {path}: {e}") from e
-        if r.status_code == 422 or r.status_code == 400:
-            raise InputError(f"torch worker refused the control request: {r.text}")
-        if r.status_code != 200:
-            raise HostError(f"torch worker {path} answered HTTP {r.status_code}: {r.text[:200]}")
-        return r
+        except InputError as e:
+            raise HostError(f"torch worker at {self.base_url}: {e}") from None
+        text = data[:500].decode("utf-8", "replace")
+        if status == 422 or status == 400:
+            raise InputError(f"torch worker refused the control request: {text}")
+        if status != 200:
+            raise HostError(f"torch worker {path} answered HTTP {status}: {text[:200]}")
+        return data
 
     def state(self) -> ControlState:
-        return ControlState.model_validate(self._call("GET", "/control").json())
+        return ControlState.model_validate_json(self._call("GET", "/control"))
 
     def update(self, **fields: Any) -> ControlState:
         """Send only the given fields (max_batch, kv_budget_tokens, inject_oom); returns the new state."""
         body = ControlUpdate.model_validate(fields).model_dump(include=set(fields))
-        return ControlState.model_validate(self._call("POST", "/control", body).json())
+        return ControlState.model_validate_json(self._call("POST", "/control", body))
 
     def set_max_batch(self, n: int) -> ControlState:
         return self.update(max_batch=n)
@@ -119,12 +127,13 @@ class TorchWorkerControl:
     def stats(self) -> dict[str, float]:
         """The worker's own torch:* metrics (no auth needed), by name without the prefix."""
         try:
-            r = self._client.get(self.base_url + "/metrics")
-        except httpx.HTTPError as e:
+            status, data = read_reply(self._client, "GET", self.base_url + "/metrics", MAX_REPLY_BYTES,
+                                      self._deadline_s)
+        except (httpx.HTTPError, InputError) as e:
             raise HostError(f"torch worker at {self.base_url} did not answer /metrics: {e}") from e
-        if r.status_code != 200:
-            raise HostError(f"torch worker /metrics answered HTTP {r.status_code}")
-        return parse_torch_metrics(r.text)
+        if status != 200:
+            raise HostError(f"torch worker /metrics answered HTTP {status}")
+        return parse_torch_metrics(data.decode("utf-8", "replace"))
 
 
 def parse_torch_metrics(text: str) -> dict[str, float]:

@@ -10,6 +10,7 @@ needs a restart. control_client() gives the controller a client for the levers.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import shutil
@@ -52,13 +53,19 @@ class TorchEngine:
                 atexit.register(shutil.rmtree, self._token_dir, True)
             self._token_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             path = self._token_dir / TOKEN_FILE
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # O_EXCL|O_NOFOLLOW and f-calls on the descriptor: nothing here follows a name the worker user could
+            # have replaced (the directory becomes theirs below; chown(path) after that once handed a symlink
+            # planted there, e.g. to /etc/shadow, root's chown).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # a given token_dir may hold an earlier token (unlink follows no link)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "w") as f:
+                os.fchmod(fd, 0o600)
+                if self._run_as is not None:  # the worker user reads it; still nobody else
+                    os.fchown(fd, self._run_as.uid, self._run_as.gid)
                 f.write(secrets.token_urlsafe(32) + "\n")
-            os.chmod(path, 0o600)
-            if self._run_as is not None:  # the worker user reads it; still nobody else
-                os.chown(self._token_dir, self._run_as.uid, self._run_as.gid)
-                os.chown(path, self._run_as.uid, self._run_as.gid)
+            if self._run_as is not None:
+                os.chown(self._token_dir, self._run_as.uid, self._run_as.gid, follow_symlinks=False)
             self._token_file = path
         return self._token_file
 
@@ -67,7 +74,7 @@ class TorchEngine:
             if arg.split("=", 1)[0] in RESERVED_FLAGS:
                 raise InputError(f"{arg} is set by hosttune from the worker spec; use the matching worker field",
                                  field=f"worker.extra_args[{i}]")
-        args = ["-m", "agent.worker.torch_server", "--model", str(model), "--host", spec.host, "--port",
+        args = ["-P", "-m", "agent.worker.torch_server", "--model", str(model), "--host", spec.host, "--port",
                 str(spec.port), "--control-token-file", str(self.token_file())]
         if spec.dtype is not None:
             args += ["--dtype", spec.dtype]

@@ -180,3 +180,22 @@ def test_api_socket_is_tcp_so_asyncio_disables_nagle() -> None:
             assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         server.stop()
+
+
+def test_an_endless_header_value_is_cut_before_it_is_buffered(api_server: ServerThread) -> None:
+    """httptools keeps a header's value to itself until its line ends: one header that never ends must still be
+    cut at the hard cap (the server reads no more), not buffered for the whole head deadline."""
+    port = api_server.port
+    assert port is not None
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Big: ")
+        chunk = b"v" * 65536
+        try:
+            for _ in range(1024):  # 64 MiB if the server kept reading
+                s.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+    assert sent < 16 << 20
+    assert httpx.get(api_server.url + "/x").status_code == 200

@@ -28,7 +28,7 @@ def test_launch_argv_env_and_urls(tmp_path: Path) -> None:
     spec = WorkerSpec(engine="torch", port=9123, parallel=4, ctx=4096, dtype="bf16", threads=3)
     launch = eng.launch(spec, Path("/m/model.gguf"), None)
     token = tmp_path / "ctl" / "torch-control.token"
-    assert launch.argv == [sys.executable, "-m", "agent.worker.torch_server", "--model", "/m/model.gguf",
+    assert launch.argv == [sys.executable, "-P", "-m", "agent.worker.torch_server", "--model", "/m/model.gguf",
                            "--host", "127.0.0.1", "--port", "9123", "--control-token-file", str(token),
                            "--dtype", "bf16", "--max-batch", "4", "--kv-budget-tokens", "4096", "--threads", "3"]
     assert launch.health_url == "http://127.0.0.1:9123/health"

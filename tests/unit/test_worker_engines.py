@@ -64,7 +64,7 @@ def test_launch_binds_and_selects_the_gpu() -> None:
     placement = plan_placement(two_socket_server(), WorkerSpec(gpu=6, gpu_layers=99))
     launch = LlamaCppEngine(BINARY, prefer_binding="bindexec").launch(WorkerSpec(gpu=6, gpu_layers=99), MODEL,
                                                                       placement)
-    assert launch.argv[:3] == [sys.executable, "-m", "agent.worker.bindexec"]
+    assert launch.argv[:4] == [sys.executable, "-P", "-m", "agent.worker.bindexec"]
     head = launch.argv[:launch.argv.index("--")]
     assert head[head.index("--cpus") + 1] == "4-7,12-15" and head[head.index("--membind") + 1] == "1"
     assert launch.argv[launch.argv.index("--") + 1] == str(BINARY.path)
@@ -127,7 +127,7 @@ def test_binding_prefers_numactl_when_installed(tmp_path: Path) -> None:
     assert b.mechanism == "numactl"
     assert b.prefix == ["/usr/bin/numactl", "--physcpubind=4-6", "--membind=1", "--"]
     guarded = plan_binding(placement([4], 1), numactl="/usr/bin/numactl", parent_death_signal=15)
-    assert guarded.prefix[:3] == [sys.executable, "-m", "agent.worker.bindexec"]
+    assert guarded.prefix[:4] == [sys.executable, "-P", "-m", "agent.worker.bindexec"]
     assert guarded.prefix[guarded.prefix.index("--") + 1] == "/usr/bin/numactl"
     assert plan_binding(None).mechanism == "none" and plan_binding(None).prefix == []
 

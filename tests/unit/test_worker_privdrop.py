@@ -83,7 +83,7 @@ def test_every_engine_launches_with_the_scrubbed_environment(dirty_env: None, tm
 def uid_args(prefix: list[str]) -> tuple[str, str]:
     shim_end = prefix.index("--")
     head = prefix[:shim_end]
-    assert head[:3] == [sys.executable, "-m", "agent.worker.bindexec"]
+    assert head[:4] == [sys.executable, "-P", "-m", "agent.worker.bindexec"]
     return head[head.index("--uid") + 1], head[head.index("--gid") + 1]
 
 

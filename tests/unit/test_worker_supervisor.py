@@ -262,3 +262,79 @@ def test_rotating_log_keeps_backups(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.log", "a.log.1", "a.log.2"]
     assert (tmp_path / "a.log").read_bytes().startswith(b"08")
     assert (tmp_path / "a.log.2").read_bytes().startswith(b"04")
+
+
+def test_a_squatter_on_the_worker_port_does_not_make_it_ready(h: Harness, tmp_path: Path) -> None:
+    """A local user binds the worker's port first and answers /health with 200: the worker is not ready while a
+    listener on its port belongs to another uid (the gateway would send clients' prompts to the squatter). The
+    socket table says who owns the port (/proc/net/tcp: the unit hides the worker's own /proc entry)."""
+    import http.server
+    import sys
+    import threading
+
+    from agent.hostfs import HostPaths
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    port = squatter.server_address[1]
+    procfs = tmp_path / "proc"
+    (procfs / "net").mkdir(parents=True)
+    head = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    (procfs / "net" / "tcp").write_text(head + f"   0: 0100007F:{port:04X} 00000000:0000 0A 00000000:00000000 "
+                                        f"00:00000000 00000000 {os.getuid() + 4242} 0 1 1 0 100 0 0 10 0\n")
+    paths = HostPaths(procfs=procfs, sysfs=tmp_path / "sys", rootfs=tmp_path)
+    try:
+        spec = WorkerSpec(engine="command", argv=[sys.executable, "-c", "import time; time.sleep(30)"], port=port)
+        sup = h.supervisor(spec, paths=paths)
+        sup.start()
+        assert not sup.wait_ready(1.5)
+        assert sup.state == WorkerState.STARTING
+        sup.stop()
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+
+
+def test_port_listeners_reads_the_live_socket_table() -> None:
+    import socket
+
+    from agent.hostfs import HostPaths
+    from agent.worker.supervisor import listens_on_own_port, port_listeners
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert port_listeners(HostPaths.live(), port) == [os.getuid()]
+        assert listens_on_own_port(HostPaths.live(), os.getuid(), f"http://127.0.0.1:{port}")
+        assert not listens_on_own_port(HostPaths.live(), os.getuid() + 1, f"http://127.0.0.1:{port}")
+    assert not listens_on_own_port(HostPaths.live(), os.getuid(), f"http://127.0.0.1:{port}")  # nobody listens
+
+
+@pytest.mark.root
+def test_a_worker_under_its_own_uid_is_ready_and_owns_its_port(tmp_path: Path) -> None:
+    """As root: the worker drops to nobody, binds its port as nobody, and the uid check takes it for the worker."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the worker drops to nobody)")
+    from agent.worker.privdrop import RunAs
+
+    port = free_port()
+    engine = CommandEngine(parent_death_signal=None, run_as=RunAs("nobody", 65534, 65534))
+    spec = WorkerSpec(engine="command", argv=["/usr/bin/python3", "-m", "http.server", str(port), "--bind",
+                                              "127.0.0.1", "--directory", "/"],
+                      port=port, health_url=f"http://127.0.0.1:{port}/")
+    sup = Supervisor(spec, lambda s: engine.launch(s, None, None), state_dir=tmp_path / "state", policy=FAST)
+    sup.start()
+    try:
+        assert sup.wait_ready(15), sup.status()
+    finally:
+        sup.stop()
