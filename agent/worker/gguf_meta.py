@@ -52,7 +52,12 @@ def _value(field: Any) -> Any:
 
 def _arch_key(fields: dict[str, Any], arch: str, key: str) -> Any:
     field = fields.get(f"{arch}.{key}")
-    return None if field is None else _value(field)
+    if field is None:
+        return None
+    if len(field.data) > MAX_LAYERS:  # an array (per-layer values) is decoded into a list: at most one per layer
+        raise InputError(f"GGUF metadata {arch}.{key} has {len(field.data)} entries: implausible (at most "
+                         f"{MAX_LAYERS})")
+    return _value(field)
 
 
 def _bounded(value: Any, key: str, limit: int, path: Path) -> int:

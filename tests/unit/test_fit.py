@@ -203,3 +203,24 @@ def test_hostile_gguf_dimensions_are_refused_before_any_allocation(tmp_path: Pat
             read_gguf(path)
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_a_hostile_per_layer_array_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """A per-layer array is decoded into a Python list: one of 10**6 entries (a few MiB of file; a hostile model
+    can hold far more) is refused by its length, before any list is built from it."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "evil.gguf"
+    w = GGUFWriter(str(path), "qwen2")
+    w.add_block_count(4)
+    w.add_embedding_length(256)
+    w.add_head_count(8)
+    w.add_array("qwen2.attention.head_count_kv", [2] * 1_000_000)
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(InputError, match="implausible"):
+        read_gguf(path)
