@@ -63,7 +63,6 @@ class Services:
         self.paths: HostPaths = settings.host_paths()
         self.state_dir = settings.state_dir
         self.submitted = SubmittedPolicies(settings.state_dir)
-        self.submitted_lock = threading.Lock()  # keep/apply/forget of one inline body; never taken on the main loop
         self.lock = threading.RLock()
         self.started_at = time.time()
         self.events: deque[dict[str, Any]] = deque(maxlen=200)
@@ -207,31 +206,37 @@ class Services:
         if request.name is not None:
             return self.apply_loaded(loaded, facts)
         # Valid: keep the body so the applied state names a file that exists; a failed apply keeps nothing new.
-        # Under the submitted-bodies lock, so a concurrent apply of the same body cannot remove the file under it.
-        # Not the mutation lock: apply_loaded waits for the main loop, which takes that one (a deadlock).
-        with self.submitted_lock:
-            created = self.submitted.keep(loaded.source, inline_text(request.yaml, request.policy))
-            try:
-                out = self.apply_loaded(loaded, facts)
-            except BaseException:
-                if created:
-                    self.submitted.forget(loaded.source)
-                raise
-            self.submitted.prune(protect=[self.applied_ref, self._journal_source()])
-        return out
+        # Kept, applied and pruned in one mutation (under the lock, on the main loop), so a concurrent apply of
+        # the same body cannot remove the file under it. The lock is never taken here, around the wait for the
+        # loop: the loop takes it for the mutation, and would wait for this thread forever.
+        return self.apply_loaded(loaded, facts, keep_text=inline_text(request.yaml, request.policy))
 
     def _journal_source(self) -> str | None:
         applied = getattr(self._engine().status(self._state()), "applied", None)
         return getattr(applied, "source", None)
 
-    def apply_loaded(self, loaded: Any, facts: Any = None) -> dict[str, Any]:
+    def apply_loaded(self, loaded: Any, facts: Any = None, *, keep_text: str | None = None) -> dict[str, Any]:
         """Apply as one transaction; tunables an earlier policy set and this one drops are restored (the diff).
-        `facts`: the host facts the policy was resolved against (collected again when not given)."""
+        `facts`: the host facts the policy was resolved against (collected again when not given).
+        `keep_text`: an API body, kept under STATE_DIR/api-policies/ as `loaded.source` by the same mutation."""
         facts = facts if facts is not None else self.host_facts()
         engine, state = self._engine(), self._state()
+
+        def mutation() -> Any:
+            if keep_text is None:
+                return engine.apply_policy(loaded.policy, self.paths, state, facts=facts, source=str(loaded.source))
+            created = self.submitted.keep(loaded.source, keep_text)
+            try:
+                done = engine.apply_policy(loaded.policy, self.paths, state, facts=facts, source=str(loaded.source))
+            except BaseException:
+                if created:
+                    self.submitted.forget(loaded.source)
+                raise
+            self.submitted.prune(protect=[str(loaded.source), self.applied_ref, self._journal_source()])
+            return done
+
         try:
-            result = self._mutate(lambda: engine.apply_policy(loaded.policy, self.paths, state, facts=facts,
-                                                              source=str(loaded.source)))
+            result = self._mutate(mutation)
         except InputError as e:
             raise self._located(loaded, e) from None
         except HostError as e:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -21,6 +21,8 @@ CMDLINE_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # fullmatch: `$` w
 # A pool count nobody needs (32 TiB of 2M pages): absurd numbers fail validation, before any host memory check.
 MAX_HUGEPAGES = 1 << 24
 MAX_NUMA_NODE = 1023  # the kernel's MAX_NUMNODES is at most 1024
+MAX_GPU_WATTS = 100_000  # far above any GPU's limit; bounds the arithmetic done on the value
+MAX_GPU_MHZ = 100_000
 DEFAULT_HUGEPAGE_MEMORY_PCT = 90.0
 # A hostname (RFC 1123 labels) or an IPv4/IPv6 literal: never a space, never a leading '-' that argv would
 # read as a flag. Whether a remote address is allowed is the daemon config's call (worker.allow_remote).
@@ -94,8 +96,8 @@ class GpuSelect(Section):
 
 
 class ClockRange(Section):
-    min_mhz: int = Field(ge=0)
-    max_mhz: int = Field(ge=0)
+    min_mhz: int = Field(ge=0, le=MAX_GPU_MHZ)
+    max_mhz: int = Field(ge=0, le=MAX_GPU_MHZ)
 
     @model_validator(mode="after")
     def _ordered(self) -> ClockRange:
@@ -111,7 +113,8 @@ class GpuSpec(Section):
     select: GpuSelect = Field(default_factory=lambda: GpuSelect(all=True))
     locked_clocks: ClockSetting | None = None
     memory_locked_clocks: ClockSetting | None = None
-    power_limit_w: int | str | None = Field(None, description="watts, or a percentage of the default e.g. '90%'")
+    power_limit_w: Annotated[int, Field(ge=1, le=MAX_GPU_WATTS)] | str | None = Field(
+        None, description="watts, or a percentage of the default e.g. '90%'")
     persistence_mode: bool | None = None
 
 

@@ -59,6 +59,7 @@ DENIED: tuple[tuple[str, str], ...] = (
     ("kernel.cad_pid", "which process receives Ctrl-Alt-Del"),
     ("kernel.*panic*", "turns a fault into a crash or reboot of the whole host"),
     ("vm.panic_on_oom", "turns an out-of-memory event into a crash of the whole host"),
+    ("vm.memory_failure_recovery", "0 turns a corrupted memory page into a crash of the whole host"),
     ("fs.protected_*", "symlink, hardlink, FIFO and regular-file protections in shared directories"),
     ("dev.tty.*", "terminal line-discipline autoload and input injection"),
     ("net.ipv4.ip_forward", "routes packets between networks through this host"),
@@ -71,6 +72,8 @@ DENIED: tuple[tuple[str, str], ...] = (
     ("vm.nr_overcommit_hugepages", "surplus hugepages are taken from memory on demand, unchecked"),
     ("vm.hugetlb_shm_group", "grants a group hugetlb shared memory"),
     ("vm.drop_caches", "an action, not a setting: nothing to keep or revert"),
+    ("vm.compact_memory", "an action, not a setting: nothing to keep or revert"),
+    ("vm.stat_refresh", "an action, not a setting: nothing to keep or revert"),
 )
 
 # (fnmatch pattern, why hosttune may set it)

@@ -25,6 +25,9 @@ from agent.fsio import read_capped
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 50_000
 MAX_DEPTH = 48
+# No policy number needs more; YAML 1.1 base-60 integers (`1:1:1:...`) cost PyYAML quadratic time to build.
+MAX_NUMBER_CHARS = 100
+NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 
 MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
@@ -167,6 +170,9 @@ class _Converter:
     def scalar(self, ynode: yaml.Node) -> Any:
         if ynode.tag in TEXT_TAGS:
             return str(ynode.value)
+        if ynode.tag in NUMBER_TAGS and len(str(ynode.value)) > MAX_NUMBER_CHARS:
+            raise self.fail(f"number {str(ynode.value)[:20]!r}... is longer than {MAX_NUMBER_CHARS} characters",
+                            ynode)
         try:
             value = self.loader.construct_object(ynode, deep=True)
         except yaml.YAMLError as e:

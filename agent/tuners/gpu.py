@@ -153,7 +153,9 @@ def selected(select: GpuSelect, gpu: GpuView) -> bool:
 
 
 def watts(mw: int | None) -> str | None:
-    return None if mw is None else f"{mw / 1000:g} W"
+    if mw is None:
+        return None
+    return f"{mw // 1000} W" if mw % 1000 == 0 else f"{mw / 1000:g} W"  # no float overflow on a huge int
 
 
 def _percent(text: str, where: str) -> float:

@@ -14,6 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError
 
+# A model file is input like any other: sizes no real model has are refused before anything is built from them
+# (block_count = 2**33 made the per-layer list below 64 GiB). The largest real models are far inside these.
+MAX_LAYERS = 1 << 14
+MAX_HEADS = 1 << 14
+MAX_DIM = 1 << 20  # embedding length, key/value head dimension
+MAX_CONTEXT = 1 << 26
+MAX_VOCAB = 1 << 24
+
 
 class GgufInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -44,7 +52,23 @@ def _value(field: Any) -> Any:
 
 def _arch_key(fields: dict[str, Any], arch: str, key: str) -> Any:
     field = fields.get(f"{arch}.{key}")
-    return None if field is None else _value(field)
+    if field is None:
+        return None
+    if len(field.data) > MAX_LAYERS:  # an array (per-layer values) is decoded into a list: at most one per layer
+        raise InputError(f"GGUF metadata {arch}.{key} has {len(field.data)} entries: implausible (at most "
+                         f"{MAX_LAYERS})")
+    return _value(field)
+
+
+def _bounded(value: Any, key: str, limit: int, path: Path) -> int:
+    """`value` as an int in 0..limit, or InputError naming the key."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"GGUF metadata {key} is not a number: {str(value)[:40]!r}", path=path) from None
+    if not 0 <= number <= limit:
+        raise InputError(f"GGUF metadata {key} = {number} is implausible (at most {limit})", path=path)
+    return number
 
 
 def read_gguf(path: Path) -> GgufInfo:
@@ -69,25 +93,33 @@ def read_gguf(path: Path) -> GgufInfo:
             raise InputError(f"GGUF metadata lacks {arch}.{key}", path=path)
         return value
 
-    n_layer = int(need("block_count"))
-    n_embd = int(need("embedding_length"))
+    n_layer = _bounded(need("block_count"), f"{arch}.block_count", MAX_LAYERS, path)
+    n_embd = _bounded(need("embedding_length"), f"{arch}.embedding_length", MAX_DIM, path)
+    heads_key = f"{arch}.attention.head_count"
     n_head_raw = need("attention.head_count")
-    n_head = max(n_head_raw) if isinstance(n_head_raw, list) else int(n_head_raw)
+    n_head = max((_bounded(v, heads_key, MAX_HEADS, path) for v in n_head_raw), default=0) \
+        if isinstance(n_head_raw, list) else _bounded(n_head_raw, heads_key, MAX_HEADS, path)
+    kv_key = f"{arch}.attention.head_count_kv"
     kv_raw = _arch_key(fields, arch, "attention.head_count_kv")
     if kv_raw is None:
-        kv_raw = n_head_raw  # no GQA: every head has its own K and V
-    per_layer = [int(v) for v in kv_raw] if isinstance(kv_raw, list) else [int(kv_raw)] * n_layer
+        kv_raw, kv_key = n_head_raw, heads_key  # no GQA: every head has its own K and V
+    per_layer = [_bounded(v, kv_key, MAX_HEADS, path) for v in kv_raw] if isinstance(kv_raw, list) \
+        else [_bounded(kv_raw, kv_key, MAX_HEADS, path)] * n_layer
     if len(per_layer) != n_layer or n_head <= 0:
         raise InputError(f"GGUF attention metadata inconsistent ({len(per_layer)} KV entries, {n_layer} layers)",
                          path=path)
     key_len = _arch_key(fields, arch, "attention.key_length")
     value_len = _arch_key(fields, arch, "attention.value_length")
-    head_dim_k = int(key_len) if key_len is not None else n_embd // n_head
-    head_dim_v = int(value_len) if value_len is not None else n_embd // n_head
-    ctx = _arch_key(fields, arch, "context_length")
-    vocab = _arch_key(fields, arch, "vocab_size")
-    if vocab is None and "tokenizer.ggml.tokens" in fields:
-        vocab = len(fields["tokenizer.ggml.tokens"].data)
+    head_dim_k = _bounded(key_len, f"{arch}.attention.key_length", MAX_DIM, path) if key_len is not None \
+        else n_embd // n_head
+    head_dim_v = _bounded(value_len, f"{arch}.attention.value_length", MAX_DIM, path) if value_len is not None \
+        else n_embd // n_head
+    ctx_raw = _arch_key(fields, arch, "context_length")
+    ctx = _bounded(ctx_raw, f"{arch}.context_length", MAX_CONTEXT, path) if ctx_raw is not None else None
+    vocab_raw = _arch_key(fields, arch, "vocab_size")
+    if vocab_raw is None and "tokenizer.ggml.tokens" in fields:
+        vocab_raw = len(fields["tokenizer.ggml.tokens"].data)
+    vocab = _bounded(vocab_raw, f"{arch}.vocab_size", MAX_VOCAB, path) if vocab_raw is not None else None
     name = fields.get("general.name")
     ftype = fields.get("general.file_type")
     return GgufInfo(
@@ -106,6 +138,6 @@ def read_gguf(path: Path) -> GgufInfo:
         n_head_kv_per_layer=per_layer,
         head_dim_k=head_dim_k,
         head_dim_v=head_dim_v,
-        context_length=int(ctx) if ctx is not None else None,
-        vocab_size=int(vocab) if vocab is not None else None,
+        context_length=ctx,
+        vocab_size=vocab,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,48 @@ def test_an_applied_inline_worker_section_starts_nothing(client: MainThreadClien
     r = client.post("/v1/apply", json=body)
     assert r.status_code == 200, r.text
     assert client.get("/v1/worker").json()["state"] == "disabled"
+
+
+class _BoundedRLock:
+    """The mutation lock, but giving up after a few seconds: a deadlock fails the test instead of hanging it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> _BoundedRLock:
+        if not self._lock.acquire(timeout=5):
+            raise AssertionError("deadlock: the mutation lock is held by a thread that waits for the main loop")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_an_inline_apply_does_not_deadlock_the_daemons_main_loop(settings: DaemonSettings) -> None:
+    """POST /v1/apply with any inline body took the mutation lock in the request thread, then waited for the main
+    loop, whose mutation waited for that lock: the daemon's main loop (signals, reload, every later apply or
+    revert) hung forever after one request from a token holder. Now the body is kept, applied and pruned inside
+    the one mutation."""
+    from fastapi.testclient import TestClient
+
+    from agent.api import create_app
+    from agent.daemon.mainloop import MainLoop
+    from agent.daemon.services import Services
+
+    services = Services(settings)
+    services.lock = _BoundedRLock()  # type: ignore[assignment]
+    loop = MainLoop()
+    services.run_mutation = loop.call
+    try:
+        with TestClient(create_app(settings, services)) as c:
+            c.headers["Authorization"] = "Bearer " + settings.token_path.read_text().strip()
+            client = MainThreadClient(c, loop)
+            ok = client.post("/v1/apply", json={"yaml": ROUND_TRIP_POLICY})
+            assert ok.status_code == 200, ok.text
+            bad = client.post("/v1/apply", json={"yaml": "name: x\nsysctl:\n  vm.no_such_knob: 1\n"})
+            assert bad.status_code == 422, bad.text
+            again = client.post("/v1/apply", json={"name": "llm-cpu-throughput"})
+            assert again.status_code in (200, 422), again.text
+    finally:
+        loop.close()
+    assert len(submitted(settings)) == 1

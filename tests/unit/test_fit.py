@@ -166,3 +166,61 @@ def test_fit_cli_rejects_garbage(tmp_path: Path) -> None:
                          timeout=60)
     assert out.returncode == 2
     assert out.stderr.startswith("hosttune: error: ") and str(bad) in out.stderr
+
+
+def _gguf_with(path: Path, **kv: int) -> Path:
+    """A small GGUF whose listed architecture keys are uint64 values (a hostile file can say anything)."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "qwen2")
+    values = {"block_count": 4, "embedding_length": 256, "attention.head_count": 8,
+              "attention.head_count_kv": 2, "context_length": 4096, **kv}
+    for key, value in values.items():
+        w.add_uint64(f"qwen2.{key}", value)
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("key", ["block_count", "embedding_length", "attention.head_count",
+                                 "attention.head_count_kv", "attention.key_length", "context_length"])
+def test_hostile_gguf_dimensions_are_refused_before_any_allocation(tmp_path: Path, key: str) -> None:
+    """A model file saying block_count = 2**33 made read_gguf build a per-layer list of 2**33 entries (64 GiB:
+    MemoryError, or the OOM killer, in `fit` and in the root daemon's worker preparation). Implausible sizes are
+    bad input, refused before anything is sized from them; the address-space limit proves no huge allocation."""
+    import resource
+
+    path = _gguf_with(tmp_path / "evil.gguf", **{key: 1 << 33})
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(8 << 30, hard) if hard != resource.RLIM_INFINITY else 8 << 30,
+                                            hard))
+    try:
+        with pytest.raises(InputError, match="implausible"):
+            read_gguf(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def test_a_hostile_per_layer_array_is_refused_before_it_is_decoded(tmp_path: Path) -> None:
+    """A per-layer array is decoded into a Python list: one of 10**6 entries (a few MiB of file; a hostile model
+    can hold far more) is refused by its length, before any list is built from it."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "evil.gguf"
+    w = GGUFWriter(str(path), "qwen2")
+    w.add_block_count(4)
+    w.add_embedding_length(256)
+    w.add_head_count(8)
+    w.add_array("qwen2.attention.head_count_kv", [2] * 1_000_000)
+    w.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(InputError, match="implausible"):
+        read_gguf(path)

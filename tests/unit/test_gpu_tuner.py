@@ -280,3 +280,18 @@ def test_kill_9_mid_apply_then_revert_resets_what_was_set(tmp_path: Path, host: 
     assert final[h100(1, "9A")["uuid"]]["gpu_locked_clocks"] is None
     assert final[h100(1, "9A")["uuid"]]["power_limit_mw"] == 700000
     assert final[h100(1, "9A")["uuid"]]["persistence_mode"] == 1
+
+
+def test_an_absurd_power_limit_is_bad_input_not_a_crash(paths: HostPaths) -> None:
+    """power_limit_w: 10**400 overflowed float division in the tuner's message (OverflowError: a traceback on the
+    CLI, a 500 from the API). The policy model bounds watts; the tuner's message no longer divides to float."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="less than or equal to"):
+        GpuSpec(power_limit_w=10**400)
+    two_gpus()
+    with pytest.raises(InputError) as err:  # a spec built without validation still gets bad input, not a crash
+        GpuTuner().plan(policy(GpuSpec.model_construct(select=GpuSelect(all=True), power_limit_w=10**400,
+                                                       locked_clocks=None, memory_locked_clocks=None,
+                                                       persistence_mode=None)), None, paths)
+    assert err.value.field == "gpu.0.power_limit_w"

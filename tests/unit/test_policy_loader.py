@@ -445,3 +445,19 @@ def test_bad_boot_parameters_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         load_policy(p, None, search_path=[])
     assert (e.value.line, e.value.field) == (4, "kernel_cmdline.isolcpus") and "one printable token" in e.value.message
+
+
+def test_a_huge_base60_number_is_refused_fast(tmp_path: Path) -> None:
+    """YAML 1.1 reads `1:1:1:...` as a base-60 integer, which PyYAML builds with one bignum multiplication per
+    part: quadratic, about 4 s of CPU (holding the GIL) for a 256 KiB API body and a minute for a 1 MiB file.
+    A number no policy needs (over 100 characters) is refused before it is converted."""
+    import time
+
+    from agent.policy.loader import load_policy_text
+
+    text = "name: sexagesimal\nsysctl:\n  vm.swappiness: 1" + ":1" * 120_000 + "\n"
+    started = time.monotonic()
+    with pytest.raises(InputError, match="longer than 100 characters") as err:
+        load_policy_text(text, tmp_path / "body.yaml", search_path=[])
+    assert err.value.line == 3
+    assert time.monotonic() - started < 1.0

@@ -31,6 +31,7 @@ DENIED_KEYS = ["kernel.core_pattern", "kernel.core_uses_pid", "kernel.core_pipe_
                "net.ipv6.conf.all.forwarding", "net.ipv4.conf.all.accept_redirects",
                "net.ipv4.ip_unprivileged_port_start", "net.ipv4.ping_group_range", "vm.nr_hugepages",
                "vm.nr_hugepages_mempolicy", "vm.nr_overcommit_hugepages", "vm.hugetlb_shm_group", "vm.drop_caches",
+               "vm.memory_failure_recovery", "vm.compact_memory", "vm.stat_refresh",
                "KERNEL.CORE_PATTERN".lower(), "kernel.Core_pattern"]
 # keys tests, fixtures and docs use for real tuning
 ALLOWED_KEYS = ["vm.swappiness", "vm.max_map_count", "vm.dirty_ratio", "vm.dirty_background_ratio",
