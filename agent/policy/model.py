@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from agent.policy.shapes import DeviceGlob, NameGlob, PrintablePattern, Token
+from agent.policy.shapes import DeviceGlob, ModelRegex, NameGlob, Token
 from agent.policy.sysctl_rules import sysctl_entry_problem
 
 CMDLINE_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # fullmatch: `$` would let a final newline in
@@ -66,18 +66,8 @@ class CpuSpec(Section):
 class BlockMatch(Section):
     name: DeviceGlob | None = Field(None, description="glob on the kernel name, e.g. nvme*")
     kind: Token | None = Field(None, description="nvme, virtio, scsi, sata, loop, ...")
-    model: PrintablePattern | None = Field(None, description="regular expression on the device model")
+    model: ModelRegex | None = Field(None, description="regular expression on the device model")
     rotational: bool | None = None
-
-    @field_validator("model")
-    @classmethod
-    def _regex_compiles(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"invalid regular expression: {e}") from None
-        return v
 
 
 class BlockSpec(Section):

@@ -10,7 +10,8 @@ Every pattern is used with `fullmatch`: a `$` in a Python pattern also matches b
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from re import _parser as re_parser  # the parser re.compile uses: to refuse backtracking shapes
+from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
@@ -51,15 +52,51 @@ def name_glob(value: str) -> str:
     return value
 
 
-def printable_pattern(value: str) -> str:
-    """A regular expression: one line of printable ASCII, bounded (it is matched, never written anywhere)."""
+def _nested_repeat(items: Any, under_repeat: bool = False) -> bool:
+    """Whether a parsed pattern repeats something that itself repeats or branches (`(a+)+`, `(.*)*`, `(a|aa)*`):
+    the shapes whose backtracking grows exponentially with the subject's length. Iterative, so deep nesting of
+    groups cannot overflow the stack."""
+    stack: list[tuple[Any, bool]] = [(items, under_repeat)]
+    while stack:
+        seq, repeated = stack.pop()
+        for op, arg in seq:
+            name = str(op)
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                _lo, hi, sub = arg
+                if repeated:
+                    return True
+                stack.append((sub, hi is not None and hi > 1))
+            elif name == "BRANCH":
+                if repeated:
+                    return True
+                stack.extend((branch, repeated) for branch in arg[1])
+            elif name == "ATOMIC_GROUP":
+                stack.append((arg, repeated))
+            elif name in ("SUBPATTERN", "ASSERT", "ASSERT_NOT"):
+                stack.append((arg[-1], repeated))
+            elif name == "GROUPREF_EXISTS":
+                stack.extend((branch, repeated) for branch in arg[1:] if branch is not None)
+    return False
+
+
+def model_regex(value: str) -> str:
+    """A regular expression on a device model: one line of printable ASCII, bounded, compiling, and without
+    nested repetition. The pattern is matched in the daemon against host strings (a 40-character model and
+    `^(.*?)*$x` take hours), so a body that could hang a thread is refused here."""
     if len(value) > MAX_PATTERN_LEN or not (value.isascii() and value.isprintable()):
         raise ValueError(f"must be one line of printable ASCII (at most {MAX_PATTERN_LEN} characters), "
                          f"got {_shown(value)}")
+    try:
+        parsed = re_parser.parse(value)
+    except (re.error, RecursionError) as e:
+        raise ValueError(f"invalid regular expression: {e}") from None
+    if _nested_repeat(list(parsed)):
+        raise ValueError(f"a repetition of a group that repeats or branches (such as (a+)+ or (a|b)*) can take "
+                         f"exponential time: write it without nesting, got {_shown(value)}")
     return value
 
 
 Token = Annotated[str, AfterValidator(token)]
 DeviceGlob = Annotated[str, AfterValidator(device_glob)]
 NameGlob = Annotated[str, AfterValidator(name_glob)]
-PrintablePattern = Annotated[str, AfterValidator(printable_pattern)]
+ModelRegex = Annotated[str, AfterValidator(model_regex)]
