@@ -100,36 +100,20 @@ def drop_privileges(uid: int, gid: int) -> None:
     raise OSError(errno.EPERM, "the privilege drop did not hold (setuid(0) succeeded)")
 
 
+INT_OPTIONS = ("--membind", "--pdeathsig", "--parent", "--uid", "--gid")
+
+
 def main(argv: list[str]) -> int:
-    cpus: set[int] | None = None
-    node: int | None = None
-    death_signal: int | None = None
-    parent: int | None = None
-    uid: int | None = None
-    gid: int | None = None
+    values: dict[str, str] = {}
     i = 0
     while i < len(argv) and argv[i] != "--":
-        if argv[i] == "--cpus":
-            cpus = parse_cpus(argv[i + 1])
-            i += 2
-        elif argv[i] == "--membind":
-            node = int(argv[i + 1])
-            i += 2
-        elif argv[i] == "--pdeathsig":
-            death_signal = int(argv[i + 1])
-            i += 2
-        elif argv[i] == "--uid":
-            uid = int(argv[i + 1])
-            i += 2
-        elif argv[i] == "--gid":
-            gid = int(argv[i + 1])
-            i += 2
-        elif argv[i] == "--parent":
-            parent = int(argv[i + 1])
-            i += 2
-        else:
-            print(f"bindexec: unknown option {argv[i]}", file=sys.stderr)
+        if argv[i] not in ("--cpus", *INT_OPTIONS) or i + 1 >= len(argv):
+            print(f"bindexec: unknown option or missing value: {argv[i]}", file=sys.stderr)
             return 2
+        values[argv[i]] = argv[i + 1]
+        i += 2
+    cpus = parse_cpus(values["--cpus"]) if "--cpus" in values else None
+    node, death_signal, parent, uid, gid = (int(values[o]) if o in values else None for o in INT_OPTIONS)
     command = argv[i + 1:]
     if not command:
         print("bindexec: no command after --", file=sys.stderr)
