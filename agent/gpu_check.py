@@ -20,9 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from agent.engine.journal import Journal
-from agent.engine.plan import make_plan
-from agent.engine.writer import HostWriter
 from agent.errors import HostError, HostTuneError
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
@@ -31,6 +28,9 @@ from agent.policy.model import GpuSpec, Policy
 from agent.render import human_bytes, table
 from agent.telemetry.gpu import sample_gpus
 from agent.tuners.gpu import GpuTuner
+from agent.tuning.journal import Journal
+from agent.tuning.plan import make_plan
+from agent.tuning.writer import HostWriter
 
 CHECK_POLICY = Policy(name="gpu-check", gpu=[GpuSpec(locked_clocks="max", memory_locked_clocks="max",
                                                       power_limit_w="90%", persistence_mode=True)])

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.bench.corpus import MixSpec
 from agent.bench.llama_local import LocalLlamaServer, knob_args
 from agent.bench.load import Bounds, Target
+from agent.bench.rig import ClosedLoopLoad, gateway_for, supervised_llama, sweep_knobs
 from agent.bench.runner import bench
 from agent.bench.sweep import LocalSweepControl, best_point, parse_grid, run_sweep
 from agent.control.actuators import GateActuator, RestartActuator
@@ -45,9 +46,8 @@ from agent.control.config import Axis, ControllerConfig
 from agent.control.controller import Controller
 from agent.control.drain import Drain
 from agent.control.feed import GatewayFeed
-from agent.control.harness import ClosedLoopLoad, gateway_for, supervised_llama, sweep_knobs
 from agent.control.observe import measure
-from agent.worker.models import default_model_path
+from agent.worker.bundled_model import default_model_path
 
 GRID = "np=1,2,4;ub=128,512"
 LADDER = [Axis(knob="parallel", values=[1, 2, 4]), Axis(knob="ubatch", values=[128, 512])]

@@ -29,8 +29,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.bench.llama_local import LocalLlamaServer
+from agent.worker.bundled_model import resolve_model
 from agent.worker.gguf_meta import read_gguf
-from agent.worker.models import resolve_model
 
 
 def bandwidth(threads: int, runs: int, mib: int = 512) -> dict[str, float]:

@@ -28,7 +28,7 @@ from agent.bench.llama_local import LocalLlamaServer
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import StaticUpstream
 from agent.telemetry.collector import build_telemetry
-from agent.worker.models import default_model_path
+from agent.worker.bundled_model import default_model_path
 
 
 def busy_stats() -> GatewayStats:

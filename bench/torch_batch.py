@@ -38,7 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.worker.models import resolve_model
+from agent.worker.bundled_model import resolve_model
 from agent.worker.torch_control import TorchWorkerControl
 
 PROMPTS = ["Once upon a time", "The three primary colors are", "In 1492, Columbus", "My favorite food is",
@@ -191,11 +191,11 @@ def controller_choice(worker: WorkerUnderTest, args: argparse.Namespace) -> dict
     """Run the controller on the live worker behind the gateway until it converges; what it chose, and what its
     last measured window saw."""
     from agent.bench.corpus import MixSpec
+    from agent.bench.rig import ClosedLoopLoad, serve_gateway
     from agent.control.actuators import GateActuator, LiveActuator
     from agent.control.config import config_for
     from agent.control.controller import Controller
     from agent.control.feed import GatewayFeed
-    from agent.control.harness import ClosedLoopLoad, serve_gateway
     from agent.control.observe import measure as window
     from agent.gateway.upstream import ProbedUpstream
     from agent.policy.model import SloSpec

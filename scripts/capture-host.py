@@ -26,7 +26,7 @@ from pathlib import Path
 
 from agent.hostfs import HostPaths
 from agent.inspect.block import PCI_ADDRESS_RE, device_dir, device_path_of, disk_names
-from agent.inspect.services import match_process
+from agent.inspect.rival_tuners import match_process
 from agent.inspect.sysctl import SYSCTL_KEYS
 
 KERNEL_KEYS = ("kernel.osrelease", "kernel.version", "kernel.hostname")

@@ -8,9 +8,9 @@ from typing import Any
 
 from agent.cli import host_root_options, state_dir_options
 from agent.commands import tuning
-from agent.engine.api import apply_policy
-from agent.engine.plan import Plan
 from agent.render import print_json
+from agent.tuning.api import apply_policy
+from agent.tuning.plan import Plan
 
 EPILOG = """\
 Before each host write the original value is journaled under the state dir (atomic write + fsync); after each

@@ -8,8 +8,8 @@ from typing import Any
 
 from agent.cli import host_root_options, state_dir_options
 from agent.commands import tuning
-from agent.engine.api import plan_policy
 from agent.render import print_json
+from agent.tuning.api import plan_policy
 
 EPILOG = """\
 Each row: tuner, target, current value, desired value, action and reason. Actions:

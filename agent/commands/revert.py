@@ -7,9 +7,9 @@ from typing import Any
 
 from agent.cli import host_root_options, state_dir_options
 from agent.commands import tuning
-from agent.engine.api import revert
-from agent.engine.revert import RevertResult
 from agent.render import print_json
+from agent.tuning.api import revert
+from agent.tuning.revert import RevertResult
 
 EPILOG = """\
 The originals come from the journal in the state dir: the value each target held before hosttune first changed

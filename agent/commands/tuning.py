@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from agent.engine.plan import Plan
-from agent.engine.state import StateDir
 from agent.errors import HostTuneError, InputError
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, load_policy
 from agent.render import table
 from agent.tuners.base import Change
+from agent.tuning.plan import Plan
+from agent.tuning.state import StateDir
 
 CHANGE_HEADERS = ("tuner", "target", "current", "desired", "action", "reason")
 WIDTH = 48

@@ -7,8 +7,8 @@ from typing import Any
 
 from agent.cli import host_root_options, state_dir_options
 from agent.commands import tuning
-from agent.engine.api import verify
 from agent.render import print_json, table
+from agent.tuning.api import verify
 
 EPILOG = """\
 Every tunable of the last applied policy is read again and compared the way plan compared it: exact values

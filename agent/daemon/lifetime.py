@@ -13,8 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from agent.engine.state import StateDir
 from agent.errors import HostError
+from agent.tuning.state import StateDir
 
 LOCK_NAME = "daemon.lock"
 

@@ -32,9 +32,9 @@ from agent.config import DaemonSettings, load_settings
 from agent.daemon.lifetime import LifetimeLock
 from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
-from agent.engine.state import StateDir
 from agent.errors import HostTuneError
 from agent.sdnotify import Notifier, watchdog_interval_s
+from agent.tuning.state import StateDir
 
 log = logging.getLogger("hosttune.daemon")
 

@@ -26,9 +26,9 @@ from agent.api.exceptions import Conflict, NotFound, Unavailable
 from agent.api.schemas import PolicyRequest
 from agent.config import DaemonSettings
 from agent.daemon.submitted import SubmittedPolicies, inline_text
-from agent.engine.state import StateLocked
 from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
+from agent.tuning.state import StateLocked
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,10 @@ class Services:
 
     # -- tuning ---------------------------------------------------------------------------------------------------
     def _engine(self) -> Any:
-        return _import("agent.engine.api", "the tuning engine")
+        return _import("agent.tuning.api", "the tuning engine")
 
     def _state(self) -> Any:
-        state_mod = _import("agent.engine.state", "the tuning engine")
+        state_mod = _import("agent.tuning.state", "the tuning engine")
         return state_mod.StateDir(self.state_dir)
 
     def _located(self, loaded: Any, e: InputError) -> InputError:

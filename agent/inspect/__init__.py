@@ -13,7 +13,7 @@ from typing import Any
 
 from agent.errors import HostTuneError, InputError
 from agent.hostfs import HostPaths
-from agent.inspect import block, cpu, cpufreq, hugepages, kernel, memory, services, sysctl, thp  # noqa: F401
+from agent.inspect import block, cpu, cpufreq, hugepages, kernel, memory, rival_tuners, sysctl, thp  # noqa: F401
 from agent.inspect.models import Gpu, GpuStatus, HostFacts
 from agent.inspect.registry import COLLECTORS
 

@@ -12,7 +12,7 @@ Rules a tuner keeps (the engine relies on them):
   offer, a governor the driver lacks) raises InputError(field="<policy field path>") from plan, before any write;
   the command turns the field into file:line.
 - Hardware that is absent gives a Change with action "not_applicable", never an error.
-- Every host write goes through the HostWriter (agent.engine.writer), which journals the original first. A tuner
+- Every host write goes through the HostWriter (agent.tuning.writer), which journals the original first. A tuner
   that writes outside files (NVML) uses writer.write_custom and overrides restore.
 - Targets are unique within a tuner; the journal keys records by "tuner:target".
 
@@ -36,8 +36,8 @@ from agent.tuners import formats
 from agent.tuners.formats import Format
 
 if TYPE_CHECKING:
-    from agent.engine.journal import Record
-    from agent.engine.writer import HostWriter
+    from agent.tuning.journal import Record
+    from agent.tuning.writer import HostWriter
 
 Action = Literal["change", "ok", "not_applicable", "unsupported"]
 Compare = Literal["eq", "ge", "le"]

@@ -33,7 +33,7 @@ from agent.tuners.base import Change, Tuner, change
 from agent.tuners.registry import register
 
 if TYPE_CHECKING:
-    from agent.engine.writer import HostWriter
+    from agent.tuning.writer import HostWriter
 
 UDEV_RULES_DIR = "etc/udev/rules.d"
 

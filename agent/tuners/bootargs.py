@@ -16,7 +16,7 @@ from agent.tuners.base import Change, Tuner
 from agent.tuners.registry import register
 
 if TYPE_CHECKING:
-    from agent.engine.writer import HostWriter
+    from agent.tuning.writer import HostWriter
 
 ADVICE = "reboot required: add to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub), then reboot"
 ABSENT = "(absent)"

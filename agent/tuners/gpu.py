@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pynvml
 
-from agent.engine.writer import WriteFailed
 from agent.errors import HostError, InputError
 from agent.fsio import atomic_write_json, load_json, read_str
 from agent.hostfs import HostPaths
@@ -43,10 +42,11 @@ from agent.nvml import Nvml, NvmlError, session
 from agent.policy.model import ClockRange, GpuSelect, Policy
 from agent.tuners.base import Change, Tuner
 from agent.tuners.registry import register
+from agent.tuning.writer import WriteFailed
 
 if TYPE_CHECKING:
-    from agent.engine.journal import Record
-    from agent.engine.writer import HostWriter
+    from agent.tuning.journal import Record
+    from agent.tuning.writer import HostWriter
 
 SETTINGS = ("locked_clocks", "memory_locked_clocks", "power_limit_w", "persistence_mode")
 LEDGER_DIR = "run/hosttune"

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from agent.bench.corpus import MixSpec
+from agent.bench.rig import ClosedLoopLoad, gateway_for, supervised_llama
 from agent.control.actuators import GateActuator, RestartActuator
 from agent.control.config import Axis, ControllerConfig
 from agent.control.controller import Controller, decisions_path
 from agent.control.decisions import DecisionLog, read_decisions
 from agent.control.drain import Drain
 from agent.control.feed import GatewayFeed
-from agent.control.harness import ClosedLoopLoad, gateway_for, supervised_llama
 from agent.control.observe import measure
 from agent.worker.supervisor import Supervisor
 

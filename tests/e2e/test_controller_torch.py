@@ -21,15 +21,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiers
 
 from agent.bench.corpus import MixSpec
+from agent.bench.rig import ClosedLoopLoad, free_port, serve_gateway
 from agent.control.actuators import GateActuator, LiveActuator
 from agent.control.config import Axis, config_for
 from agent.control.controller import Controller, decisions_path
 from agent.control.decisions import DecisionLog
 from agent.control.feed import GatewayFeed
-from agent.control.harness import ClosedLoopLoad, free_port, serve_gateway
 from agent.gateway.upstream import ProbedUpstream
 from agent.policy.model import SloSpec
-from agent.worker.models import default_model_path
+from agent.worker.bundled_model import default_model_path
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

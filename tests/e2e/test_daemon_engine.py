@@ -30,7 +30,7 @@ import pytest
 from unit.daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, write_config
 
 from agent.bench.corpus import MixSpec
-from agent.control.harness import ClosedLoopLoad
+from agent.bench.rig import ClosedLoopLoad
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

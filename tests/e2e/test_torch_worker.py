@@ -24,7 +24,7 @@ import tiers
 from worker_run import WorkerRun
 
 from agent.gateway.sse import SSEParser, has_content, reported_tokens
-from agent.worker.models import default_model_path
+from agent.worker.bundled_model import default_model_path
 from agent.worker.torch_control import TorchWorkerControl
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]

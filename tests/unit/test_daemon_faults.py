@@ -1,7 +1,7 @@
 """The daemon under faults, as real processes on a fixture host tree: a second daemon on the same state dir,
 SIGTERM during a host mutation, SIGHUP while an API apply is in progress.
 
-Mutations are held at a chosen host write with HOSTTUNE_TEST_STALL_AT_WRITES (agent/engine/writer.py) so a signal
+Mutations are held at a chosen host write with HOSTTUNE_TEST_STALL_AT_WRITES (agent/tuning/writer.py) so a signal
 lands mid-transaction deterministically, not by sleeping and hoping."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from conftest import tree_state
 from daemon_fixtures import ROUND_TRIP_POLICY, DaemonProcess, free_port, no_gpu_sim, write_config
 
-from agent.engine.state import StateDir
 from agent.hostfs import HostPaths
+from agent.tuning.state import StateDir
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_lifetime_lock_file_is_private_and_names_the_holder(tmp_path: Path) -> N
 
 # -- signals during a host mutation ----------------------------------------------------------------------------
 class Stall:
-    """The writer's test hold points (HOSTTUNE_TEST_STALL_AT_WRITES, agent/engine/writer.py)."""
+    """The writer's test hold points (HOSTTUNE_TEST_STALL_AT_WRITES, agent/tuning/writer.py)."""
 
     def __init__(self, tmp_path: Path, at: str) -> None:
         self.dir = tmp_path / "stall"

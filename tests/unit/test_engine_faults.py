@@ -16,12 +16,12 @@ import pytest
 from conftest import tree_state
 from daemon_fixtures import MainThreadClient, main_thread_client, settings_for
 
-from agent.engine import api
-from agent.engine.state import StateDir
-from agent.engine.writer import HostWriter
 from agent.hostfs import HostPaths
 from agent.policy.model import Policy
 from agent.tuners import registry
+from agent.tuning import api
+from agent.tuning.state import StateDir
+from agent.tuning.writer import HostWriter
 
 NVME = "devices/pci0000:00/0000:00:02.0/nvme/nvme0/nvme0n1"
 WITH_NVME = {"name": "with-nvme", "sysctl": {"vm.swappiness": 1},

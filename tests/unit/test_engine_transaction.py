@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from conftest import tree_state
 
-from agent.engine import api
-from agent.engine.journal import Journal
-from agent.engine.state import StateDir
-from agent.engine.writer import HostWriter
 from agent.errors import HostError
 from agent.hostfs import HostPaths
 from agent.inspect.models import Conflict, HostFacts
 from agent.policy.model import Policy
 from agent.tuners import registry
+from agent.tuning import api
+from agent.tuning.journal import Journal
+from agent.tuning.state import StateDir
+from agent.tuning.writer import HostWriter
 
 FULL: dict[str, Any] = {
     "name": "full",
@@ -164,7 +164,7 @@ def test_target_vanishing_mid_apply_rolls_back(host: HostPaths, state_dir: Path)
     victim.mkdir()
     try:
         with StateDir(state_dir).locked() as journal, pytest.raises(HostError, match=r"thp\.defrag"):
-            from agent.engine.transaction import apply_plan
+            from agent.tuning.transaction import apply_plan
             apply_plan(plan, journal, HostWriter(journal))
     finally:
         victim.rmdir()

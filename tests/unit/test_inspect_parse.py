@@ -12,7 +12,7 @@ from agent.inspect import parse
 from agent.inspect.block import kind_of
 from agent.inspect.hugepages import size_name
 from agent.inspect.kernel import parse_cmdline, split_cmdline
-from agent.inspect.services import match_process
+from agent.inspect.rival_tuners import match_process
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -20,13 +20,13 @@ import yaml
 from conftest import FIXTURE_HOSTS, make_tree, tree_hash
 
 from agent.commands.tuning import located
-from agent.engine import api
-from agent.engine.state import StateDir
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, load_policy
+from agent.tuning import api
+from agent.tuning.state import StateDir
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "hostile-policies"
 FILES = sorted(CORPUS.glob("values-*.yaml"))

@@ -18,7 +18,7 @@ from agent.policy.loader import (
     load_policy,
     policy_search_path,
 )
-from agent.worker.models import default_model_path
+from agent.worker.bundled_model import default_model_path
 
 
 def write(path: Path, text: str) -> Path:

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.engine.plan import make_plan
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.policy.loader import load_policy
 from agent.policy.model import BlockMatch, BlockSpec, CpuSpec, GpuSelect, Policy, WorkerSpec
 from agent.tuners.blockdev import Disk, udev_rule
+from agent.tuning.plan import make_plan
 
 HOSTILE = ["performance\n", "perf\"ormance", "$(reboot)", "`id`", "a b", "a;b", "none\", RUN+=\"/bin/sh -c id",
            "perf\u00f3rmance", "\u202eecnamrofrep", "", "x" * 65, "rpc\x00"]

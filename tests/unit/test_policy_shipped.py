@@ -19,7 +19,7 @@ from policy_hosts import HOSTS, ci_vm
 from agent.inspect.models import HostFacts
 from agent.policy.loader import REPO_POLICIES, list_policies, load_policy
 from agent.policy.schema import user_policy_schema
-from agent.worker.models import default_model_path
+from agent.worker.bundled_model import default_model_path
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY_DIR = REPO / "policies"

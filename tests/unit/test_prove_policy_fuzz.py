@@ -3,7 +3,7 @@
 
 What must hold for every generated policy (issue 10, "policy fuzzing"):
 - nothing but InputError / HostError ever escapes (no crash of the validator, the planner or a tuner);
-- every host write that reaches the single low-level writer (agent.engine.hostfile.write_raw / remove) lands on
+- every host write that reaches the single low-level writer (agent.tuning.hostfile.write_raw / remove) lands on
   an allow-listed path inside the tree: proc/sys/**, sys/kernel/mm/**, sys/devices/system/**,
   sys/block/*/queue/**, <rootfs>/etc/udev/rules.d/* — checked on the lexical path and on the resolved one (a
   block queue resolves to the queue directory of the device that sys/block/<dev> links to);
@@ -33,12 +33,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent import nvml, nvml_sim
-from agent.engine import api, hostfile
-from agent.engine.state import StateDir
 from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.policy.loader import load_policy
+from agent.tuning import api, hostfile
+from agent.tuning.state import StateDir
 
 SCENARIO = "server-2s-8gpu"
 # relative to the tree root; the udev rules directory is added per host (it lives under the --rootfs root)

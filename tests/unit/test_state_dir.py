@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import tree_state
 
-from agent.engine.state import StateDir
 from agent.errors import InputError
 from agent.hostfs import HostPaths
+from agent.tuning.state import StateDir
 
 
 def test_new_state_dir_is_created_0700(tmp_path: Path) -> None:

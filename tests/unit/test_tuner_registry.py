@@ -59,8 +59,8 @@ def test_choice_render_matches_kernel_format(raw: str, value: str, rendered: str
 
 
 def test_a_section_no_tuner_claims_is_unsupported_not_dropped(host: HostPaths) -> None:
-    from agent.engine.plan import make_plan
     from agent.tuners.sysctl import SysctlTuner
+    from agent.tuning.plan import make_plan
 
     policy = Policy.model_validate({"name": "t", "sysctl": {"vm.swappiness": 1},
                                     "thp": {"enabled": "never"}, "gpu": [{"power_limit_w": 300}]})

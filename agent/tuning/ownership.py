@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.engine import hostfile
-from agent.engine.journal import Journal, Record, Txn
 from agent.tuners import formats
+from agent.tuning import hostfile
+from agent.tuning.journal import Journal, Record, Txn
 
 log = logging.getLogger("hosttune.engine")
 

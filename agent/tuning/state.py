@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agent.engine.journal import JOURNAL_NAME, Journal
 from agent.errors import HostError, InputError
+from agent.tuning.journal import JOURNAL_NAME, Journal
 
 
 class StateLocked(HostError):

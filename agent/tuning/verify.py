@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agent.engine.journal import Journal
 from agent.tuners import registry
+from agent.tuning.journal import Journal
 
 State = Literal["held", "drift", "pending_reboot", "unknown"]
 

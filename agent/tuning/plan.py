@@ -15,14 +15,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from agent.engine import hostfile
-from agent.engine.journal import Journal, Record
-from agent.engine.ownership import drift_of, is_gone
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
 from agent.tuners import formats, registry
 from agent.tuners.base import Change, Tuner
+from agent.tuning import hostfile
+from agent.tuning.journal import Journal, Record
+from agent.tuning.ownership import drift_of, is_gone
 
 ACTIONS = ("change", "ok", "not_applicable", "unsupported")
 TUNED_SECTIONS = ("sysctl", "hugepages", "thp", "cpu", "block", "gpu", "kernel_cmdline")

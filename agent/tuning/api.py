@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from agent.engine.journal import Applied, HistoryEntry, Txn
-from agent.engine.plan import Plan, make_plan
-from agent.engine.revert import RevertResult, revert_all
-from agent.engine.state import StateDir
-from agent.engine.transaction import ApplyResult, apply_plan, recover
-from agent.engine.verify import VerifyResult, verify_applied
-from agent.engine.writer import HostWriter, crash_after_from_env
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
+from agent.tuning.journal import Applied, HistoryEntry, Txn
+from agent.tuning.plan import Plan, make_plan
+from agent.tuning.revert import RevertResult, revert_all
+from agent.tuning.state import StateDir
+from agent.tuning.transaction import ApplyResult, apply_plan, recover
+from agent.tuning.verify import VerifyResult, verify_applied
+from agent.tuning.writer import HostWriter, crash_after_from_env
 
 
 def plan_policy(policy: Policy, paths: HostPaths, *, state: StateDir | None = None, facts: HostFacts | None = None,

@@ -22,11 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.engine import hostfile
-from agent.engine.journal import Journal, Record
 from agent.errors import HostError
 from agent.tuners import formats
 from agent.tuners.formats import Format
+from agent.tuning import hostfile
+from agent.tuning.journal import Journal, Record
 
 ENV_CRASH_AFTER = "HOSTTUNE_CRASH_AFTER_WRITES"
 ENV_STALL_AT = "HOSTTUNE_TEST_STALL_AT_WRITES"

@@ -25,8 +25,8 @@ from agent.gateway.server import GatewayServer
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.upstream import SupervisedWorker
 from agent.policy.model import WorkerSpec
+from agent.worker.bundled_model import default_model_path
 from agent.worker.engines import LlamaCppEngine
-from agent.worker.models import default_model_path
 from agent.worker.supervisor import RestartPolicy, Supervisor
 
 # controller knob name -> `hosttune bench --sweep` knob name (agent.bench.llama_local.KNOB_FLAGS)
