@@ -144,12 +144,14 @@ def create_app(state: ServerState) -> FastAPI:
                                            "code": 401}}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return None
 
+    def controllable(request: Request) -> tuple[LoadedModel, Scheduler] | JSONResponse:
+        """The model and scheduler an authorized control request acts on, or the refusal to send back."""
+        denied = authorized(request)
+        return denied if denied is not None else ready()
+
     @app.get("/control")
     def control_get(request: Request) -> Response:
-        denied = authorized(request)
-        if denied is not None:
-            return denied
-        r = ready()
+        r = controllable(request)
         if isinstance(r, JSONResponse):
             return r
         loaded, sched = r
@@ -157,10 +159,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/control")
     async def control_post(request: Request) -> Response:
-        denied = authorized(request)
-        if denied is not None:
-            return denied
-        r = ready()
+        r = controllable(request)
         if isinstance(r, JSONResponse):
             return r
         loaded, sched = r
