@@ -32,8 +32,9 @@ from agent.policy.sysctl_rules import (
     sysctl_key_problem,
     sysctl_value_problem,
 )
-from agent.tuners import formats
-from agent.tuners.base import Change, Compare, Tuner, change
+from agent.tunable import formats
+from agent.tunable.change import Change, Compare, change
+from agent.tunable.tuner import Tuner
 from agent.tuners.hugepages import memory_totals
 from agent.tuners.registry import register
 
