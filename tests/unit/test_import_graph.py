@@ -178,6 +178,17 @@ def test_agent_has_no_import_cycles() -> None:
         " <-> ".join(c) for c in found)
 
 
+def test_tuning_path_goes_down_the_layers_once() -> None:
+    """agent.tunable (Change, Record, Tuner, Writer) imports neither side; the tuners never import the tuning engine
+    (they get its HostWriter as a tunable.writer.Writer); the engine imports the tuners."""
+    graph = import_graph(AGENT)
+    wrong = sorted(f"{name} -> {dep}" for name, deps in graph.items() for dep in deps
+                   if (name.startswith("agent.tuners.") and dep.startswith("agent.tuning"))
+                   or (name.startswith("agent.tunable") and dep.startswith(("agent.tuning", "agent.tuners"))))
+    assert not wrong, "imports against the layering: " + ", ".join(wrong)
+    assert "agent.tuners.registry" in graph["agent.tuning.transaction"]
+
+
 @pytest.mark.xfail(strict=False, reason="issue 16: split in progress")
 def test_no_agent_module_is_over_450_lines() -> None:
     found = long_modules(AGENT)
