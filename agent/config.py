@@ -21,13 +21,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from agent.errors import InputError
 from agent.fsio import read_text_capped
 from agent.hostfs import HostPaths
 from agent.httpguard import ServerLimits, host_names, normalize_host_name
+from agent.policy.yamlnodes import locations, nearest_location, parse_yaml, to_plain
 
 ENV_PREFIX = "HOSTTUNE_"
 ENV_CONFIG = "HOSTTUNE_CONFIG"
@@ -186,45 +186,21 @@ class DaemonSettings(Section):
 
 # --- loading with file:line errors ----------------------------------------------------------------------------
 
-def _node_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
-    """Record the line of every key (and list item) under `node`, keyed by its path of names."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = (*prefix, str(key_node.value))
-            out[key] = key_node.start_mark.line + 1
-            _node_lines(value_node, key, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            key = (*prefix, str(i))
-            out[key] = item.start_mark.line + 1
-            _node_lines(item, key, out)
-
-
-def read_yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
-    """Parse a YAML mapping and the line of each key. Syntax errors and non-mappings raise InputError."""
+def read_yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, tuple[Path, int]]]:
+    """Parse a YAML mapping and where each key was written (dotted key -> (file, line)), with the reader policies
+    use (agent.policy.yamlnodes). Syntax errors and non-mappings raise InputError."""
     try:
         text = read_text_capped(path, CONFIG_MAX_BYTES)
     except OSError as e:
         raise InputError(f"cannot read config: {e.strerror}", path=path) from None
     except UnicodeDecodeError:
         raise InputError("config is not valid UTF-8", path=path) from None
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise InputError(f"YAML syntax error: {e.problem or e}", path=path,
-                         line=mark.line + 1 if mark else None) from None
-    except yaml.YAMLError as e:
-        raise InputError(f"YAML error: {e}", path=path) from None
-    if data is None:
+    root = parse_yaml(text, path, what="config")
+    if root is None or root.value is None:
         return {}, {}
-    if not isinstance(data, dict):
+    if not root.is_map():
         raise InputError("a daemon config must be a mapping of settings", path=path, line=1)
-    lines: dict[tuple[str, ...], int] = {}
-    if root is not None:
-        _node_lines(root, (), lines)
-    return data, lines
+    return to_plain(root), locations(root)
 
 
 def _resolve_relative(data: dict[str, Any], base: Path) -> None:
@@ -308,7 +284,7 @@ def _explain(err: Mapping[str, Any]) -> str:
 def load_settings(path: Path | None = None) -> DaemonSettings:
     """Validate the config file (optional) plus HOSTTUNE_* environment variables, or raise InputError."""
     data: dict[str, Any] = {}
-    lines: dict[tuple[str, ...], int] = {}
+    lines: dict[str, tuple[Path, int]] = {}
     if path is not None:
         data, lines = read_yaml_with_lines(path)
         _resolve_relative(data, path.resolve().parent)
@@ -321,12 +297,9 @@ def load_settings(path: Path | None = None) -> DaemonSettings:
         for n in range(len(loc), 0, -1):
             if _env_name(loc[:n]) in os.environ:
                 raise InputError(message, path=f"environment {_env_name(loc[:n])}", field=".".join(loc)) from None
-        line = None
-        for n in range(len(loc), 0, -1):
-            line = lines.get(loc[:n])
-            if line is not None:
-                break
-        raise InputError(message, path=path or "<defaults>", line=line, field=".".join(loc)) from None
+        where = nearest_location(lines, ".".join(loc))
+        raise InputError(message, path=path or "<defaults>", line=where[1] if where else None,
+                         field=".".join(loc)) from None
 
 
 def config_path_from(arg: str | None, env: Mapping[str, str] | None = None) -> Path | None:

@@ -1,7 +1,8 @@
 """The exception hierarchy. Every error a user can cause or meet carries enough to print one clear line.
 
 InputError (exit 2): bad input — a policy, a CLI argument, a host root that does not exist, a malformed file.
-HostError (exit 1): the host refused or broke something while we acted on it.
+HostError (exit 1): the host refused or broke something while we acted on it; WriteFailed and TargetGone are the
+two ways a host write (agent.tuning.writer) fails.
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ class HostError(HostTuneError):
     """The host failed us while reading or writing a value."""
 
     exit_code = 1
+
+
+class WriteFailed(HostError):
+    """A host write was refused or did not read back as asked; names the tunable."""
+
+    def __init__(self, target: str, message: str, *, path: str | None = None) -> None:
+        super().__init__(f"{target}: {message}", path=path)
+        self.target = target
+        self.detail = message
+
+
+class TargetGone(HostError):
+    """A journaled file no longer exists on this host (a renamed block device): nothing to restore."""
 
 
 class NotApplicable(HostTuneError):

@@ -17,7 +17,7 @@ from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, load_policy
 from agent.render import table
-from agent.tuners.base import Change
+from agent.tunable.change import Change
 from agent.tuning.plan import Plan
 from agent.tuning.state import StateDir
 

@@ -29,7 +29,7 @@ from agent.policy.inline import InlineRules
 from agent.policy.model import Policy
 from agent.policy.namespace import FactNamespace
 from agent.policy.validate import validate_tree
-from agent.policy.yamlnodes import MAX_FILE_BYTES, Node, locations, node_at
+from agent.policy.yamlnodes import MAX_FILE_BYTES, Node, locations, nearest_location, node_at
 
 ENV_POLICY_PATH = "HOSTTUNE_POLICY_PATH"
 ETC_POLICIES = Path("/etc/hosttune/policies")
@@ -52,12 +52,7 @@ class LoadedPolicy:
 
     def where(self, field: str) -> tuple[Path, int] | None:
         """Location of a field, or of its nearest enclosing section that has one."""
-        probe = field
-        while probe:
-            if probe in self.locations:
-                return self.locations[probe]
-            probe = probe.rpartition(".")[0]
-        return None
+        return nearest_location(self.locations, field)
 
 
 @dataclass(frozen=True)

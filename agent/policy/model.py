@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from agent.policy.shapes import DeviceGlob, ModelRegex, NameGlob, Token
-from agent.policy.sysctl_rules import sysctl_entry_problem
+from agent.policy.sysctl_rules import sysctl_entry_problem, sysctl_value_problem
 
 CMDLINE_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")  # fullmatch: `$` would let a final newline in
 # A pool count nobody needs (32 TiB of 2M pages): absurd numbers fail validation, before any host memory check.
@@ -191,7 +191,7 @@ class Policy(Section):
             for key, value in v.items():
                 if isinstance(value, bool):
                     raise PydanticCustomError("sysctl_entry", "{problem}",
-                                              {"problem": f"{key}: use 0/1, not a boolean", "key": key})
+                                              {"problem": sysctl_value_problem(key, value), "key": key})
         return v
 
     @field_validator("sysctl")

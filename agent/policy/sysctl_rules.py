@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import Literal
 
 SYSCTL_KEY_RE = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_\-]+)+")  # fullmatch: `$` would let a final newline in
 SYSCTL_CONSTRAINT_RE = re.compile(r"(>=|<=)[ \t]*(-?[0-9]+)")
@@ -144,16 +145,24 @@ def sysctl_value_problem(key: str, value: object) -> str | None:
     if not isinstance(value, str):
         return f"{key}: expected an integer or a string"
     if value[:2] in (">=", "<="):
-        match = SYSCTL_CONSTRAINT_RE.fullmatch(value)
-        if not match:
+        constraint = sysctl_constraint(value)
+        if constraint is None:
             return f"{key}: constraint must look like '>=123' or '<=123'"
-        return sysctl_value_problem(key, int(match.group(2)))
+        return sysctl_value_problem(key, int(constraint[1]))
     if len(value) > MAX_VALUE_LEN or not SYSCTL_VALUE_RE.fullmatch(value):
         # The value is written to a kernel file: a newline would write a second line, and no tunable hosttune
         # allows needs more than plain words and numbers.
         return (f"{key}: the value must be printable ASCII: numbers or words of letters, digits and _.+- "
                 f"separated by spaces (at most {MAX_VALUE_LEN} characters)")
     return None
+
+
+def sysctl_constraint(value: str) -> tuple[Literal["ge", "le"], str] | None:
+    """("ge", bound) for '>=bound', ("le", bound) for '<=bound' (the bound as written), None for any other value."""
+    match = SYSCTL_CONSTRAINT_RE.fullmatch(value)
+    if match is None:
+        return None
+    return ("ge" if match.group(1) == ">=" else "le"), match.group(2)
 
 
 def sysctl_entry_problem(key: str, value: object) -> str | None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from agent.errors import InputError
 from agent.policy import fieldtypes
 from agent.policy.model import Policy
-from agent.policy.yamlnodes import Node, dotted, node_at, to_plain
+from agent.policy.yamlnodes import Node, dotted, nearest_node, node_at, to_plain
 
 MAX_SHOWN_KEYS = 12
 
@@ -71,16 +71,8 @@ def to_input_error(error: ValidationError, root: Node, data: Any, computed: Mapp
         message = _describe(same)
     if field in computed:
         message += f" (computed from '={computed[field]}')"
-    node = _nearest(root, path)
+    node = nearest_node(root, path)
     return InputError(message, path=node.file, line=node.line, field=field or None)
-
-
-def _nearest(root: Node, path: tuple[str | int, ...]) -> Node:
-    for n in range(len(path), -1, -1):
-        node = node_at(root, path[:n])
-        if node is not None:
-            return node
-    return root
 
 
 def _unknown_key(path: tuple[str | int, ...]) -> str:

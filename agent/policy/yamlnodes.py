@@ -13,6 +13,7 @@ bombs (node budget), runaway nesting (depth limit) and oversized files.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def read_policy_yaml(path: Path) -> Node:
     return parse_policy_yaml(text, path)
 
 
-def _check_nesting(loader: yaml.SafeLoader, file: Path) -> None:
+def _check_nesting(loader: yaml.SafeLoader, file: Path, what: str) -> None:
     """Refuse runaway nesting from the event stream (PyYAML's parser is iterative; its composer recurses per level,
     so `[[[[...]]]]` 500 deep would otherwise end in a RecursionError without a line)."""
     depth = 0
@@ -76,17 +77,30 @@ def _check_nesting(loader: yaml.SafeLoader, file: Path) -> None:
             depth += 1
             if depth > MAX_DEPTH:
                 mark = event.start_mark
-                raise InputError(f"policy is nested more than {MAX_DEPTH} levels deep", path=file,
+                raise InputError(f"{what} is nested more than {MAX_DEPTH} levels deep", path=file,
                                  line=mark.line + 1 if mark is not None else None)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
 
 
 def parse_policy_yaml(text: str, file: Path) -> Node:
+    """A policy's text as a located tree: a mapping of sections."""
+    node = parse_yaml(text, file)
+    if node is None:
+        raise InputError("policy file is empty: a policy is a mapping with at least `name:`", path=file, line=1)
+    if not node.is_map():
+        raise InputError(f"a policy must be a mapping of sections, not {kind_of(node.value)}", path=file,
+                         line=node.line)
+    return node
+
+
+def parse_yaml(text: str, file: Path, what: str = "policy") -> Node | None:
+    """Any YAML document (a policy, the daemon config) as a located tree; None when it holds no document.
+    Every problem is an InputError naming `file` and the line; `what` names the document in the limits' messages."""
     try:
         probe = yaml.SafeLoader(text)
         try:
-            _check_nesting(probe, file)
+            _check_nesting(probe, file, what)
         except yaml.YAMLError:
             pass  # the composing pass below reports syntax errors with their line
         finally:
@@ -112,19 +126,15 @@ def parse_policy_yaml(text: str, file: Path) -> Node:
     finally:
         loader.dispose()
     if root is None:
-        raise InputError("policy file is empty: a policy is a mapping with at least `name:`", path=file, line=1)
-    converter = _Converter(file, loader)
-    node = converter.convert(root, root.start_mark.line + 1, 0)
-    if not node.is_map():
-        raise InputError(f"a policy must be a mapping of sections, not {kind_of(node.value)}", path=file,
-                         line=node.line)
-    return node
+        return None
+    return _Converter(file, loader, what).convert(root, root.start_mark.line + 1, 0)
 
 
 class _Converter:
-    def __init__(self, file: Path, loader: yaml.SafeLoader) -> None:
+    def __init__(self, file: Path, loader: yaml.SafeLoader, what: str) -> None:
         self.file = file
         self.loader = loader
+        self.what = what
         self.budget = MAX_NODES
 
     def fail(self, message: str, ynode: yaml.Node) -> InputError:
@@ -133,9 +143,9 @@ class _Converter:
     def convert(self, ynode: yaml.Node, line: int, depth: int) -> Node:
         self.budget -= 1
         if self.budget < 0:
-            raise self.fail(f"policy has more than {MAX_NODES} values (alias expansion?)", ynode)
+            raise self.fail(f"{self.what} has more than {MAX_NODES} values (alias expansion?)", ynode)
         if depth > MAX_DEPTH:
-            raise self.fail(f"policy is nested more than {MAX_DEPTH} levels deep (recursive alias?)", ynode)
+            raise self.fail(f"{self.what} is nested more than {MAX_DEPTH} levels deep (recursive alias?)", ynode)
         if isinstance(ynode, yaml.MappingNode):
             if ynode.tag != MAP_TAG:
                 raise self.fail(f"unsupported YAML tag {ynode.tag!r} on a mapping", ynode)
@@ -152,7 +162,8 @@ class _Converter:
         first_line: dict[str, int] = {}
         for key_node, value_node in ynode.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise self.fail("YAML merge keys (<<) are not supported in policies: use `extends:`", key_node)
+                where = "policies: use `extends:`" if self.what == "policy" else f"a {self.what}"
+                raise self.fail(f"YAML merge keys (<<) are not supported in {where}", key_node)
             if not isinstance(key_node, yaml.ScalarNode):
                 raise self.fail("mapping keys must be plain strings, not lists or mappings", key_node)
             key = self.scalar(key_node)
@@ -222,6 +233,26 @@ def from_plain(value: Any, file: Path, line: int) -> Node:
     if isinstance(value, list | tuple):
         return Node([from_plain(v, file, line) for v in value], file, line)
     return Node(value, file, line)
+
+
+def nearest_location(located: Mapping[str, tuple[Path, int]], field: str) -> tuple[Path, int] | None:
+    """Where a dotted field was written (see `locations`), or its nearest enclosing key that was: the place an
+    error about that field points at."""
+    probe = field
+    while probe:
+        if probe in located:
+            return located[probe]
+        probe = probe.rpartition(".")[0]
+    return None
+
+
+def nearest_node(root: Node, path: tuple[str | int, ...]) -> Node:
+    """The Node at a data path, or at its nearest enclosing part that exists (the root at worst)."""
+    for n in range(len(path), -1, -1):
+        node = node_at(root, path[:n])
+        if node is not None:
+            return node
+    return root
 
 
 def node_at(root: Node, path: tuple[str | int, ...]) -> Node | None:

@@ -1,1 +1,2 @@
-"""OS tuners, one module each, registering themselves (see registry.py); the contract is in base.py."""
+"""OS tuners, one module each, registering themselves (see registry.py). The contract they implement,
+agent.tunable.tuner.Tuner, sits below both this package and the tuning engine (agent.tuning), which imports it."""

@@ -28,12 +28,13 @@ from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import BlockMatch, BlockSpec, Policy
 from agent.policy.shapes import DEVICE_GLOB_RE, TOKEN_RE
-from agent.tuners import formats
-from agent.tuners.base import Change, Tuner, change
+from agent.tunable import formats
+from agent.tunable.change import Change, change
+from agent.tunable.tuner import Tuner
 from agent.tuners.registry import register
 
 if TYPE_CHECKING:
-    from agent.tuning.writer import HostWriter
+    from agent.tunable.writer import Writer
 
 UDEV_RULES_DIR = "etc/udev/rules.d"
 
@@ -176,7 +177,7 @@ class BlockdevTuner(Tuner):
         return change(self.name, f"udev/{filename}", current=read_text(path), desired="rule file", value=content,
                       path=path, field=field, fmt="text", change_reason="keeps the settings across hot-plug/reboot")
 
-    def apply(self, change: Change, writer: HostWriter) -> None:
+    def apply(self, change: Change, writer: Writer) -> None:
         if change.target.endswith("/scheduler") and change.path is not None:
             queue = Path(change.path).parent
             disk = change.target.split("/")[1]

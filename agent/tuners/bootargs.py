@@ -12,11 +12,12 @@ from agent.fsio import read_str
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
-from agent.tuners.base import Change, Tuner
+from agent.tunable.change import Change
+from agent.tunable.tuner import Tuner
 from agent.tuners.registry import register
 
 if TYPE_CHECKING:
-    from agent.tuning.writer import HostWriter
+    from agent.tunable.writer import Writer
 
 ADVICE = "reboot required: add to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub), then reboot"
 ABSENT = "(absent)"
@@ -60,5 +61,5 @@ class BootargsTuner(Tuner):
         running = parse_cmdline(read_str(Path(change.path))) if change.path else {}
         return show(key, running[key]) if key in running else ABSENT
 
-    def apply(self, change: Change, writer: HostWriter) -> None:
+    def apply(self, change: Change, writer: Writer) -> None:
         raise RuntimeError("kernel command line items are advice; the engine never applies them")

@@ -34,19 +34,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pynvml
 
-from agent.errors import HostError, InputError
+from agent.errors import HostError, InputError, WriteFailed
 from agent.fsio import atomic_write_json, load_json, read_str
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.nvml import Nvml, NvmlError, session
 from agent.policy.model import ClockRange, GpuSelect, Policy
-from agent.tuners.base import Change, Tuner
+from agent.tunable.change import Change
+from agent.tunable.tuner import Tuner
 from agent.tuners.registry import register
-from agent.tuning.writer import WriteFailed
 
 if TYPE_CHECKING:
-    from agent.tuning.journal import Record
-    from agent.tuning.writer import HostWriter
+    from agent.tunable.record import Record
+    from agent.tunable.writer import Writer as HostWriter
 
 SETTINGS = ("locked_clocks", "memory_locked_clocks", "power_limit_w", "persistence_mode")
 LEDGER_DIR = "run/hosttune"

@@ -27,7 +27,8 @@ from agent.hostfs import HostPaths
 from agent.inspect import parse
 from agent.inspect.models import HostFacts
 from agent.policy.model import DEFAULT_HUGEPAGE_MEMORY_PCT, HugepageSpec, Policy
-from agent.tuners.base import Change, Tuner, change
+from agent.tunable.change import Change, change
+from agent.tunable.tuner import Tuner
 from agent.tuners.registry import register
 
 SIZE_KB = {"2M": 2048, "1G": 1048576}

@@ -12,10 +12,10 @@ import pkgutil
 from collections.abc import Iterable
 
 import agent.tuners as package
-from agent.tuners.base import Tuner
+from agent.tunable.tuner import Tuner
 
 _REGISTRY: dict[str, type[Tuner]] = {}
-_NOT_TUNERS = {"base", "formats", "registry"}
+_NOT_TUNERS = {"registry"}
 _loaded = False
 
 

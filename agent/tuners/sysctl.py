@@ -27,13 +27,14 @@ from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
 from agent.policy.sysctl_rules import (
     MEMORY_SHARES,
-    SYSCTL_CONSTRAINT_RE,
     memory_share_problem,
+    sysctl_constraint,
     sysctl_key_problem,
     sysctl_value_problem,
 )
-from agent.tuners import formats
-from agent.tuners.base import Change, Compare, Tuner, change
+from agent.tunable import formats
+from agent.tunable.change import Change, Compare, change
+from agent.tunable.tuner import Tuner
 from agent.tuners.hugepages import memory_totals
 from agent.tuners.registry import register
 
@@ -75,11 +76,10 @@ def parse_desired(key: str, desired: int | str, field: str) -> tuple[str, Compar
     if isinstance(desired, int):
         return str(desired), "eq"
     text = desired.strip()
-    if text[:2] in (">=", "<="):
-        match = SYSCTL_CONSTRAINT_RE.fullmatch(text)
-        if not match:
-            raise InputError(f"{key}: constraint must look like '>=123' or '<=123'", field=field)
-        return match.group(2), "ge" if match.group(1) == ">=" else "le"
+    constraint = sysctl_constraint(text)  # well formed: sysctl_value_problem refused any other '>='/'<=' value
+    if constraint is not None:
+        compare, bound = constraint
+        return bound, compare
     if not text:
         raise InputError(f"{key}: empty value", field=field)
     return formats.normalize(text), "eq"

@@ -11,8 +11,9 @@ from agent.fsio import read_text
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
-from agent.tuners import formats
-from agent.tuners.base import Change, Tuner, change
+from agent.tunable import formats
+from agent.tunable.change import Change, change
+from agent.tunable.tuner import Tuner
 from agent.tuners.registry import register
 
 SETTINGS = ("enabled", "defrag")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.tuners import formats
+from agent.tunable import formats
+from agent.tunable.record import Record
 from agent.tuning import hostfile
-from agent.tuning.journal import Journal, Record, Txn
+from agent.tuning.journal import Journal, Txn
 
 log = logging.getLogger("hosttune.engine")
 

@@ -18,10 +18,13 @@ from pydantic import BaseModel, Field
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
-from agent.tuners import formats, registry
-from agent.tuners.base import Change, Tuner
+from agent.tunable import formats
+from agent.tunable.change import Change
+from agent.tunable.record import Record
+from agent.tunable.tuner import Tuner
+from agent.tuners import registry
 from agent.tuning import hostfile
-from agent.tuning.journal import Journal, Record
+from agent.tuning.journal import Journal
 from agent.tuning.ownership import drift_of, is_gone
 
 ACTIONS = ("change", "ok", "not_applicable", "unsupported")

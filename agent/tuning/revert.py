@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from agent.errors import HostError, HostTuneError
+from agent.errors import HostError, HostTuneError, TargetGone
 from agent.tuners import registry
 from agent.tuning.journal import Journal
 from agent.tuning.ownership import Drift, drift_of, forget_gone
 from agent.tuning.transaction import recover
-from agent.tuning.writer import HostWriter, TargetGone
+from agent.tuning.writer import HostWriter
 
 
 class RevertResult(BaseModel):

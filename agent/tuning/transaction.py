@@ -24,13 +24,13 @@ from types import FrameType, TracebackType
 
 from pydantic import BaseModel, Field
 
-from agent.errors import HostError, HostTuneError
+from agent.errors import HostError, HostTuneError, TargetGone, WriteFailed
+from agent.tunable.change import Change
 from agent.tuners import registry
-from agent.tuners.base import Change
 from agent.tuning.journal import Applied, Journal, Txn
 from agent.tuning.ownership import drift_of, forget_gone, remember_committed
 from agent.tuning.plan import Plan
-from agent.tuning.writer import HostWriter, TargetGone, WriteFailed
+from agent.tuning.writer import HostWriter
 
 
 class ApplyResult(BaseModel):

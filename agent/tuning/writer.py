@@ -22,20 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.errors import HostError
-from agent.tuners import formats
-from agent.tuners.formats import Format
+from agent.errors import HostError, TargetGone, WriteFailed
+from agent.tunable import formats
+from agent.tunable.formats import Format
+from agent.tunable.record import Record
+from agent.tunable.writer import Check, RestoreValue
 from agent.tuning import hostfile
-from agent.tuning.journal import Journal, Record
+from agent.tuning.journal import Journal
 
 ENV_CRASH_AFTER = "HOSTTUNE_CRASH_AFTER_WRITES"
 ENV_STALL_AT = "HOSTTUNE_TEST_STALL_AT_WRITES"
 ENV_STALL_DIR = "HOSTTUNE_TEST_STALL_DIR"
 STALL_MAX_S = 120.0
-
-Check = Callable[[str | None], str | None]
-RestoreValue = Callable[[str], str]
-
 
 def crash_after_from_env(env: dict[str, str] | None = None) -> int | None:
     value = (env if env is not None else os.environ).get(ENV_CRASH_AFTER, "").strip()
@@ -71,21 +69,8 @@ def _stall_if_asked(n: int) -> None:
         time.sleep(0.02)
 
 
-class WriteFailed(HostError):
-    """A host write was refused or did not read back as asked; names the tunable."""
-
-    def __init__(self, target: str, message: str, *, path: str | None = None) -> None:
-        super().__init__(f"{target}: {message}", path=path)
-        self.target = target
-        self.detail = message
-
-
-class TargetGone(HostError):
-    """A journaled file no longer exists on this host (a renamed block device): nothing to restore."""
-
-
 class HostWriter:
-    """Journals, writes, reads back and counts. One per command run."""
+    """Journals, writes, reads back and counts. One per command run. Implements agent.tunable.writer.Writer."""
 
     def __init__(self, journal: Journal, *, crash_after: int | None = None) -> None:
         self.journal = journal

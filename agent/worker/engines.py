@@ -1,4 +1,5 @@
-"""Engine adapters: a WorkerSpec (+ placement) -> the exact argv, environment and URLs of one worker process.
+"""Engine adapters: a WorkerSpec (+ placement) -> the exact argv, environment and URLs of one worker process
+(a Launch, agent.worker.launch). llama.cpp and user commands are here, torch in torch_engine.py; engine_for picks.
 
 An adapter also says which knobs need a restart to change. For llama.cpp that is every knob: llama-server reads
 -c/-np/-b/-ub/-ctk/-ctv/-t/--numa once at start and nothing changes them live.
@@ -7,17 +8,17 @@ An adapter also says which knobs need a restart to change. For llama.cpp that is
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from agent.errors import InputError
 from agent.policy.model import WorkerSpec
-from agent.worker.binding import Binding, BindPreference, plan_binding
+from agent.worker.binding import BindPreference, plan_binding
 from agent.worker.fit import check_cache_type
+from agent.worker.launch import Engine, Launch, base_url, changed_fields
 from agent.worker.llamacpp_bin import LlamaServerBinary, find_llama_server
 from agent.worker.placement import Placement
 from agent.worker.privdrop import RunAs, worker_env
+from agent.worker.torch_engine import TorchEngine  # imports no torch; the worker process does
 
 # Fields of WorkerSpec that are engine knobs (the controller may change them; each needs a restart here).
 KNOBS: tuple[str, ...] = ("threads", "threads_batch", "ctx", "parallel", "batch", "ubatch", "cache_type_k",
@@ -25,39 +26,6 @@ KNOBS: tuple[str, ...] = ("threads", "threads_batch", "ctx", "parallel", "batch"
 # Flags hosttune owns: a user passing them in extra_args would contradict the spec or the placement.
 RESERVED_FLAGS = {"-m", "--model", "--host", "--port", "--metrics", "-t", "--threads", "-tb", "--threads-batch",
                   "-c", "--ctx-size", "-np", "--parallel", "--numa"}
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Everything needed to start one worker process."""
-
-    engine: str
-    argv: list[str]
-    env: dict[str, str]
-    base_url: str
-    health_url: str
-    metrics_url: str | None
-    model: Path | None = None
-    placement: Placement | None = None
-    binding: Binding = field(default_factory=lambda: Binding(mechanism="none", cpus=[], membind_node=None,
-                                                             prefix=[]))
-
-
-class Engine(Protocol):
-    name: str
-
-    def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch: ...
-
-    def restart_needed(self, old: WorkerSpec, new: WorkerSpec) -> list[str]: ...
-
-
-def base_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def changed_fields(old: WorkerSpec, new: WorkerSpec) -> list[str]:
-    a, b = old.model_dump(), new.model_dump()
-    return sorted(k for k in a if a[k] != b[k])
 
 
 def _gpu_env(env: dict[str, str], placement: Placement | None) -> dict[str, str]:
@@ -165,7 +133,5 @@ def engine_for(spec: WorkerSpec, prefer_binding: BindPreference = "auto", run_as
     if spec.engine == "command":
         return CommandEngine(prefer_binding=prefer_binding, run_as=run_as)
     if spec.engine == "torch":
-        from agent.worker.torch_engine import TorchEngine  # imports no torch; the worker process does
-
         return TorchEngine(prefer_binding=prefer_binding, run_as=run_as)
     raise InputError(f"unknown engine {spec.engine}", field="worker.engine")

@@ -15,9 +15,10 @@ from agent.inspect.models import HostFacts
 from agent.policy.model import WorkerSpec
 from agent.worker.binding import BindPreference
 from agent.worker.bundled_model import resolve_model
-from agent.worker.engines import Engine, Launch, engine_for
+from agent.worker.engines import engine_for
 from agent.worker.fit import FitReport, device_memory, plan_fit
 from agent.worker.gguf_meta import GgufInfo, read_gguf
+from agent.worker.launch import Engine, Launch
 from agent.worker.placement import Placement, plan_placement
 from agent.worker.privdrop import RunAs, check_launch, check_readable
 

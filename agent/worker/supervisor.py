@@ -38,8 +38,8 @@ from agent.fsio import atomic_write_json
 from agent.hostfs import HostPaths
 from agent.policy.model import WorkerSpec
 from agent.worker import pagecache
-from agent.worker.engines import Launch
 from agent.worker.exits import OOM_HINT, describe_exit, key_stderr_line, read_oom_kills
+from agent.worker.launch import Launch
 from agent.worker.logs import RotatingLog
 from agent.worker.pagecache import PrewarmResult
 from agent.worker.status import Transition, WorkerState, WorkerStatus

@@ -22,7 +22,7 @@ from pathlib import Path
 from agent.errors import InputError
 from agent.policy.model import WorkerSpec
 from agent.worker.binding import BindPreference, plan_binding
-from agent.worker.engines import Launch, base_url, changed_fields
+from agent.worker.launch import Launch, base_url, changed_fields
 from agent.worker.placement import Placement
 from agent.worker.privdrop import RunAs, worker_env
 from agent.worker.torch_control import TorchWorkerControl

@@ -112,6 +112,29 @@ def test_non_mapping_and_empty_files(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "# nothing\n", "empty.yaml")).policy is None
 
 
+def test_config_is_read_like_a_policy_duplicate_keys_and_merge_keys_refused_at_their_line(tmp_path: Path) -> None:
+    # One YAML reader for policies and the daemon config (agent.policy.yamlnodes): a second `api:` no longer
+    # silently replaces the first.
+    path = write(tmp_path, "policy: base\napi:\n  port: 7711\napi:\n  port: 7712\n")
+    with pytest.raises(InputError, match="duplicate key 'api'") as e:
+        load_settings(path)
+    assert e.value.path == str(path) and e.value.line == 4
+    with pytest.raises(InputError, match=r"merge keys \(<<\) are not supported in a config$") as e:
+        load_settings(write(tmp_path, "base: &b {port: 1}\napi:\n  <<: *b\n", "merge.yaml"))
+    assert e.value.line == 3
+
+
+def test_null_document_is_an_empty_config(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "~\n")).policy is None
+
+
+def test_bad_value_points_at_the_line_of_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "policy: base\napi:\n  host: 127.0.0.1\n  port: many\n")
+    with pytest.raises(InputError) as e:
+        load_settings(path)
+    assert (e.value.path, e.value.line, e.value.field) == (str(path), 4, "api.port")
+
+
 def test_bad_environment_value_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOSTTUNE_API__PORT", "many")
     with pytest.raises(InputError) as e:

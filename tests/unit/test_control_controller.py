@@ -28,7 +28,8 @@ from agent.gateway.admission import AdmissionGate
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import SupervisedWorker
 from agent.policy.model import SloSpec, WorkerSpec
-from agent.worker.engines import CommandEngine, Launch
+from agent.worker.engines import CommandEngine
+from agent.worker.launch import Launch
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
 
 

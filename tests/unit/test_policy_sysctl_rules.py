@@ -13,7 +13,7 @@ from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.policy.loader import REPO_POLICIES, load_policy
 from agent.policy.model import Policy
-from agent.policy.sysctl_rules import ALLOWED, DENIED, sysctl_entry_problem, sysctl_key_problem
+from agent.policy.sysctl_rules import ALLOWED, DENIED, sysctl_constraint, sysctl_entry_problem, sysctl_key_problem
 from agent.tuners.sysctl import SysctlTuner
 
 # one key per family of the deny-list, several of them inside an allowed namespace (vm.*, net.core.*)
@@ -141,3 +141,13 @@ def test_min_free_kbytes_is_capped_at_a_share_of_memory(host: HostPaths) -> None
             SysctlTuner().plan(Policy(name="t", sysctl={"vm.min_free_kbytes": value}), None, host)
         assert e.value.field == "sysctl.vm.min_free_kbytes"
     assert host.proc("sys/vm/min_free_kbytes").read_text() == "67584\n"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (">=1048576", ("ge", "1048576")), ("<=10", ("le", "10")), (">= \t-5", ("ge", "-5")), (">=007", ("ge", "007")),
+    ("1048576", None), (">=", None), (">=1 ", None), ("=>1", None), (">=1k", None), ("", None),
+])
+def test_sysctl_constraint_is_the_one_reading_of_ge_and_le(value: str, expected: tuple[str, str] | None) -> None:
+    assert sysctl_constraint(value) == expected
+    if value.startswith((">=", "<=")):  # the model refuses exactly the constraints this cannot read
+        assert (sysctl_entry_problem("vm.max_map_count", value) is None) == (expected is not None)

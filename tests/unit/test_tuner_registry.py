@@ -9,8 +9,10 @@ import pytest
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
-from agent.tuners import formats, registry
-from agent.tuners.base import Change, Tuner, satisfies
+from agent.tunable import formats
+from agent.tunable.change import Change, satisfies
+from agent.tunable.tuner import Tuner
+from agent.tuners import registry
 
 
 def test_builtin_tuners_register_themselves_in_order() -> None:

@@ -17,7 +17,8 @@ import pytest
 from worker_fakes import free_port, write_fake_server
 
 from agent.policy.model import WorkerSpec
-from agent.worker.engines import CommandEngine, Launch
+from agent.worker.engines import CommandEngine
+from agent.worker.launch import Launch
 from agent.worker.logs import RotatingLog
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
 
