@@ -27,8 +27,8 @@ def _failure(field: str, exc: BaseException) -> str:
 def collect_gpus(paths: HostPaths, nvml: Any | None, errors: list[str]) -> tuple[list[Gpu], GpuStatus]:
     """GPUs through NVML; `nvml=None` opens the real library. A missing library is "no GPUs", not an error."""
     try:
+        from agent.gpu.nvml import open_nvml
         from agent.inspect.gpu import inspect_gpus
-        from agent.nvml import open_nvml
     except ImportError as e:
         return [], GpuStatus(available=False, reason=f"GPU inspection unavailable: {e}")
     try:

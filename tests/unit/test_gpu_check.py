@@ -1,4 +1,4 @@
-"""scripts/gpu-check.sh (agent.gpu_check): read-only on a GPU machine, proved here on the NVML simulator."""
+"""scripts/gpu-check.sh (agent.gpu.check): read-only on a GPU machine, proved here on the NVML simulator."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ from pathlib import Path
 import pytest
 from gpu_sim import REPO, SERVER_8GPU
 
-from agent import gpu_check, nvml, nvml_sim
+from agent.gpu import check as gpu_check
+from agent.gpu.simulator import library as nvml_sim
 from agent.tuners.gpu import GpuTuner
 
 
 @pytest.fixture(autouse=True)
 def _fresh_nvml() -> Iterator[None]:
-    nvml.use_session(None)
     yield
-    nvml.use_session(None)
     nvml_sim.uninstall()
 
 
@@ -51,7 +50,7 @@ def test_no_gpu_is_fine_unless_required(tmp_path: Path) -> None:
     out = io.StringIO()
     assert gpu_check.run(missing, None, 1, 0.0, out) == 0
     assert "no NVIDIA GPU" in out.getvalue()
-    nvml.use_session(None)
     out = io.StringIO()
     assert gpu_check.run(missing, None, 1, 0.0, out, require_gpu=True) == 1
     assert "FAIL: no GPU seen" in out.getvalue()
+

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.errors import HostError, HostTuneError
+from agent.gpu.device import reason_names
+from agent.gpu.nvml import DryRunViolation, MutationGuard, Nvml, forbid_mutations, open_nvml
 from agent.hostfs import HostPaths
+from agent.inspect import collect
 from agent.inspect.models import HostFacts
-from agent.nvml import DryRunViolation, MutationGuard, Nvml, forbid_mutations, open_nvml, use_session
+from agent.policy.loader import load_policy
 from agent.policy.model import GpuSpec, Policy
 from agent.render import human_bytes, table
 from agent.telemetry.gpu import sample_gpus
@@ -42,6 +45,10 @@ def _mhz(cur: int | None, top: int | None) -> str:
 
 def _w(mw: int | None) -> str:
     return "-" if mw is None else f"{mw / 1000:g}"
+
+
+def _n(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def print_inspect(facts: HostFacts, out: TextIO) -> None:
@@ -100,22 +107,19 @@ def print_telemetry(nvml: Nvml, samples: int, interval_s: float, out: TextIO) ->
         if n:
             time.sleep(interval_s)
         for r in sample_gpus(nvml):
-            rows.append([n, r.index, r.util_pct, r.mem_util_pct, human_bytes(r.mem_used_bytes), r.sm_clock_mhz,
-                         r.mem_clock_mhz, _w(r.power_mw), _w(r.power_limit_mw), r.temp_c,
-                         ",".join(r.clocks_event_reason_names) or "none"])
+            rows.append([n, r.index, _n(r.util_pct), _n(r.mem_util_pct), human_bytes(r.mem_used_bytes),
+                         _n(r.sm_clock_mhz), _n(r.mem_clock_mhz), _n(r.power_w), _n(r.power_limit_w), _n(r.temp_c),
+                         ",".join(reason_names(r.throttle_reasons)) or "none"])
     table(("sample", "gpu", "util%", "mem%", "used", "sm MHz", "mem MHz", "power W", "limit W", "temp C",
            "clock events"), rows, out)
 
 
 def run(sim: Path | None, policy_ref: str | None, samples: int, interval_s: float, out: TextIO, *,
         require_gpu: bool = False) -> int:
-    from agent.inspect import collect
-
     paths = HostPaths.live()
     problems: list[str] = []
     guard: MutationGuard
     nvml = open_nvml(sim, dry_run=True)
-    use_session(nvml)
     with forbid_mutations() as guard:
         try:
             facts = collect(paths, nvml)
@@ -124,8 +128,6 @@ def run(sim: Path | None, policy_ref: str | None, samples: int, interval_s: floa
                 problems.append(f"no GPU seen ({facts.gpu_status.reason or 'NVML lists none'})")
             problems += check_tuner_refuses(facts, paths, nvml, out)
             if policy_ref:
-                from agent.policy.loader import load_policy
-
                 loaded = load_policy(policy_ref, facts)
                 plan = make_plan(loaded.policy, facts, paths, tuners=[GpuTuner(nvml)])
                 plan.changes = [c for c in plan.changes if c.tuner == GpuTuner.name]
