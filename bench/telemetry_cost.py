@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from agent.bench.llama_local import LocalLlamaServer
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import StaticUpstream
+from agent.gpu.nvml import open_nvml
 from agent.telemetry.collector import build_telemetry
 from agent.worker.bundled_model import default_model_path
 
@@ -53,12 +54,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     with LocalLlamaServer(default_model_path(), threads=2, extra_args=["-np", "4", "-c", "4096"]) as llama:
-        busy = build_telemetry(endpoint=StaticUpstream(llama.url), gateway=busy_stats())
+        busy = build_telemetry(endpoint=StaticUpstream(llama.url), gateway=busy_stats(), gpu=open_nvml())
         busy.sample_once()  # first sample sets up the HTTP connection and the CPU baseline
         busy_costs = [busy.sample_once().cpu_cost_s * 1000 for _ in range(args.samples)]
         busy.close()
         # idle: what the daemon pays with no traffic (empty gateway windows), per sample and at 1 Hz
-        tel = build_telemetry(endpoint=StaticUpstream(llama.url), gateway=GatewayStats(window_s=60))
+        tel = build_telemetry(endpoint=StaticUpstream(llama.url), gateway=GatewayStats(window_s=60),
+                              gpu=open_nvml())
         tel.sample_once()
         costs = [tel.sample_once().cpu_cost_s * 1000 for _ in range(args.samples)]
         scheduler = BackgroundScheduler()

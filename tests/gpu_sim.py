@@ -1,4 +1,4 @@
-"""GPU descriptions for the C-level NVML simulator (agent/nvml_sim.py), shared by the GPU tests.
+"""GPU descriptions for the C-level NVML simulator (agent/gpu/simulator/), shared by the GPU tests.
 
 The numbers are the published shape of the parts: H200 SXM 141 GB (SM up to 1980 MHz, HBM3e 3201 MHz, 700 W)
 and H100 SXM5 80 GB (SM up to 1980 MHz, HBM3 2619 MHz, 700 W, power limit down to 200 W).

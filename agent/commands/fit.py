@@ -35,7 +35,7 @@ def host_facts(args: argparse.Namespace) -> HostFacts:
     paths = HostPaths.from_options(args.procfs, args.sysfs, args.rootfs).check()
     nvml = None
     if getattr(args, "nvml_sim", None):
-        nvml = importlib.import_module("agent.nvml").open_nvml(args.nvml_sim, dry_run=True)
+        nvml = importlib.import_module("agent.gpu.nvml").open_nvml(args.nvml_sim, dry_run=True)
     return collect(paths, nvml=nvml)
 
 

@@ -90,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_telemetry:
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        from agent.gpu.nvml import open_nvml
         from agent.telemetry.collector import build_telemetry
 
-        telemetry = build_telemetry(endpoint=endpoint, gateway=gateway.stats)
+        telemetry = build_telemetry(endpoint=endpoint, gateway=gateway.stats, gpu=open_nvml())
         gateway.metrics_text = telemetry.exposition
         scheduler = BackgroundScheduler()
         telemetry.register_jobs(scheduler)

@@ -45,7 +45,7 @@ def open_gpu_library(sim: str | None) -> Any | None:
     if not path.is_file():
         raise InputError("NVML simulation file not found", path=path, field="--nvml-sim")
     try:
-        from agent.nvml import open_nvml
+        from agent.gpu.nvml import open_nvml
     except ImportError:
         return None  # GPU inspection is not installed: collect() reports that in gpu_status
     return open_nvml(path)

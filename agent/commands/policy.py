@@ -113,7 +113,7 @@ def facts_for(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _open_nvml(sim: str | None) -> Any:
     try:
-        nvml = importlib.import_module("agent.nvml")
+        nvml = importlib.import_module("agent.gpu.nvml")
     except ImportError:
         return None
     return nvml.open_nvml(sim, dry_run=True)  # reading facts only: refuse any NVML setter

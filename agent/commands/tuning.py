@@ -36,11 +36,12 @@ def state(args: argparse.Namespace) -> StateDir:
 
 
 def use_nvml_sim(args: argparse.Namespace) -> None:
-    """--nvml-sim FILE: the process-wide NVML session (inspection, the GPU tuner, verify, revert) is simulated."""
+    """--nvml-sim FILE: install the NVML simulator for this process (pynvml's library is process-wide), so every
+    NVML session opened after it (inspection, the GPU tuner, verify, revert) sees the simulated GPUs."""
     sim = getattr(args, "nvml_sim", None)
     if sim:
-        from agent.nvml import open_nvml, use_session
-        use_session(open_nvml(sim))
+        from agent.gpu.nvml import open_nvml
+        open_nvml(sim)
 
 
 def gather_facts(paths: HostPaths) -> HostFacts | None:
@@ -53,8 +54,7 @@ def gather_facts(paths: HostPaths) -> HostFacts | None:
     collect: Callable[..., HostFacts] | None = getattr(inspect, "collect", None)
     if collect is None:
         return None
-    from agent.nvml import session
-    return collect(paths, nvml=session())
+    return collect(paths)
 
 
 def load(ref: str, facts: HostFacts | None) -> LoadedPolicy:

@@ -94,7 +94,7 @@ class Services:
     def nvml(self) -> Any:
         if self._nvml is None:
             try:
-                nvml_mod = importlib.import_module("agent.nvml")
+                nvml_mod = importlib.import_module("agent.gpu.nvml")
                 self._nvml = nvml_mod.open_nvml(self.settings.nvml_sim)
             except ImportError:
                 self._nvml = None
@@ -432,7 +432,7 @@ class Services:
         collector = _import("agent.telemetry.collector", "telemetry")
         worker_mod = _import("agent.telemetry.worker", "telemetry")
         stats = self.gateway_obj.stats if self.gateway_obj is not None else None
-        telemetry = collector.build_telemetry(gateway=stats, gpu=self.nvml() is not None)
+        telemetry = collector.build_telemetry(gateway=stats, gpu=self.nvml())
         telemetry.worker = worker_mod.WorkerSampler(SupervisedEndpoint(self))
         telemetry.register_jobs(scheduler, interval_s=self.settings.telemetry_interval_s)
         self.telemetry_store = telemetry

@@ -4,7 +4,7 @@ collect() runs every registered collector against the roots in HostPaths (the li
 A collector that breaks unexpectedly is contained: its field gets an empty fallback value and the failure is
 listed in `errors` (node_exporter's rule: one broken collector must not hide every other fact). A malformed
 file is different: that is bad input and its InputError propagates, so the CLI exits 2 naming the path.
-GPUs come from NVML through agent.nvml (the one funnel for NVML calls) rather than from sysfs.
+GPUs come from NVML through agent.gpu.nvml (the one funnel for NVML calls) rather than from sysfs.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def _failure(field: str, exc: BaseException) -> str:
 def collect_gpus(paths: HostPaths, nvml: Any | None, errors: list[str]) -> tuple[list[Gpu], GpuStatus]:
     """GPUs through NVML; `nvml=None` opens the real library. A missing library is "no GPUs", not an error."""
     try:
+        from agent.gpu.nvml import open_nvml
         from agent.inspect.gpu import inspect_gpus
-        from agent.nvml import open_nvml
     except ImportError as e:
         return [], GpuStatus(available=False, reason=f"GPU inspection unavailable: {e}")
     try:

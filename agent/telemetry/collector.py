@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.gateway.stats import GatewaySnapshot, GatewayStats
-from agent.telemetry.gpu_adapter import GpuSample, GpuSampler
+from agent.gpu.nvml import Nvml
+from agent.telemetry.gpu import GpuSample, GpuSampler
 from agent.telemetry.host import HostSample, HostSampler
 from agent.telemetry.prom import MetricFamily, format_families
 from agent.telemetry.ring import RingBuffer
@@ -139,19 +140,10 @@ def sample_to_dict(sample: TelemetrySample) -> dict[str, Any]:
     return out
 
 
-def build_telemetry(endpoint: Any = None, gateway: GatewayStats | None = None, gpu: bool = True,
+def build_telemetry(endpoint: Any = None, gateway: GatewayStats | None = None, gpu: Nvml | None = None,
                     capacity: int = 600) -> Telemetry:
-    """The usual assembly: host always; worker when an endpoint is given; gateway stats when given; GPU when a
-    GPU sampler is installed (see gpu_adapter.default_source)."""
-    from agent.telemetry.gpu_adapter import default_source
-
-    gpu_sampler = None
-    if gpu:
-        try:
-            source = default_source()
-        except Exception as e:  # no NVML library, no driver: "no GPUs here", not an error
-            log.info("no GPU telemetry: %s", e)
-            source = None
-        gpu_sampler = GpuSampler(source) if source is not None else None
+    """The usual assembly: host always; worker when an endpoint is given; gateway stats when given; GPU when an
+    NVML session is handed in (without NVML on the host its samples are empty, never an error)."""
+    gpu_sampler = GpuSampler(gpu) if gpu is not None else None
     return Telemetry(host=HostSampler(), worker=WorkerSampler(endpoint) if endpoint is not None else None,
                      gateway=gateway, gpu=gpu_sampler, capacity=capacity)

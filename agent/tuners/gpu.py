@@ -32,13 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import pynvml
-
 from agent.errors import HostError, InputError, WriteFailed
-from agent.fsio import atomic_write_json, load_json, read_str
+from agent.gpu.device import ARCH_AMPERE, ARCH_VOLTA, BASE_CLOCK, Device
+from agent.gpu.ledger import PENDING, ledger_path, read_ledger, write_ledger
+from agent.gpu.nvml import Nvml, NvmlError, open_nvml
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
-from agent.nvml import Nvml, NvmlError, session
 from agent.policy.model import ClockRange, GpuSelect, Policy
 from agent.tunable.change import Change
 from agent.tunable.tuner import Tuner
@@ -49,53 +48,12 @@ if TYPE_CHECKING:
     from agent.tunable.writer import Writer as HostWriter
 
 SETTINGS = ("locked_clocks", "memory_locked_clocks", "power_limit_w", "persistence_mode")
-LEDGER_DIR = "run/hosttune"
-PENDING = "pending:"
 LOCKS = ("locked_clocks", "memory_locked_clocks")
-TDP = pynvml.NVML_CLOCK_LIMIT_ID_TDP
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
-# --- the lock ledger ---------------------------------------------------------------------------------------
-
-
-def ledger_path(paths: HostPaths) -> Path:
-    """rootfs/run/hosttune/gpu-locks-<boot id>.json: a reboot (which clears every lock) starts a new ledger."""
-    boot = read_str(paths.proc("sys/kernel/random/boot_id")) or "unknown-boot"
-    return paths.root(LEDGER_DIR, f"gpu-locks-{boot}.json")
-
-
-def read_ledger(ledger: Path) -> dict[str, dict[str, str]]:
-    """uuid -> {setting: value} that hosttune locked during this boot."""
-    data = load_json(ledger)
-    locks = data.get("locks") if isinstance(data, dict) else None
-    return locks if isinstance(locks, dict) else {}
-
-
-def write_ledger(ledger: Path, uuid: str, setting: str, value: str | None) -> None:
-    """Record (or, with None, forget) a lock; ledgers of earlier boots are removed on the way, and so is this
-    boot's once it holds no lock."""
-    locks = read_ledger(ledger)
-    entry = dict(locks.get(uuid, {}))
-    if value is None:
-        entry.pop(setting, None)
-    else:
-        entry[setting] = value
-    if entry:
-        locks[uuid] = entry
-    else:
-        locks.pop(uuid, None)
-    if locks:
-        atomic_write_json(ledger, {"locks": locks}, mode=0o644)
-    else:  # the last lock undone: no file left behind, so revert leaves the host's /run as it found it
-        ledger.unlink(missing_ok=True)
-    for old in ledger.parent.glob("gpu-locks-*.json"):
-        if old != ledger:
-            old.unlink(missing_ok=True)
-
-
-# --- what NVML says about one GPU ---------------------------------------------------------------------------
+# --- what NVML says about one GPU, for planning -------------------------------------------------------------
 
 
 @dataclass
@@ -103,7 +61,6 @@ class GpuView:
     index: int
     uuid: str
     name: str
-    handle: Any
     arch: int | None
     sm_mhz: int | None
     max_sm_mhz: int | None
@@ -113,30 +70,21 @@ class GpuView:
     power_limit_mw: int | None
     power_default_mw: int | None
     power_range_mw: tuple[int, int] | None
-    persistence: int | None
+    persistence: bool | None
 
 
 def view_gpu(nvml: Nvml, index: int) -> GpuView:
-    h = nvml.call(pynvml.nvmlDeviceGetHandleByIndex, index)
-    memory = nvml.call(pynvml.nvmlDeviceGetSupportedMemoryClocks, h)
-    graphics: list[int] | None = None
-    if memory:
-        every: set[int] = set()
-        for mem in memory:
-            every.update(nvml.call(pynvml.nvmlDeviceGetSupportedGraphicsClocks, h, mem) or [])
-        graphics = sorted(every, reverse=True) or None
-    constraints = nvml.call(pynvml.nvmlDeviceGetPowerManagementLimitConstraints, h)
+    """What planning needs of one GPU, read once through the device reader."""
+    device = Device.open(nvml, index)
+    supported = device.supported_clocks()
+    memory = sorted(supported, reverse=True) if supported else None
+    graphics = sorted({mhz for clocks in (supported or {}).values() for mhz in clocks or []}, reverse=True)
     return GpuView(
-        index=index, uuid=nvml.call(pynvml.nvmlDeviceGetUUID, h), name=nvml.call(pynvml.nvmlDeviceGetName, h),
-        handle=h, arch=nvml.call(pynvml.nvmlDeviceGetArchitecture, h),
-        sm_mhz=nvml.call(pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
-        max_sm_mhz=nvml.call(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_SM),
-        max_mem_mhz=nvml.call(pynvml.nvmlDeviceGetMaxClockInfo, h, pynvml.NVML_CLOCK_MEM),
-        graphics_clocks=graphics, memory_clocks=sorted(memory, reverse=True) if memory else None,
-        power_limit_mw=nvml.call(pynvml.nvmlDeviceGetPowerManagementLimit, h),
-        power_default_mw=nvml.call(pynvml.nvmlDeviceGetPowerManagementDefaultLimit, h),
-        power_range_mw=(int(constraints[0]), int(constraints[1])) if constraints else None,
-        persistence=nvml.call(pynvml.nvmlDeviceGetPersistenceMode, h),
+        index=index, uuid=device.uuid(), name=device.name(), arch=device.architecture(),
+        sm_mhz=device.clock("sm"), max_sm_mhz=device.max_clock("sm"), max_mem_mhz=device.max_clock("mem"),
+        graphics_clocks=graphics or None, memory_clocks=memory,
+        power_limit_mw=device.power_limit_mw(), power_default_mw=device.default_power_limit_mw(),
+        power_range_mw=device.power_limit_range_mw(), persistence=device.persistence(),
     )
 
 
@@ -179,8 +127,7 @@ class Planned:
 
 def _plan_lock(setting: str, spec: Any, gpu: GpuView, where: str) -> Planned:
     memory = setting == "memory_locked_clocks"
-    arch_needed, arch_name = ((pynvml.NVML_DEVICE_ARCH_AMPERE, "Ampere") if memory
-                              else (pynvml.NVML_DEVICE_ARCH_VOLTA, "Volta"))
+    arch_needed, arch_name = (ARCH_AMPERE, "Ampere") if memory else (ARCH_VOLTA, "Volta")
     if gpu.arch is not None and gpu.arch < arch_needed:
         return Planned(unsupported=f"locked {'memory' if memory else 'SM'} clocks need {arch_name} or newer")
     clocks = gpu.memory_clocks if memory else gpu.graphics_clocks
@@ -270,11 +217,16 @@ class GpuTuner(Tuner):
     sections: ClassVar[tuple[str, ...]] = ("gpu",)
 
     def __init__(self, nvml: Nvml | None = None) -> None:
+        """`nvml`: the session to plan and apply through. The tuner registry builds tuners without arguments;
+        such a tuner opens its own session (open_nvml: the library this process loaded, or the simulator
+        installed by --nvml-sim / HOSTTUNE_NVML_SIM) on first use."""
         self._nvml = nvml
 
     @property
     def nvml(self) -> Nvml:
-        return self._nvml if self._nvml is not None else session()
+        if self._nvml is None:
+            self._nvml = open_nvml()
+        return self._nvml
 
     # -- plan --------------------------------------------------------------------------------------------------
 
@@ -321,8 +273,7 @@ class GpuTuner(Tuner):
             current = shown = watts(gpu.power_limit_mw)
         else:
             planned = _plan_persistence(spec, gpu)
-            current = shown = (None if gpu.persistence is None
-                               else "enabled" if gpu.persistence == pynvml.NVML_FEATURE_ENABLED else "disabled")
+            current = shown = _enabled(gpu.persistence)
         common: dict[str, Any] = dict(tuner=self.name, target=target, current=shown, desired=_desired_text(spec),
                                       field=where, path=str(ledger) if setting in LOCKS else None)
         if planned.unsupported is not None:
@@ -343,45 +294,46 @@ class GpuTuner(Tuner):
             raise HostError(f"{target}: NVML is read-only in this process (dry-run, HOSTTUNE_NVML_DRY_RUN): "
                             f"GPU settings are never changed here")
 
-    def _handle(self, index: int, uuid: str | None = None) -> Any:
-        nvml = self.nvml
-        if uuid:
-            return nvml.call(pynvml.nvmlDeviceGetHandleByUUID, uuid)
-        return nvml.call(pynvml.nvmlDeviceGetHandleByIndex, index)
+    def _device(self, target: str, uuid: str | None = None) -> tuple[Device, str, str]:
+        """The GPU a target names (by UUID when the journal recorded one), its UUID and the setting."""
+        index, setting = parse_target(target)
+        try:
+            device = Device.open(self.nvml, index, uuid)
+            return device, uuid or device.uuid(), setting
+        except NvmlError as e:
+            raise _nvml_failure(target, e) from e
 
-    def _current(self, handle: Any, setting: str, ledger: Path | None, uuid: str) -> str | None:
-        nvml = self.nvml
+    @staticmethod
+    def _current(device: Device, setting: str, ledger: Path | None, uuid: str) -> str | None:
         if setting == "power_limit_w":
-            return watts(nvml.call(pynvml.nvmlDeviceGetPowerManagementLimit, handle))
+            return watts(device.power_limit_mw())
         if setting == "persistence_mode":
-            mode = nvml.call(pynvml.nvmlDeviceGetPersistenceMode, handle)
-            return None if mode is None else "enabled" if mode == pynvml.NVML_FEATURE_ENABLED else "disabled"
+            return _enabled(device.persistence())
         if ledger is None:
             return None
         return read_ledger(ledger).get(uuid, {}).get(setting)
 
-    def _set(self, handle: Any, setting: str, value: str | None, target: str, ledger: Path | None,
+    def _set(self, device: Device, setting: str, value: str | None, target: str, ledger: Path | None,
              uuid: str) -> None:
         """Make the GPU hold `value` (None for a lock: reset it), read back what NVML can, record locks."""
-        nvml = self.nvml
         try:
             if setting == "power_limit_w":
                 mw = _parse_watts(value, target)
-                nvml.call(pynvml.nvmlDeviceSetPowerManagementLimit, handle, mw)
-                now = nvml.call(pynvml.nvmlDeviceGetPowerManagementLimit, handle)
+                device.set_power_limit_mw(mw)
+                now = device.power_limit_mw()
                 if now != mw:
                     raise WriteFailed(target, f"set {watts(mw)} but NVML reports {watts(now)}")
             elif setting == "persistence_mode":
-                mode = pynvml.NVML_FEATURE_ENABLED if value == "enabled" else pynvml.NVML_FEATURE_DISABLED
-                nvml.call(pynvml.nvmlDeviceSetPersistenceMode, handle, mode)
-                if nvml.call(pynvml.nvmlDeviceGetPersistenceMode, handle) != mode:
+                device.set_persistence(value == "enabled")
+                if device.persistence() != (value == "enabled"):
                     raise WriteFailed(target, f"set persistence {value} but NVML reports otherwise")
             else:
-                self._set_lock(handle, setting, value, target, ledger, uuid)
+                self._set_lock(device, setting, value, target, ledger, uuid)
         except NvmlError as e:
             raise _nvml_failure(target, e) from e
 
-    def _set_lock(self, handle: Any, setting: str, value: str | None, target: str, ledger: Path | None,
+    @staticmethod
+    def _set_lock(device: Device, setting: str, value: str | None, target: str, ledger: Path | None,
                   uuid: str) -> None:
         """Lock (or reset, for None) and keep the ledger honest around the call: it says "pending" while the
         call is in flight, so a process killed right after NVML locked still leaves a trace for revert, and
@@ -392,12 +344,9 @@ class GpuTuner(Tuner):
             write_ledger(ledger, uuid, setting, f"{PENDING}{value or 'reset'}")
         try:
             if value is None:
-                self.nvml.call(pynvml.nvmlDeviceResetMemoryLockedClocks if memory
-                               else pynvml.nvmlDeviceResetGpuLockedClocks, handle)
+                device.reset_locked_clocks(memory)
             else:
-                lo, hi = _parse_lock(value, target)
-                self.nvml.call(pynvml.nvmlDeviceSetMemoryLockedClocks if memory
-                               else pynvml.nvmlDeviceSetGpuLockedClocks, handle, lo, hi)
+                device.lock_clocks(memory, *_parse_lock(value, target))
         except BaseException:
             if ledger is not None:
                 write_ledger(ledger, uuid, setting, before)
@@ -407,49 +356,40 @@ class GpuTuner(Tuner):
 
     def apply(self, change: Change, writer: HostWriter) -> None:
         self._refuse_if_read_only(change.target)
-        index, setting = parse_target(change.target)
-        try:
-            handle = self._handle(index)
-            uuid = self.nvml.call(pynvml.nvmlDeviceGetUUID, handle)
-        except NvmlError as e:
-            raise _nvml_failure(change.target, e) from e
+        device, uuid, setting = self._device(change.target)
         ledger = Path(change.path) if change.path else None
-        original = self._current(handle, setting, ledger, uuid)
+        original = self._current(device, setting, ledger, uuid)
         writer.write_custom(
             tuner=self.name, target=change.target, original=original, desired=change.desired,
-            do=lambda: self._set(handle, setting, change.value, change.target, ledger, uuid),
-            extra={"uuid": uuid, "index": index, "setting": setting,
+            do=lambda: self._set(device, setting, change.value, change.target, ledger, uuid),
+            extra={"uuid": uuid, "index": device.index, "setting": setting,
                    "ledger": str(ledger) if ledger else None})
 
     def restore(self, record: Record, writer: HostWriter) -> None:
         self._refuse_if_read_only(record.target)
-        index, setting = parse_target(record.target)
-        uuid = record.extra.get("uuid")
         ledger = Path(record.extra["ledger"]) if record.extra.get("ledger") else None
-        try:
-            handle = self._handle(index, uuid)
-            uuid = uuid or self.nvml.call(pynvml.nvmlDeviceGetUUID, handle)
-        except NvmlError as e:
-            raise _nvml_failure(record.target, e) from e
+        device, uuid, setting = self._device(record.target, record.extra.get("uuid"))
         # No write when the GPU already holds the original. For a lock that is what the ledger says; only a
         # rollback trusts it (a failed lock call left no trace), revert resets regardless: it is idempotent, and
         # a ledger lost without a reboot must not leave a lock behind.
         txn = writer.journal.open_txn
         trust = setting not in LOCKS or (txn is not None and txn.kind == "apply")
-        if trust and self._current(handle, setting, ledger, uuid) == record.original_raw:
+        if trust and self._current(device, setting, ledger, uuid) == record.original_raw:
             return
         # A lock's original is what hosttune had recorded before (a range) or nothing (None): reset.
-        writer.restore_custom(record, lambda: self._set(handle, setting, record.original_raw, record.target,
+        writer.restore_custom(record, lambda: self._set(device, setting, record.original_raw, record.target,
                                                         ledger, uuid))
 
     def read(self, change: Change) -> str | None:
-        index, setting = parse_target(change.target)
         try:
-            handle = self._handle(index)
-            uuid = self.nvml.call(pynvml.nvmlDeviceGetUUID, handle)
-        except NvmlError:
+            device, uuid, setting = self._device(change.target)
+        except WriteFailed:
             return None
-        return self._current(handle, setting, Path(change.path) if change.path else None, uuid)
+        return self._current(device, setting, Path(change.path) if change.path else None, uuid)
+
+
+def _enabled(flag: bool | None) -> str | None:
+    return None if flag is None else "enabled" if flag else "disabled"
 
 
 def _parse_watts(value: str | None, target: str) -> int:
@@ -461,7 +401,7 @@ def _parse_watts(value: str | None, target: str) -> int:
 
 def _parse_lock(value: str, target: str) -> tuple[int, int]:
     if value == "base":
-        return TDP, TDP
+        return BASE_CLOCK, BASE_CLOCK
     m = _RANGE.match(value)
     if not m:
         raise HostError(f"{target}: not a clock range: {value!r}")

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
-from agent import nvml_sim
 from agent.errors import HostError, InputError
+from agent.gpu.device import sysfs_pci_address
+from agent.gpu.nvml import Nvml, open_nvml
+from agent.gpu.simulator import library as nvml_sim
 from agent.hostfs import HostPaths
-from agent.inspect.gpu import inspect_gpus, sysfs_pci_address
-from agent.nvml import Nvml, open_nvml
+from agent.inspect.gpu import inspect_gpus
 
 
 @pytest.fixture(autouse=True)

@@ -8,30 +8,29 @@ import pynvml
 import pytest
 from gpu_sim import H200, description, h100
 
-from agent import nvml, nvml_sim
-from agent.telemetry.gpu import reason_names, sample_gpus
-from agent.telemetry.gpu_adapter import GpuSampler, default_source
+from agent.gpu import nvml
+from agent.gpu.device import reason_names
+from agent.gpu.simulator import library as nvml_sim
+from agent.telemetry.gpu import GpuSampler, sample_gpus
 
 
 @pytest.fixture(autouse=True)
 def _fresh_nvml() -> Iterator[None]:
-    nvml.use_session(None)
     yield
-    nvml.use_session(None)
     nvml_sim.uninstall()
 
 
 def test_readings_match_the_described_gpus() -> None:
     sim = nvml_sim.install(description(H200, h100(1, "9A")))
-    r0, r1 = sample_gpus()
+    r0, r1 = sample_gpus(nvml.open_nvml())
     assert (r0.index, r0.uuid, r0.name) == (0, H200["uuid"], "NVIDIA H200")
     assert (r0.util_pct, r0.mem_util_pct) == (87, 41)
     assert r0.mem_used_bytes == H200["memory_used_bytes"]
     assert r0.mem_free_bytes == H200["memory_total_bytes"] - H200["memory_used_bytes"]
     assert (r0.sm_clock_mhz, r0.mem_clock_mhz) == (345, 3201)
-    assert (r0.power_mw, r0.power_limit_mw, r0.temp_c) == (115000, 700000, 33)
-    assert r0.clocks_event_reasons == pynvml.nvmlClocksEventReasonSwPowerCap
-    assert r0.clocks_event_reason_names == ["sw_power_cap"]
+    assert (r0.power_w, r0.power_limit_w, r0.temp_c) == (115.0, 700.0, 33)
+    assert r0.throttle_reasons == pynvml.nvmlClocksEventReasonSwPowerCap
+    assert reason_names(r0.throttle_reasons) == ["sw_power_cap"]
     assert r1.sm_clock_mhz == 1755 and r1.name == "NVIDIA H100 80GB HBM3"
     assert not [c for c in sim.calls if nvml.is_mutating(c)]
 
@@ -39,13 +38,13 @@ def test_readings_match_the_described_gpus() -> None:
 def test_not_supported_values_are_none_and_lost_gpu_left_out() -> None:
     quiet = dict(H200, not_supported=["nvmlDeviceGetPowerUsage", "nvmlDeviceGetTemperature"])
     nvml_sim.install(description(quiet, dict(h100(1, "9A"), lost=True)))
-    (r0,) = sample_gpus()
-    assert r0.power_mw is None and r0.temp_c is None and r0.sm_clock_mhz == 345
+    (r0,) = sample_gpus(nvml.open_nvml())
+    assert r0.power_w is None and r0.temp_c is None and r0.sm_clock_mhz == 345
 
 
 def test_no_nvml_no_readings() -> None:
     nvml_sim.install({"library": "missing"})
-    assert sample_gpus() == []
+    assert sample_gpus(nvml.open_nvml()) == []
 
 
 def test_reason_names() -> None:
@@ -54,11 +53,9 @@ def test_reason_names() -> None:
     assert reason_names(0) == [] and reason_names(None) == []
 
 
-def test_prometheus_families_through_the_adapter() -> None:
+def test_prometheus_families_from_the_sampler() -> None:
     nvml_sim.install(description(H200))
-    source = default_source()
-    assert source is not None
-    families = {f.name: f for f in GpuSampler.families(GpuSampler(source).sample())}
+    families = {f.name: f for f in GpuSampler.families(GpuSampler(nvml.open_nvml()).sample())}
     assert families["DCGM_FI_DEV_SM_CLOCK"].samples[0].value == 345
     assert families["DCGM_FI_DEV_POWER_USAGE"].samples[0].value == pytest.approx(115.0)
     assert families["DCGM_FI_DEV_FB_USED"].samples[0].value == pytest.approx(H200["memory_used_bytes"] / 2**20)

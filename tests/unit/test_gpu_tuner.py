@@ -19,11 +19,13 @@ import pynvml
 import pytest
 from gpu_sim import H200, H200_GRAPHICS, description, h100
 
-from agent import nvml, nvml_sim
 from agent.errors import HostError, InputError
+from agent.gpu import nvml
+from agent.gpu.ledger import ledger_path, read_ledger
+from agent.gpu.simulator import library as nvml_sim
 from agent.hostfs import HostPaths
 from agent.policy.model import ClockRange, GpuSelect, GpuSpec, Policy
-from agent.tuners.gpu import GpuTuner, ledger_path, read_ledger
+from agent.tuners.gpu import GpuTuner
 from agent.tuning.api import apply_policy, plan_policy, revert, verify
 from agent.tuning.state import StateDir
 
@@ -32,9 +34,7 @@ BOOT_ID = "0d6c3b0e-1111-4222-8333-444455556666"
 
 @pytest.fixture(autouse=True)
 def _fresh_nvml() -> Iterator[None]:
-    nvml.use_session(None)
     yield
-    nvml.use_session(None)
     nvml_sim.uninstall()
 
 
@@ -217,9 +217,9 @@ def test_lost_gpu_rolls_back_what_was_set_on_the_others(paths: HostPaths, state:
     assert read_ledger(ledger_path(paths)) == {}
 
 
-def test_dry_run_session_is_honoured(paths: HostPaths, state: StateDir) -> None:
+def test_dry_run_session_is_honoured(paths: HostPaths, state: StateDir, monkeypatch: pytest.MonkeyPatch) -> None:
     sim = two_gpus()
-    nvml.use_session(nvml.open_nvml(dry_run=True))
+    monkeypatch.setenv(nvml.ENV_DRY_RUN, "1")  # every session this process opens is read-only
     plan = plan_policy(policy(THROUGHPUT), paths, state=state)
     assert plan.counts()["change"] == 7
     with pytest.raises(HostError, match="read-only"):

@@ -21,7 +21,7 @@ def tree(name: str) -> HostPaths:
 
 
 def no_gpus() -> object:
-    from agent.nvml import open_nvml
+    from agent.gpu.nvml import open_nvml
 
     return open_nvml(FIXTURE_HOSTS / "laptop-sata" / "nvml.json")
 

@@ -15,9 +15,9 @@ import pynvml
 import pytest
 from gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
-from agent import nvml_sim
 from agent.errors import HostError, InputError, NotApplicable
-from agent.nvml import DryRunViolation, Nvml, NvmlError, forbid_mutations, is_mutating, open_nvml
+from agent.gpu.nvml import DryRunViolation, Nvml, NvmlError, forbid_mutations, is_mutating, open_nvml
+from agent.gpu.simulator import library as nvml_sim
 
 
 @pytest.fixture(autouse=True)
@@ -306,7 +306,7 @@ def test_state_file_is_shared_across_processes(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     child = (
         "import sys, pynvml\n"
-        "from agent.nvml import open_nvml\n"
+        "from agent.gpu.nvml import open_nvml\n"
         "n = open_nvml(sys.argv[1])\n"
         "h = n.call(pynvml.nvmlDeviceGetHandleByIndex, 0)\n"
         "n.call(pynvml.nvmlDeviceSetGpuLockedClocks, h, 1200, 1800)\n"

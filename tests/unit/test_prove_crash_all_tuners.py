@@ -20,8 +20,8 @@ import pytest
 from conftest import FIXTURE_HOSTS, make_tree, tree_state
 from test_engine_cli import hosttune
 
+from agent.gpu.simulator.description import SimGpu
 from agent.hostfs import HostPaths
-from agent.nvml_sim import SimGpu
 
 pytestmark = pytest.mark.slow
 

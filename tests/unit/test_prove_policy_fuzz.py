@@ -32,8 +32,9 @@ from conftest import FIXTURE_HOSTS, make_tree, tree_state
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agent import nvml, nvml_sim
 from agent.errors import HostError, InputError
+from agent.gpu import nvml
+from agent.gpu.simulator import library as nvml_sim
 from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.policy.loader import load_policy
@@ -140,8 +141,7 @@ class Host:
         self.paths: HostPaths = make_tree(SCENARIO, root)
         rules = self.paths.root("etc/udev/rules.d")
         rules.mkdir(parents=True)  # so `udev_rule: true` really writes a rule file
-        nvml.use_session(nvml.open_nvml(root / "nvml.json"))
-        self.facts = collect(self.paths, nvml=nvml.session())
+        self.facts = collect(self.paths, nvml=nvml.open_nvml(root / "nvml.json"))
         self.before = tree_state(root)
         self.gpu_before = self.gpu_state()
         self.writes: list[str] = []
@@ -171,11 +171,9 @@ class Host:
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     if not (FIXTURE_HOSTS / SCENARIO / "sys").is_dir():
         pytest.skip(f"fixture host {SCENARIO} is not committed")
-    nvml.use_session(None)
     try:
         yield Host(tmp_path_factory.mktemp("fuzzhost") / "h")
     finally:
-        nvml.use_session(None)
         nvml_sim.uninstall()
 
 

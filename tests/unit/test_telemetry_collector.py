@@ -17,7 +17,7 @@ from gateway_fakes import FakeWorker
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import StaticUpstream
 from agent.telemetry.collector import JOB_ID, Telemetry, build_telemetry
-from agent.telemetry.gpu_adapter import GpuSampler, normalize
+from agent.telemetry.gpu import GpuSample, GpuSampler
 from agent.telemetry.host import HostSampler, busy_ratio
 from agent.telemetry.prom import parse_text, sample_value
 from agent.telemetry.ring import RingBuffer
@@ -101,24 +101,20 @@ def test_worker_sampler_against_a_live_http_worker(worker: FakeWorker) -> None:
         sampler.close()
 
 
-def test_gpu_adapter_normalizes_readings_into_dcgm_names() -> None:
-    readings: list[Any] = [
-        {"index": 0, "uuid": "GPU-aaaa", "name": "NVIDIA H200", "util_pct": 87, "mem_used_bytes": 10 << 30,
-         "mem_total_bytes": 141 << 30, "sm_clock_mhz": 1980, "mem_clock_mhz": 3201, "power_mw": 412_500,
-         "power_limit_mw": 700_000, "temp_c": 61, "throttle_reasons": 4},
-        {"gpu": 1, "utilization_gpu": 3},
-    ]
-    gpus = GpuSampler(lambda: readings).sample()
-    assert gpus[0].power_w == pytest.approx(412.5) and gpus[1].index == 1 and gpus[1].util_pct == 3.0
+def test_gpu_samples_in_dcgm_names() -> None:
+    gpus = [GpuSample(index=0, uuid="GPU-aaaa", name="NVIDIA H200", util_pct=87.0, mem_used_bytes=10 << 30,
+                      mem_total_bytes=141 << 30, mem_free_bytes=131 << 30, sm_clock_mhz=1980.0, mem_clock_mhz=3201.0,
+                      power_w=412.5, power_limit_w=700.0, temp_c=61.0, throttle_reasons=4),
+            GpuSample(index=1, util_pct=3.0)]
     fams = parse_text("".join(f"{line}\n" for f in GpuSampler.families(gpus) for line in _render(f)))
     assert sample_value(fams, "DCGM_FI_DEV_GPU_UTIL", {"gpu": "0", "UUID": "GPU-aaaa"}) == 87
     assert sample_value(fams, "DCGM_FI_DEV_FB_USED", {"gpu": "0"}) == 10 * 1024
     assert sample_value(fams, "DCGM_FI_DEV_FB_FREE", {"gpu": "0"}) == 131 * 1024
     assert sample_value(fams, "DCGM_FI_DEV_POWER_USAGE", {"gpu": "0"}) == pytest.approx(412.5)
     assert sample_value(fams, "DCGM_FI_DEV_POWER_MGMT_LIMIT", {"gpu": "0"}) == pytest.approx(700.0)
+    assert sample_value(fams, "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", {"gpu": "0"}) == 4
     assert sample_value(fams, "DCGM_FI_DEV_GPU_UTIL", {"gpu": "1"}) == 3
     assert sample_value(fams, "DCGM_FI_DEV_SM_CLOCK", {"gpu": "1"}) is None  # not supported -> absent, not 0
-    assert normalize(object(), 5).index == 5
 
 
 def _render(fam: Any) -> list[str]:

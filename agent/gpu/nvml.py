@@ -28,6 +28,7 @@ from typing import Any
 import pynvml
 
 from agent.errors import HostError, NotApplicable
+from agent.gpu.simulator.library import install, installed
 
 NOT_SUPPORTED = pynvml.NVML_ERROR_NOT_SUPPORTED
 INVALID_ARGUMENT = pynvml.NVML_ERROR_INVALID_ARGUMENT
@@ -142,7 +143,8 @@ def function_name(fn: Callable[..., Any] | str) -> str:
 
 
 class Nvml:
-    """A lazily initialised NVML session. Create with open_nvml(); pass it to every inspector, tuner, sampler."""
+    """A lazily initialised NVML session. Create with open_nvml() and hand it to every inspector, tuner and
+    sampler that needs it: there is no process-wide session to reach for."""
 
     def __init__(self, *, dry_run: bool = False, simulated: bool = False) -> None:
         self.dry_run = dry_run
@@ -240,38 +242,12 @@ def open_nvml(sim: Path | str | None = None, *, dry_run: bool = False) -> Nvml:
     if sim is None and os.environ.get(ENV_SIM):
         sim = os.environ[ENV_SIM]
     if sim is not None:
-        from agent.nvml_sim import install, installed
-
         current = installed()
         path = Path(sim)
         if current is None or current.source is None or current.source.resolve() != path.resolve():
             install(path)
         return Nvml(dry_run=dry_run, simulated=True)
     return Nvml(dry_run=dry_run)
-
-
-_session: Nvml | None = None
-_session_lock = threading.Lock()
-
-
-def session() -> Nvml:
-    """The process-wide NVML session that tuners and samplers share (opened with open_nvml() on first use).
-
-    Tuners are created by the registry without arguments, so they find NVML here; the CLI, the daemon and tests
-    choose which NVML it is with use_session().
-    """
-    global _session
-    with _session_lock:
-        if _session is None:
-            _session = open_nvml()
-        return _session
-
-
-def use_session(nvml: Nvml | None) -> None:
-    """Make `nvml` the process-wide session (None: forget it; the next session() opens a fresh one)."""
-    global _session
-    with _session_lock:
-        _session = nvml
 
 
 class MutationGuard:

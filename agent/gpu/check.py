@@ -7,7 +7,9 @@ Lent GPU machines are shared, so this must never change a GPU. Three layers make
      (the "dry-run flag the tuner honours");
   3. a MutationGuard sits on pynvml's C-function lookup for the whole run and records any mutating name, so even
      code that bypassed the funnel could not reach the library.
-With --sim FILE the same run goes against the C-level simulator (how it is tested without a GPU).
+On a real machine the GPUs NVML lists are cross-checked against `nvidia-smi --query-gpu` (a read-only query, run
+through `sh`): a GPU one sees and the other does not fails the check; no nvidia-smi installed is only noted.
+With --sim FILE the same run goes against the C-level simulator (how it is tested without a GPU; no nvidia-smi).
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+import sh
+
 from agent.errors import HostError, HostTuneError
+from agent.gpu.device import reason_names
+from agent.gpu.nvml import DryRunViolation, MutationGuard, Nvml, forbid_mutations, open_nvml
 from agent.hostfs import HostPaths
-from agent.inspect.models import HostFacts
-from agent.nvml import DryRunViolation, MutationGuard, Nvml, forbid_mutations, open_nvml, use_session
+from agent.inspect import collect
+from agent.inspect.models import Gpu, GpuStatus, HostFacts
+from agent.policy.loader import load_policy
 from agent.policy.model import GpuSpec, Policy
 from agent.render import human_bytes, table
 from agent.telemetry.gpu import sample_gpus
@@ -42,6 +49,65 @@ def _mhz(cur: int | None, top: int | None) -> str:
 
 def _w(mw: int | None) -> str:
     return "-" if mw is None else f"{mw / 1000:g}"
+
+
+def _n(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+NVIDIA_SMI_QUERY = ("--query-gpu=index,uuid,name", "--format=csv,noheader")
+NVIDIA_SMI_TIMEOUT_S = 60
+
+
+class NvidiaSmiMissing(HostError):
+    """nvidia-smi is not installed (not on PATH)."""
+
+
+def nvidia_smi_gpus() -> list[tuple[int, str, str]]:
+    """(index, uuid, name) of every GPU `nvidia-smi --query-gpu` lists (a read-only query).
+
+    sh's errors become HostErrors that say what happened: CommandNotFound -> NvidiaSmiMissing, ErrorReturnCode ->
+    the exit status and nvidia-smi's own last line, TimeoutException -> how long it was given."""
+    try:
+        smi = sh.Command("nvidia-smi")
+    except sh.CommandNotFound:
+        raise NvidiaSmiMissing("nvidia-smi not found on PATH (the NVIDIA driver utilities are not installed)") from None
+    try:
+        text = str(smi(*NVIDIA_SMI_QUERY, _timeout=NVIDIA_SMI_TIMEOUT_S))
+    except sh.ErrorReturnCode as e:
+        said = (e.stderr or e.stdout or b"").decode(errors="replace").strip().splitlines()
+        raise HostError(f"nvidia-smi exited with status {e.exit_code}"
+                        + (f": {said[-1].strip()}" if said else " and printed nothing")) from None
+    except sh.TimeoutException:
+        raise HostError(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S} s") from None
+    gpus = []
+    for line in text.splitlines():
+        if line.strip():
+            index, uuid, name = (part.strip() for part in line.split(",", 2))
+            gpus.append((int(index), uuid, name))
+    return gpus
+
+
+def cross_check_nvidia_smi(gpus: Sequence[Gpu], status: GpuStatus, out: TextIO) -> list[str]:
+    """Compare the GPUs NVML listed with nvidia-smi's list, by UUID. Returns the problems found."""
+    try:
+        listed = nvidia_smi_gpus()
+    except NvidiaSmiMissing as e:
+        out.write(f"== nvidia-smi: {e.message}; cross-check skipped\n")
+        return []
+    except HostError as e:
+        if not status.available:  # no driver: nvidia-smi failing says the same as NVML
+            out.write(f"== nvidia-smi: {e.message} (NVML: {status.reason})\n")
+            return []
+        return [f"NVML lists {len(gpus)} GPU(s) but {e.message}"]
+    out.write(f"== nvidia-smi: {len(listed)} GPU(s)\n")
+    nvml_uuids = {g.uuid for g in gpus}
+    smi_uuids = {uuid for _, uuid, _ in listed}
+    problems = [f"nvidia-smi lists GPU {i} {uuid} ({name}) that NVML did not" for i, uuid, name in listed
+                if uuid not in nvml_uuids]
+    problems += [f"NVML lists GPU {g.index} {g.uuid} ({g.name}) that nvidia-smi does not" for g in gpus
+                 if g.uuid not in smi_uuids]
+    return problems
 
 
 def print_inspect(facts: HostFacts, out: TextIO) -> None:
@@ -100,32 +166,29 @@ def print_telemetry(nvml: Nvml, samples: int, interval_s: float, out: TextIO) ->
         if n:
             time.sleep(interval_s)
         for r in sample_gpus(nvml):
-            rows.append([n, r.index, r.util_pct, r.mem_util_pct, human_bytes(r.mem_used_bytes), r.sm_clock_mhz,
-                         r.mem_clock_mhz, _w(r.power_mw), _w(r.power_limit_mw), r.temp_c,
-                         ",".join(r.clocks_event_reason_names) or "none"])
+            rows.append([n, r.index, _n(r.util_pct), _n(r.mem_util_pct), human_bytes(r.mem_used_bytes),
+                         _n(r.sm_clock_mhz), _n(r.mem_clock_mhz), _n(r.power_w), _n(r.power_limit_w), _n(r.temp_c),
+                         ",".join(reason_names(r.throttle_reasons)) or "none"])
     table(("sample", "gpu", "util%", "mem%", "used", "sm MHz", "mem MHz", "power W", "limit W", "temp C",
            "clock events"), rows, out)
 
 
 def run(sim: Path | None, policy_ref: str | None, samples: int, interval_s: float, out: TextIO, *,
         require_gpu: bool = False) -> int:
-    from agent.inspect import collect
-
     paths = HostPaths.live()
     problems: list[str] = []
     guard: MutationGuard
     nvml = open_nvml(sim, dry_run=True)
-    use_session(nvml)
     with forbid_mutations() as guard:
         try:
             facts = collect(paths, nvml)
             print_inspect(facts, out)
             if require_gpu and not facts.gpus:
                 problems.append(f"no GPU seen ({facts.gpu_status.reason or 'NVML lists none'})")
+            if sim is None:
+                problems += cross_check_nvidia_smi(facts.gpus, facts.gpu_status, out)
             problems += check_tuner_refuses(facts, paths, nvml, out)
             if policy_ref:
-                from agent.policy.loader import load_policy
-
                 loaded = load_policy(policy_ref, facts)
                 plan = make_plan(loaded.policy, facts, paths, tuners=[GpuTuner(nvml)])
                 plan.changes = [c for c in plan.changes if c.tuner == GpuTuner.name]
