@@ -7,15 +7,13 @@ Errors: HostTuneError subclasses print one line ("hosttune: error: ...") and exi
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 from collections.abc import Sequence
 
 from agent import __version__
 from agent.errors import HostTuneError
 
-# Modules under agent.commands, each with register(subparsers, common) -> None.
+# Modules under agent.commands, each with register(subparsers) -> None (imported by register_command).
 COMMAND_MODULES: tuple[str, ...] = (
     "inspect",
     "plan",
@@ -54,27 +52,6 @@ examples:
 """
 
 
-def host_root_options() -> argparse.ArgumentParser:
-    """Options shared by every command that touches the host; add as a parent parser."""
-    common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("host roots")
-    g.add_argument("--procfs", metavar="DIR", help="procfs root (env HOSTTUNE_PROCFS, default /proc)")
-    g.add_argument("--sysfs", metavar="DIR", help="sysfs root (env HOSTTUNE_SYSFS, default /sys)")
-    g.add_argument("--rootfs", metavar="DIR", help="root filesystem (env HOSTTUNE_ROOTFS, default /)")
-    g.add_argument("--nvml-sim", metavar="FILE", default=os.environ.get("HOSTTUNE_NVML_SIM"),
-                   help="simulate NVML from a GPU description (fixture hosts, offline planning; "
-                        "env HOSTTUNE_NVML_SIM)")
-    return common
-
-
-def state_dir_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", metavar="DIR",
-                        default=os.environ.get("HOSTTUNE_STATE_DIR", "/var/lib/hosttune"),
-                        help="journal and state (env HOSTTUNE_STATE_DIR, default /var/lib/hosttune)")
-    return common
-
-
 def chosen_command(argv: Sequence[str]) -> str | None:
     """The command named on the command line, when it is one of ours (the first word that is not an option)."""
     for arg in argv:
@@ -96,9 +73,57 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     only = chosen_command(argv) if argv is not None else None
     for name in (only,) if only else COMMAND_MODULES:
-        module = importlib.import_module(f"agent.commands.{name}")
-        module.register(sub)
+        register_command(name, sub)
     return parser
+
+
+def register_command(name: str, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Import the module of one command of COMMAND_MODULES, only now (see build_parser), and add its parser."""
+    match name:
+        case "inspect":
+            from agent.commands import inspect
+            inspect.register(sub)
+        case "plan":
+            from agent.commands import plan
+            plan.register(sub)
+        case "apply":
+            from agent.commands import apply
+            apply.register(sub)
+        case "verify":
+            from agent.commands import verify
+            verify.register(sub)
+        case "revert":
+            from agent.commands import revert
+            revert.register(sub)
+        case "status":
+            from agent.commands import status
+            status.register(sub)
+        case "daemon":
+            from agent.commands import daemon
+            daemon.register(sub)
+        case "install_unit":
+            from agent.commands import install_unit
+            install_unit.register(sub)
+        case "gateway":
+            from agent.commands import gateway
+            gateway.register(sub)
+        case "bench":
+            from agent.commands import bench
+            bench.register(sub)
+        case "policy":
+            from agent.commands import policy
+            policy.register(sub)
+        case "fit":
+            from agent.commands import fit
+            fit.register(sub)
+        case "worker":
+            from agent.commands import worker
+            worker.register(sub)
+        case "controller":
+            from agent.commands import controller
+            controller.register(sub)
+        case _:
+            raise KeyError(f"no command module {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

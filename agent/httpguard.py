@@ -136,16 +136,13 @@ class HeadTooLarge(Exception):
     pass
 
 
-def bounded_http_protocol(hard_cap_bytes: int, head_timeout_s: float) -> Any:
+def bounded_http_protocol(hard_cap_bytes: int, head_timeout_s: float) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol with a cap on the request line and headers it buffers, and a deadline for them:
     a connection that has not sent a whole request head `head_timeout_s` after it opened (or after a request began)
     is closed — uvicorn has no such timeout, so a client trickling a header a byte at a time held its connection
-    (and a place under max_connections) for ever. None: httptools is not installed (uvicorn's h11 then applies
-    `h11_max_incomplete_event_size`, without the deadline)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return None
+    (and a place under max_connections) for ever. httptools is a dependency (the gateway's client parses with it
+    too), so uvicorn's h11 parser is never used."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         head_cap = hard_cap_bytes
@@ -221,6 +218,5 @@ def server_config(app: ASGIApp, limits: ServerLimits, render: Render = json_erro
     import uvicorn  # imported here: the config module needs this module's name checks, not the server
 
     protocol = bounded_http_protocol(limits.hard_cap_bytes, limits.head_timeout_s)
-    return uvicorn.Config(RequestGuard(app, limits, render), http=protocol or "h11",
-                          h11_max_incomplete_event_size=limits.hard_cap_bytes,
-                          limit_concurrency=limits.max_connections, **options)
+    return uvicorn.Config(RequestGuard(app, limits, render), http=protocol, limit_concurrency=limits.max_connections,
+                          **options)

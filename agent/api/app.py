@@ -8,11 +8,11 @@ The interactive docs pages are off: they load scripts from a CDN, and the API is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.routing import iter_route_contexts
 
 from agent import __version__
 from agent.api.audit import AuditLog, AuditMiddleware
@@ -20,6 +20,7 @@ from agent.api.auth import TokenFirstMiddleware, ensure_token, require_token
 from agent.api.deps import HostServices
 from agent.api.errors import install_error_handlers
 from agent.api.limits import BodyLimitMiddleware
+from agent.api.replies import ERROR_RESPONSES
 from agent.api.routers import controller, health, host, policies, telemetry, tuning, worker
 from agent.api.snapshot import Snapshot, SnapshotReads
 from agent.config import DaemonSettings
@@ -28,14 +29,9 @@ V1_ROUTERS = (host.router, policies.router, tuning.router, telemetry.router, con
 
 
 def route_table(app: FastAPI) -> list[tuple[str, str]]:
-    """(method, path) of every HTTP route, flattening included routers (FastAPI >= 0.120 keeps them lazy)."""
-    try:
-        from fastapi.routing import iter_route_contexts
-        contexts: Iterable[Any] = iter_route_contexts(app.routes)
-    except ImportError:  # older FastAPI: included routes are flat APIRoutes already
-        contexts = app.routes
+    """(method, path) of every HTTP route, flattening included routers (FastAPI keeps them lazy)."""
     table = []
-    for route in contexts:
+    for route in iter_route_contexts(app.routes):
         for method in sorted(getattr(route, "methods", None) or ()):
             table.append((method, str(route.path)))
     return table
@@ -43,7 +39,7 @@ def route_table(app: FastAPI) -> list[tuple[str, str]]:
 
 def v1_router() -> APIRouter:
     """All resource routers under /v1, each route requiring the bearer token."""
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)], responses=ERROR_RESPONSES)
     for router in V1_ROUTERS:
         v1.include_router(router)
     return v1

@@ -68,7 +68,7 @@ def plot(levels: list[dict[str, Any]], path: Path, title: str) -> str | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
+    except ImportError:  # kept: matplotlib is the optional extra `bench`, really absent from a plain install
         return "plot skipped: matplotlib is not installed (pip install 'hosttune[bench]')"
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for mode, key, xlabel in (("closed", "concurrency", "concurrency"), ("open", "rate", "arrivals/s")):

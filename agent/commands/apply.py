@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from agent.cli import host_root_options, state_dir_options
 from agent.commands import tuning
+from agent.commands.options import host_root_options, state_dir_options
 from agent.render import print_json
 from agent.tuning.api import apply_policy
 from agent.tuning.plan import Plan

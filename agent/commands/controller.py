@@ -8,7 +8,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from agent.cli import state_dir_options
+from agent.commands.options import state_dir_options
 from agent.errors import InputError
 from agent.render import print_json, table
 

@@ -8,11 +8,10 @@ weights with headroom, a recommended -c/-np, and the 2 MiB hugepage count that w
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 from typing import Any
 
-from agent.cli import host_root_options
+from agent.commands.options import host_root_options
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.render import human_bytes, print_json, table
@@ -30,12 +29,13 @@ examples:
 
 def host_facts(args: argparse.Namespace) -> HostFacts:
     """Facts of the host named by the root options; NVML read-only (simulated with --nvml-sim)."""
+    from agent.gpu.nvml import open_nvml
     from agent.inspect import collect
 
     paths = HostPaths.from_options(args.procfs, args.sysfs, args.rootfs).check()
     nvml = None
     if getattr(args, "nvml_sim", None):
-        nvml = importlib.import_module("agent.gpu.nvml").open_nvml(args.nvml_sim, dry_run=True)
+        nvml = open_nvml(args.nvml_sim, dry_run=True)
     return collect(paths, nvml=nvml)
 
 

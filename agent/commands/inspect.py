@@ -27,7 +27,7 @@ examples:
 
 
 def register(subparsers: Any) -> None:
-    from agent.cli import host_root_options
+    from agent.commands.options import host_root_options
 
     p = subparsers.add_parser("inspect", parents=[host_root_options()], help=HELP, description=HELP,
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,10 +44,8 @@ def open_gpu_library(sim: str | None) -> Any | None:
     path = Path(sim)
     if not path.is_file():
         raise InputError("NVML simulation file not found", path=path, field="--nvml-sim")
-    try:
-        from agent.gpu.nvml import open_nvml
-    except ImportError:
-        return None  # GPU inspection is not installed: collect() reports that in gpu_status
+    from agent.gpu.nvml import open_nvml
+
     return open_nvml(path)
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect as pyinspect
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import InputError
 from agent.render import print_json, table
+
+if TYPE_CHECKING:
+    from agent.inspect.models import HostFacts
 
 HELP = """\
 Policies are YAML files (docs/policies.md): sysctl, hugepages, thp, cpu, block, gpu, kernel_cmdline, worker
@@ -32,7 +33,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from agent.cli import host_root_options
+    from agent.commands.options import host_root_options
 
     p = sub.add_parser("policy", help="list, show, validate policies; print their JSON schema",
                        description=HELP, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +76,7 @@ def wants_host_facts(args: argparse.Namespace) -> bool:
     return bool(args.facts_from_host or args.procfs or args.sysfs or args.rootfs)
 
 
-def facts_for(args: argparse.Namespace) -> tuple[Any, str]:
+def facts_for(args: argparse.Namespace) -> tuple[HostFacts | None, str]:
     """(HostFacts or None, where they came from)."""
     from agent.fsio import read_capped
     from agent.inspect.models import HostFacts
@@ -91,32 +92,14 @@ def facts_for(args: argparse.Namespace) -> tuple[Any, str]:
             raise InputError(f"not HostFacts JSON: {' '.join(first[:3])}", path=path, field="--facts") from None
     if not wants_host_facts(args):
         return None, "none"
+    from agent.gpu.nvml import open_nvml
     from agent.hostfs import HostPaths
+    from agent.inspect import collect
 
     paths = HostPaths.from_options(args.procfs, args.sysfs, args.rootfs).check()
-    try:
-        inspect_mod = importlib.import_module("agent.inspect")
-    except ImportError as e:
-        print(f"hosttune: warning: host inspection unavailable ({e}); resolving without facts", file=sys.stderr)
-        return None, "none (host inspection unavailable)"
-    collect = getattr(inspect_mod, "collect", None)
-    if collect is None:
-        print("hosttune: warning: host inspection unavailable in this build; resolving without facts",
-              file=sys.stderr)
-        return None, "none (host inspection unavailable)"
-    kwargs: dict[str, Any] = {}
-    if "nvml" in pyinspect.signature(collect).parameters:
-        kwargs["nvml"] = _open_nvml(args.nvml_sim)
-    return collect(paths, **kwargs), "host " + ("(live)" if paths.is_live else f"(procfs={paths.procfs}, "
-                                                                                f"sysfs={paths.sysfs})")
-
-
-def _open_nvml(sim: str | None) -> Any:
-    try:
-        nvml = importlib.import_module("agent.gpu.nvml")
-    except ImportError:
-        return None
-    return nvml.open_nvml(sim, dry_run=True)  # reading facts only: refuse any NVML setter
+    nvml = open_nvml(args.nvml_sim, dry_run=True)  # reading facts only: refuse any NVML setter
+    return collect(paths, nvml=nvml), "host " + ("(live)" if paths.is_live else f"(procfs={paths.procfs}, "
+                                                                               f"sysfs={paths.sysfs})")
 
 
 def context_for(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from agent.cli import host_root_options, state_dir_options
 from agent.commands import tuning
+from agent.commands.options import host_root_options, state_dir_options
 from agent.render import print_json
 from agent.tuning.api import revert
 from agent.tuning.revert import RevertResult

@@ -7,8 +7,7 @@ Not a command itself (it has no register()); the five command modules use it.
 from __future__ import annotations
 
 import argparse
-import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -44,16 +43,9 @@ def use_nvml_sim(args: argparse.Namespace) -> None:
         open_nvml(sim)
 
 
-def gather_facts(paths: HostPaths) -> HostFacts | None:
-    """Host facts for `when:` conditions, computed values, conflicts and block device kinds.
-    None when the inspector is not installed (the policy loader then keeps fact-dependent parts deferred)."""
-    try:
-        inspect = importlib.import_module("agent.inspect")
-    except ImportError:
-        return None
-    collect: Callable[..., HostFacts] | None = getattr(inspect, "collect", None)
-    if collect is None:
-        return None
+def gather_facts(paths: HostPaths) -> HostFacts:
+    """Host facts for `when:` conditions, computed values, conflicts and block device kinds."""
+    from agent.inspect import collect
     return collect(paths)
 
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cli import host_root_options, state_dir_options
 from agent.commands.fit import host_facts
+from agent.commands.options import host_root_options, state_dir_options
 from agent.errors import HostTuneError, InputError
 from agent.fsio import format_cpu_list, load_json
 from agent.hostfs import HostPaths

@@ -26,11 +26,9 @@ def _failure(field: str, exc: BaseException) -> str:
 
 def collect_gpus(paths: HostPaths, nvml: Any | None, errors: list[str]) -> tuple[list[Gpu], GpuStatus]:
     """GPUs through NVML; `nvml=None` opens the real library. A missing library is "no GPUs", not an error."""
-    try:
-        from agent.gpu.nvml import open_nvml
-        from agent.inspect.gpu import inspect_gpus
-    except ImportError as e:
-        return [], GpuStatus(available=False, reason=f"GPU inspection unavailable: {e}")
+    from agent.gpu.nvml import open_nvml
+    from agent.inspect.gpu import inspect_gpus
+
     try:
         handle = open_nvml() if nvml is None else nvml
         return inspect_gpus(paths, handle)

@@ -3,12 +3,13 @@ help and a mistyped command still see every command."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 
 import pytest
 
-from agent.cli import COMMAND_MODULES, build_parser, chosen_command
+from agent.cli import COMMAND_MODULES, build_parser, chosen_command, register_command
 
 
 def loaded_commands(argv: list[str]) -> list[str]:
@@ -43,3 +44,17 @@ def test_top_level_help_and_a_typo_still_list_every_command(capsys: pytest.Captu
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'deamon'" in err and "'daemon'" in err and "'inspect'" in err
+
+
+@pytest.mark.parametrize("name", COMMAND_MODULES)
+def test_every_command_module_registers_its_command(name: str) -> None:
+    """register_command imports each module by a plain import (one branch per name): none is missing or swapped."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    register_command(name, sub)
+    assert name.replace("_", "-") in sub.choices
+    assert chosen_command([name.replace("_", "-")]) == name
+
+
+def test_an_unknown_command_module_is_refused() -> None:
+    with pytest.raises(KeyError):
+        register_command("nosuch", argparse.ArgumentParser().add_subparsers())

@@ -5,6 +5,8 @@ The app is the real one (agent.api.create_app over agent.daemon.services.Service
 its real uvicorn. Every operation of /openapi.json gets generated requests:
 - with the daemon's token: no response is a 5xx (bad input is 4xx; a refused host write is 409), but for the
   designed 503 of restarting a worker this daemon does not supervise;
+- with or without it: every response's body and content type match what the document declares for its status
+  (each route's response_model, and the one error shape);
 - without a token, or with a generated one: no response is a 5xx, every /v1 route answers 401/403 (or 413 for
   a body over the limit, refused before anything reads it), and neither
   the host tree nor the state dir (journal, applied policy) changes by a single byte.
@@ -26,6 +28,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
+from schemathesis.checks import content_type_conformance, response_schema_conformance
 
 from agent.api import create_app
 from agent.api.app import v1_router
@@ -106,6 +109,10 @@ def _label(case: Any) -> str:
     return f"{case.method} {case.path}"
 
 
+CONFORMANCE = [response_schema_conformance, content_type_conformance]
+"""The reply is what /openapi.json says it is: its body validates against the schema declared for its status."""
+
+
 def server_error(case: Any, response: Any) -> bool:
     """A 5xx, except the one designed 503: this fixture daemon supervises no worker, and restarting an absent
     worker answers 503 {"error": "unavailable"} (as a daemon started with the worker disabled does)."""
@@ -124,6 +131,7 @@ def test_with_token_no_5xx(daemon: Daemon, operation: tuple[str, str], data: st.
     response = case.call(headers={**(case.headers or {}), "Authorization": f"Bearer {daemon.token}"})
     SEEN.setdefault("token", set()).add(_label(case))
     assert not server_error(case, response), (_label(case), response.status_code, response.text[:300])
+    case.validate_response(response, checks=CONFORMANCE)
 
 
 @PER_OPERATION
@@ -143,6 +151,7 @@ def test_without_valid_token_no_5xx_and_no_mutation(daemon: Daemon, operation: t
     response = case.call()
     SEEN.setdefault("no-token", set()).add(_label(case))
     assert not server_error(case, response), (_label(case), response.status_code, response.text[:300])
+    case.validate_response(response, checks=CONFORMANCE)
     if case.path.startswith("/v1"):
         # the token is checked before anything reads the body: no 413 or 422 without it (issue 14)
         assert response.status_code in (401, 403), (_label(case), response.status_code)
@@ -224,6 +233,7 @@ def test_real_daemon_fuzz_no_5xx_and_no_mutation_without_the_token(host: HostPat
                 response = case.call(base_url=base, headers=headers, timeout=30)
                 seen.add((_label(case), with_token))
                 assert not server_error(case, response), (_label(case), response.status_code, response.text[:300])
+                case.validate_response(response, checks=CONFORMANCE)
                 if not with_token:
                     if case.path.startswith("/v1"):
                         assert response.status_code == 401, (_label(case), response.status_code)

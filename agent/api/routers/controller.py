@@ -7,10 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from agent.api.deps import Services
+from agent.api.replies import ControllerReply
 
 router = APIRouter(tags=["controller"])
 
 
-@router.get("/controller", summary="controller decisions and the measurements behind them")
+@router.get("/controller", summary="controller decisions and the measurements behind them",
+            response_model=ControllerReply, response_model_exclude_unset=True)
 def controller(services: Services) -> dict[str, Any]:
     return services.controller()

@@ -12,17 +12,20 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
 from agent.api.deps import Services
+from agent.api.replies import Health
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="liveness: the daemon answers and its parts' states")
+@router.get("/healthz", summary="liveness: the daemon answers and its parts' states", response_model=Health)
 def healthz(services: Services) -> dict[str, Any]:
     return services.health()
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text exposition")
+@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text exposition",
+            responses={200: {"description": "Prometheus text format 0.0.4",
+                             "content": {"text/plain": {"schema": {"type": "string"}}}}})
 def metrics(services: Services) -> PlainTextResponse:
     return PlainTextResponse(services.metrics(), media_type=PROMETHEUS_CONTENT_TYPE)

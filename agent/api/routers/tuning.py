@@ -12,8 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from agent.api.deps import Audit, Services
+from agent.api.replies import CONFLICT, NOT_FOUND, ApplyReply, PlanReply, RevertReply, StatusReply, VerifyReply
 from agent.api.schemas import PolicyRequest, RevertRequest
 from agent.api.snapshot import Snapshot
+from agent.tuning.journal import HistoryEntry
 
 router = APIRouter(tags=["tuning"])
 
@@ -24,13 +26,15 @@ def _describe(request: PolicyRequest) -> str:
     return "inline-yaml" if request.yaml is not None else "inline-json"
 
 
-@router.post("/plan", summary="what applying a policy would change (writes nothing)")
+@router.post("/plan", summary="what applying a policy would change (writes nothing)", response_model=PlanReply,
+             responses=NOT_FOUND)
 def plan(services: Services, request: PolicyRequest, audit: Audit) -> dict[str, Any]:
     audit["policy"] = _describe(request)
     return services.plan(request)
 
 
-@router.post("/apply", summary="apply a policy as one crash-safe transaction")
+@router.post("/apply", summary="apply a policy as one crash-safe transaction", response_model=ApplyReply,
+             responses={**NOT_FOUND, **CONFLICT})
 def apply(services: Services, request: PolicyRequest, audit: Audit) -> dict[str, Any]:
     audit["policy"] = _describe(request)
     result = services.apply(request)
@@ -38,8 +42,10 @@ def apply(services: Services, request: PolicyRequest, audit: Audit) -> dict[str,
     return result
 
 
-@router.post("/revert", summary="restore every original value from the journal",
-             responses={409: {"description": "some targets were changed by someone else since hosttune set them: "
+@router.post("/revert", summary="restore every original value from the journal", response_model=RevertReply,
+             response_model_exclude_unset=True,  # error and detail: only in a 409
+             responses={409: {"model": RevertReply,
+                              "description": "some targets were changed by someone else since hosttune set them: "
                                              "left as is and listed in `skipped` (the rest was reverted)"}})
 def revert(services: Services, audit: Audit, response: Response,
            request: RevertRequest | None = None) -> dict[str, Any]:
@@ -57,18 +63,18 @@ def revert(services: Services, audit: Audit, response: Response,
     return result
 
 
-@router.get("/status", summary="applied policy, when, and the journal's state", response_model=dict[str, Any])
+@router.get("/status", summary="applied policy, when, and the journal's state", response_model=StatusReply)
 async def status(request: Request) -> Response:
     """Async over the cached snapshot (agent/api/snapshot.py): concurrent readers share one computation."""
     snapshot: Snapshot = request.app.state.status_snapshot
     return Response(await snapshot.get(), media_type="application/json")
 
 
-@router.get("/changes", summary="journal history, newest first")
+@router.get("/changes", summary="journal history, newest first", response_model=list[HistoryEntry])
 def changes(services: Services, limit: Annotated[int, Query(ge=1, le=10000)] = 200) -> list[dict[str, Any]]:
     return services.changes(limit)
 
 
-@router.get("/verify", summary="drift: does the host still hold the applied policy?")
+@router.get("/verify", summary="drift: does the host still hold the applied policy?", response_model=VerifyReply)
 def verify(services: Services) -> dict[str, Any]:
     return services.verify()

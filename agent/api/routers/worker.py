@@ -7,16 +7,18 @@ from typing import Any
 from fastapi import APIRouter
 
 from agent.api.deps import Audit, Services
+from agent.api.replies import WorkerReply
 
 router = APIRouter(prefix="/worker", tags=["worker"])
 
 
-@router.get("", summary="worker state, pid, placement, restarts, last exit reason")
+@router.get("", summary="worker state, pid, placement, restarts, last exit reason", response_model=WorkerReply)
 def worker(services: Services) -> dict[str, Any]:
     return services.worker()
 
 
-@router.post("/restart", summary="restart the worker (gateway holds requests meanwhile)")
+@router.post("/restart", summary="restart the worker (gateway holds requests meanwhile)",
+             response_model=WorkerReply)
 def restart(services: Services, audit: Audit) -> dict[str, Any]:
     result = services.restart_worker()
     audit["state"] = result.get("state")
