@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from agent.api.exceptions import Conflict, NotFound
 from agent.api.schemas import PolicyRequest
@@ -33,6 +33,16 @@ from agent.tuning.transaction import ApplyResult
 T = TypeVar("T")
 
 
+class MutationRunner(Protocol):
+    """Runs a host mutation and returns its result: inline, or on the daemon's main loop (MainLoop.call)."""
+
+    def __call__(self, fn: Callable[[], T]) -> T: ...
+
+
+def run_inline(fn: Callable[[], T]) -> T:
+    return fn()
+
+
 class TuningService:
     def __init__(self, settings: DaemonSettings, events: EventLog) -> None:
         self.settings = settings
@@ -45,7 +55,7 @@ class TuningService:
         self.applied_ref: str | None = None
         self._nvml: Nvml | None = None
         # How host mutations run: inline here; the daemon hands them to its main-thread loop (see mainloop.py).
-        self.run_mutation: Callable[[Callable[[], Any]], Any] = lambda fn: fn()
+        self.run_mutation: MutationRunner = run_inline
 
     # -- facts and policies -------------------------------------------------------------------------------------
     def nvml(self) -> Nvml:
@@ -119,8 +129,7 @@ class TuningService:
         def locked() -> T:
             with self.lock:
                 return fn()
-        result: T = self.run_mutation(locked)
-        return result
+        return self.run_mutation(locked)
 
     @staticmethod
     def _conflict(e: HostError) -> HostError:
