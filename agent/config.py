@@ -14,7 +14,6 @@ environment variable's name. Relative paths in the file are taken relative to th
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -25,8 +24,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from agent.errors import InputError
 from agent.fsio import read_text_capped
+from agent.gateway.settings import GatewaySettings
 from agent.hostfs import HostPaths
-from agent.httpguard import ServerLimits, host_names, normalize_host_name
+from agent.httpguard import ServerLimits, host_names, is_loopback, normalize_host_name
 from agent.policy.yamlnodes import locations, nearest_location, parse_yaml, to_plain
 
 ENV_PREFIX = "HOSTTUNE_"
@@ -42,16 +42,6 @@ _PATH_FIELDS: tuple[tuple[str, ...], ...] = (
     ("state_dir",), ("token_file",), ("audit_log",), ("procfs",), ("sysfs",), ("rootfs",), ("nvml_sim",),
     ("api", "unix_socket"),
 )
-
-
-def is_loopback(host: str) -> bool:
-    """True for loopback literals and 'localhost'. Other names count as remote: we do not resolve DNS to decide."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Section(BaseModel):
@@ -97,7 +87,10 @@ class ApiSettings(ServedSection):
         return v
 
 
-class GatewaySettings(ServedSection):
+class GatewaySection(ServedSection):
+    """The daemon config's `gateway:` section: where the gateway listens, and the admission knobs a config file
+    may set (bounded tighter than the gateway's own settings: a typo in a root daemon's file is refused)."""
+
     enabled: bool = Field(True, description="run the OpenAI-compatible gateway in front of the worker")
     allow_remote: bool = False
     host: str = "127.0.0.1"
@@ -114,6 +107,10 @@ class GatewaySettings(ServedSection):
         if not is_loopback(v) and not info.data.get("allow_remote", False):
             raise ValueError(f"{v!r} is not a loopback address: set gateway.allow_remote: true to expose it")
         return v
+
+    def settings(self) -> GatewaySettings:
+        """The running gateway's settings: this section's admission knobs, the gateway's defaults for the rest."""
+        return GatewaySettings(limit=self.limit, max_queue=self.max_queue, queue_timeout_s=self.queue_timeout_s)
 
 
 class WorkerSettings(Section):
@@ -149,7 +146,7 @@ class DaemonSettings(Section):
     audit_max_bytes: int = Field(8 << 20, ge=64 << 10, le=1 << 30, description="rotate the audit log at this size")
     audit_keep: int = Field(2, ge=1, le=10, description="rotated audit logs kept (audit.log.1 ...)")
     api: ApiSettings = Field(default_factory=ApiSettings)
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     drift_check_s: float = Field(60.0, ge=0, le=86400, description="verify the applied policy every N s; 0: off")
     reapply_on_drift: bool = Field(False, description="re-apply drifted tunables (else only report them)")

@@ -53,6 +53,16 @@ def normalize_host_name(name: str) -> str:
     return text
 
 
+def is_loopback(host: str) -> bool:
+    """Loopback literals and 'localhost'; any other name counts as remote (no DNS lookup decides this)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def host_names(bind_host: str | None, extra: Iterable[str] = ()) -> frozenset[str]:
     """The names a server on `bind_host` answers to: the loopback names, the bind address (unless a wildcard),
     and the configured extra names."""

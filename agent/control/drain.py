@@ -13,9 +13,10 @@ RestartActuator sets the drain when it has one.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import httpx
+
+from agent.gateway.upstream import WorkerEndpoint
 
 
 class Drain:
@@ -32,23 +33,22 @@ class Drain:
     def end(self) -> None:
         self._active.clear()
 
-    def wrap(self, endpoint: Any) -> DrainingEndpoint:
+    def wrap(self, endpoint: WorkerEndpoint) -> DrainingEndpoint:
         return DrainingEndpoint(endpoint, self)
 
 
 class DrainingEndpoint:
     """The wrapped endpoint, reading as not ready while the drain is on."""
 
-    def __init__(self, inner: Any, drain: Drain) -> None:
+    def __init__(self, inner: WorkerEndpoint, drain: Drain) -> None:
         self.inner = inner
         self.drain = drain
 
     def base_url(self) -> str | None:
-        url: str | None = self.inner.base_url()
-        return url
+        return self.inner.base_url()
 
     def is_ready(self) -> bool:
-        return not self.drain.active and bool(self.inner.is_ready())
+        return not self.drain.active and self.inner.is_ready()
 
     def report_failure(self) -> None:
         self.inner.report_failure()

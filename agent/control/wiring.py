@@ -4,8 +4,9 @@ control client (knobs live), the policy's SLO and the state directory (decision 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.control.actuators import GateActuator, KnobActuator, LiveActuator, RestartActuator
 from agent.control.config import config_for
@@ -15,9 +16,17 @@ from agent.control.drain import Drain
 from agent.control.feed import GatewayFeed
 from agent.policy.model import SloSpec
 
+if TYPE_CHECKING:
+    from agent.gateway.app import Gateway
+    from agent.telemetry.collector import Telemetry
+    from agent.worker.supervisor import Supervisor
+    from agent.worker.torch_control import TorchWorkerControl
 
-def build_controller(slo: SloSpec | None, gateway: Any, *, engine: str = "llamacpp", telemetry: Any = None,
-                     supervisor: Any = None, torch_control: Any = None, state_dir: Path | None = None,
+
+def build_controller(slo: SloSpec | None, gateway: Gateway, *, engine: str = "llamacpp",
+                     telemetry: Telemetry | None = None,
+                     supervisor: Supervisor | Callable[[], Supervisor | None] | None = None,
+                     torch_control: TorchWorkerControl | None = None, state_dir: Path | None = None,
                      gpu_index: int | None = None, watch_gpu: bool = True, drain: Drain | None = None,
                      **overrides: Any) -> Controller:
     """A controller for the worker behind `gateway` (agent.gateway.app.Gateway).

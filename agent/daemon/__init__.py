@@ -1,2 +1,3 @@
-"""The hosttune daemon: start sequence, scheduler jobs, sd_notify and signals (runner), the adapter to the other
-parts (services), and the uvicorn server thread (http)."""
+"""The hosttune daemon: start sequence, scheduler jobs, sd_notify and signals (runner), host tuning with its
+mutation lock (tuning_service), the worker, gateway, telemetry and controller (worker_stack), the facade the API
+routes call (services), and the uvicorn server thread (http)."""

@@ -3,8 +3,8 @@
 Start order (each step reported as a STATUS= line): take the lifetime lock (one daemon per state dir, see
 lifetime.py), check the token file (refuse a readable one), roll back an
 interrupted transaction, apply the configured policy, start the worker and wait for it to be ready, start the
-gateway, start the scheduler's jobs, start the API — and only then READY=1, so `systemctl start` returning means
-the host is tuned and serving.
+gateway, start the scheduler's jobs, start the controller (the worker stack's last part), start the API — and only
+then READY=1, so `systemctl start` returning means the host is tuned and serving.
 
 The main thread owns signals and the watchdog: handlers only set flags; the loop wakes, handles SIGHUP (reload:
 config and policy, applying the difference) or SIGTERM/SIGINT (stop), and sends WATCHDOG=1 while the API thread
@@ -24,17 +24,23 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
-from agent.api.exceptions import Unavailable
 from agent.api.tokenfile import ensure_token
 from agent.config import DaemonSettings, load_settings
 from agent.daemon.lifetime import LifetimeLock
 from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
 from agent.errors import HostTuneError
+from agent.inspect.models import HostFacts
+from agent.policy.loader import LoadedPolicy
 from agent.sdnotify import Notifier, watchdog_interval_s
 from agent.tuning.state import StateDir
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from agent.daemon.http import ServerThread
 
 log = logging.getLogger("hosttune.daemon")
 
@@ -59,10 +65,10 @@ class Daemon:
         self.config_path = config_path
         self.notify = notifier or Notifier()
         self.services = Services(settings)
-        self.scheduler: Any = None  # apscheduler BackgroundScheduler, imported when started
-        self.api: Any = None  # agent.daemon.http.ServerThread
+        self.scheduler: BackgroundScheduler | None = None  # imported when started
+        self.api: ServerThread | None = None
         self.mainloop = MainLoop()
-        self.services.run_mutation = self.mainloop.call
+        self.services.tuning.run_mutation = self.mainloop.call
         self._stop_requested: str | None = None
         self._reload_requested = False
         self._ready_at: float | None = None
@@ -92,37 +98,35 @@ class Daemon:
         ensure_token(s.token_path)  # refuse a group/world-readable token before touching the host
 
         self.status("checking for an interrupted transaction")
-        try:
-            rolled = self.services.rollback_interrupted()
-            if rolled:
-                self.status(rolled)
-        except Unavailable as e:
-            log.warning("%s", e)
+        rolled = self.services.tuning.rollback_interrupted()
+        if rolled:
+            self.status(rolled)
 
         if s.policy:
             self.status(f"applying policy {s.policy}")
-            facts = self.services.host_facts()  # once: the policy resolves, applies and places against it
-            loaded = self.services.load_policy_ref(s.policy, facts)
-            result = self.services.apply_loaded(loaded, facts)
+            facts = self.services.tuning.host_facts()  # once: the policy resolves, applies and places against it
+            loaded = self.services.tuning.load_policy_ref(s.policy, facts)
+            result = self.services.tuning.apply_loaded(loaded, facts)
             self.status(f"policy {loaded.policy.name} applied ({result.get('changed', 0)} changed)")
             self.start_worker(loaded, facts)
         self.start_gateway()
         self.start_scheduler()
+        self.services.stack.start_controller()
         self.start_api()
 
-    def start_worker(self, loaded: Any, facts: Any = None) -> None:
-        spec = getattr(loaded.policy, "worker", None)
+    def start_worker(self, loaded: LoadedPolicy, facts: HostFacts | None = None) -> None:
+        spec = loaded.policy.worker
         if spec is None or not self.settings.worker.enabled:
             return
         self.status(f"starting worker ({spec.engine})")
-        self.services.start_worker(loaded, facts)
+        self.services.stack.start_worker(loaded, facts)
         self.status("worker ready")
 
     def start_gateway(self) -> None:
-        if not self.settings.gateway.enabled or self.services.worker_supervisor is None:
+        if not self.settings.gateway.enabled or self.services.stack.supervisor is None:
             return
         self.status("starting gateway")
-        self.services.start_gateway()
+        self.services.stack.start_gateway()
 
     def start_scheduler(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
@@ -138,7 +142,7 @@ class Daemon:
 
     def _drift_job(self) -> None:
         try:
-            report = self.services.drift_check(self.settings.reapply_on_drift)
+            report = self.services.tuning.drift_check(self.settings.reapply_on_drift)
         except HostTuneError as e:
             log.warning("drift check failed: %s", e)
             return
@@ -161,10 +165,9 @@ class Daemon:
         parts = [f"policy {self.settings.policy}" if self.settings.policy else "no policy"]
         if self.api is not None:
             parts.append(f"API {self.api.url}")
-        gw = getattr(self.services.gateway, "url", None)
-        if gw:
-            parts.append(f"gateway {gw}")
-        if self.services.worker_supervisor is not None:
+        if self.services.stack.gateway is not None:
+            parts.append(f"gateway {self.services.stack.gateway.url}")
+        if self.services.stack.supervisor is not None:
             parts.append(f"worker {self.services.worker().get('state')}")
         return "ready: " + ", ".join(parts)
 
@@ -250,9 +253,7 @@ class Daemon:
         self.mainloop.close()  # requests still waiting for a host mutation get an error, not a hang
         if self.api is not None:
             self.api.stop()
-        self.services.stop_controller()
-        self.services.stop_gateway()
-        self.services.stop_worker()
+        self.services.stack.stop()
         if self.settings.revert_on_stop:
             self.notify.status("reverting host tuning (revert_on_stop)")
             try:

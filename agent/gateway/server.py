@@ -4,7 +4,6 @@ own and fronts an engine that has none either."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -13,17 +12,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from agent.errors import HostError, InputError
-from agent.httpguard import ServerLimits, host_names, server_config
-
-
-def is_loopback(host: str) -> bool:
-    """Loopback literals and 'localhost'; any other name counts as remote (no DNS lookup decides this)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from agent.httpguard import ServerLimits, host_names, is_loopback, server_config
 
 
 def openai_error(status: int, kind: str, message: str) -> bytes:

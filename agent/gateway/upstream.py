@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import httpx
 
@@ -68,26 +69,47 @@ class StaticUpstream:
         return None
 
 
-class SupervisedWorker:
-    """The endpoint of a worker run by agent.worker.supervisor.Supervisor (duck-typed: anything with `base_url`,
-    `state` and `pid` attributes). Ready means the supervisor's state is "ready"; it notices a dead worker on its
-    own, so report_failure() has nothing to do (the gateway still checks /health before its one retry)."""
+class SupervisorView(Protocol):
+    """What the adapter reads of agent.worker.supervisor.Supervisor (or of a test's stand-in)."""
 
-    def __init__(self, supervisor: Any) -> None:
-        self.supervisor = supervisor
+    @property
+    def base_url(self) -> str | None: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+
+class SupervisedWorker:
+    """The endpoint of a worker run by agent.worker.supervisor.Supervisor. Ready means the supervisor's state is
+    "ready"; it notices a dead worker on its own, so report_failure() has nothing to do (the gateway still checks
+    /health before its one retry).
+
+    `SupervisedWorker(supervisor)` follows one supervisor; `SupervisedWorker(current=fn)` asks `fn()` at every call
+    for whichever supervisor runs now (None: no URL, not ready), so the daemon's reload, which may replace the
+    worker, needs no re-wiring of the gateway and telemetry."""
+
+    def __init__(self, supervisor: SupervisorView | None = None, *,
+                 current: Callable[[], SupervisorView | None] | None = None) -> None:
+        self._current: Callable[[], SupervisorView | None] = current if current is not None else lambda: supervisor
 
     def base_url(self) -> str | None:
-        url = self.supervisor.base_url
+        sup = self._current()
+        url = sup.base_url if sup is not None else None
         return str(url).rstrip("/") if url else None
 
     def is_ready(self) -> bool:
-        return str(getattr(self.supervisor.state, "value", self.supervisor.state)) == "ready"
+        sup = self._current()
+        return sup is not None and str(getattr(sup.state, "value", sup.state)) == "ready"
 
     def report_failure(self) -> None:
         return None
 
     def pid(self) -> int | None:
-        pid = self.supervisor.pid
+        sup = self._current()
+        pid = sup.pid if sup is not None else None
         return int(pid) if pid else None
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config import is_loopback
 from agent.errors import InputError
 from agent.hostfs import HostPaths
+from agent.httpguard import is_loopback
 from agent.inspect.models import HostFacts
 from agent.policy.model import WorkerSpec
 from agent.worker.binding import BindPreference

@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import http.client
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from agent.errors import HostTuneError
 from agent.fsio import atomic_write_json
@@ -42,14 +39,11 @@ from agent.worker.exits import OOM_HINT, describe_exit, key_stderr_line, read_oo
 from agent.worker.launch import Launch
 from agent.worker.logs import RotatingLog
 from agent.worker.pagecache import PrewarmResult
+from agent.worker.probes import listens_on_own_port, probe_health, worker_uid
+from agent.worker.process import STDERR_TAIL_LINES, WorkerProcess, start_pipe_threads
 from agent.worker.status import Transition, WorkerState, WorkerStatus
 
 log = logging.getLogger("hosttune.worker")
-
-STDERR_TAIL_LINES = 40
-# The longest line read from the worker's stdout/stderr at once: a worker that writes without newlines must not
-# make the (root) supervisor buffer an unbounded line; a longer line is logged in pieces.
-PIPE_LINE_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,55 +70,6 @@ class RestartPolicy:
 Listener = Callable[[WorkerStatus], None]
 
 
-@dataclass
-class _Proc:
-    popen: subprocess.Popen[bytes]
-    launch: Launch
-    spawned: float
-    oom_kills_before: int | None
-    exited: bool = False
-
-
-def port_listeners(paths: HostPaths, port: int) -> list[int] | None:
-    """The uids owning the listening TCP sockets (IPv4 and IPv6) on `port` in our network namespace, from
-    /proc/net/tcp{,6} (readable without ptrace rights: the unit's ProtectProc=invisible hides the worker's own
-    /proc entry from the daemon). None when neither table can be read."""
-    uids: list[int] = []
-    seen = False
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(paths.proc("net", name), encoding="ascii", errors="replace") as f:
-                seen = True
-                next(f, None)  # the header
-                for line in f:
-                    cols = line.split()
-                    if len(cols) > 7 and cols[3] == "0A" and cols[1].rpartition(":")[2] == f"{port:04X}":
-                        uids.append(int(cols[7]))
-        except (OSError, ValueError):
-            continue
-    return uids if seen else None
-
-
-def listens_on_own_port(paths: HostPaths, uid: int, base_url: str | None) -> bool:
-    """Whether every listener on the port of `base_url` (where the gateway sends requests) is the worker's uid,
-    and there is one. A local user who bound that port before the worker (during a restart's backoff, or while
-    the engine initialises) answers the health check too: taking that for "ready" sent clients' prompts to them.
-    True when there is no port to check or no socket table to read."""
-    port = urlsplit(base_url).port if base_url else None
-    if port is None:
-        return True
-    uids = port_listeners(paths, port)
-    return uids is None or (bool(uids) and all(u == uid for u in uids))
-
-
-def worker_uid(launch: Launch) -> int:
-    """The uid the worker runs as: the exec shim's --uid (agent/worker/binding.py), else ours."""
-    prefix = launch.binding.prefix
-    if "--uid" in prefix[:-1]:
-        return int(prefix[prefix.index("--uid") + 1])
-    return os.geteuid()
-
-
 class Supervisor:
     """Run and keep alive one worker. `build(spec)` turns a WorkerSpec into a Launch (argv, env, URLs)."""
 
@@ -145,7 +90,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._stop_requested = False
         self._restart_request: tuple[WorkerSpec, str] | None = None
-        self._proc: _Proc | None = None
+        self._proc: WorkerProcess | None = None
         self._crash_times: collections.deque[float] = collections.deque()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._listeners: list[Listener] = []
@@ -359,11 +304,11 @@ class Supervisor:
             with self._cond:
                 self._status.starts += 1
             return "crash", f"cannot start {launch.argv[0]}: {e.strerror}"
-        proc = _Proc(popen=popen, launch=launch, spawned=time.monotonic(), oom_kills_before=oom_before)
+        proc = WorkerProcess(popen=popen, launch=launch, spawned=time.monotonic(), oom_kills_before=oom_before)
         with self._cond:
             self._proc = proc
             self._status.starts += 1
-        self._start_io_threads(proc)
+        start_pipe_threads(proc, self._cond, self._stdout_log, self._stderr_log, self._stderr_tail)
         self._set_state(
             WorkerState.STARTING, f"start {self._status.starts}", pid=popen.pid, engine=launch.engine,
             model=str(launch.model) if launch.model else None, base_url=launch.base_url,
@@ -391,7 +336,7 @@ class Supervisor:
             log.warning("model page-cache preparation failed: %s", e)
         return pagecache.resident_fraction(launch.model), prewarmed
 
-    def _watch(self, proc: _Proc) -> tuple[str, str]:
+    def _watch(self, proc: WorkerProcess) -> tuple[str, str]:
         pol = self.policy
         failures = 0
         while True:
@@ -428,7 +373,7 @@ class Supervisor:
                     self._terminate(proc)
                     return "crash", f"health check failed {failures} times in a row (last answer: {code})"
 
-    def _crash_reason(self, proc: _Proc) -> str:
+    def _crash_reason(self, proc: WorkerProcess) -> str:
         rc = proc.popen.returncode
         why = describe_exit(rc if rc is not None else -1)
         tail = list(self._stderr_tail)
@@ -448,43 +393,9 @@ class Supervisor:
     # ----- process plumbing -------------------------------------------------------------------------------------
 
     def _probe(self, url: str) -> int | None:
-        """HTTP status of the health URL; None when nothing answers (or the URL is not http/https). No proxies:
-        the worker is local. The whole probe has a deadline (twice probe_timeout_s): the socket timeout is per
-        read, and a worker that trickles its reply head a byte at a time would otherwise hold this thread, and with
-        it every stop and restart, for as long as it likes."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return None
-        timeout = self.policy.probe_timeout_s
-        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        try:
-            conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
-        except ValueError:
-            return None
+        return probe_health(url, self.policy.probe_timeout_s)
 
-        expired = threading.Event()
-
-        def cut() -> None:
-            expired.set()
-            sock = conn.sock
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-        timer = threading.Timer(2 * timeout, cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
-            status = int(conn.getresponse().status)
-            return None if expired.is_set() else status  # a head cut short is no answer
-        except (OSError, ValueError, http.client.HTTPException):
-            return None
-        finally:
-            timer.cancel()
-            conn.close()
-
-    def _terminate(self, proc: _Proc) -> str:
+    def _terminate(self, proc: WorkerProcess) -> str:
         """SIGTERM, wait up to stop_timeout_s, then SIGKILL. Only ever signals our own child, by its PID."""
         if proc.exited:
             return "already exited"
@@ -505,37 +416,6 @@ class Supervisor:
         if proc is not None and not proc.exited:
             how = self._terminate(proc)
             self._event("stopped", pid=proc.popen.pid, how=how, reason=reason)
-
-    def _start_io_threads(self, proc: _Proc) -> None:
-        popen = proc.popen
-        assert popen.stdout is not None and popen.stderr is not None
-        pumps = [threading.Thread(target=self._pump, args=(popen.stdout, self._stdout_log, False),
-                                  name=f"worker-{popen.pid}-stdout", daemon=True),
-                 threading.Thread(target=self._pump, args=(popen.stderr, self._stderr_log, True),
-                                  name=f"worker-{popen.pid}-stderr", daemon=True)]
-        for t in pumps:
-            t.start()
-
-        def waiter() -> None:
-            popen.wait()
-            for t in pumps:
-                t.join(5)  # let the pipes drain so the crash reason sees the last stderr lines
-            with self._cond:
-                proc.exited = True
-                self._cond.notify_all()
-
-        threading.Thread(target=waiter, name=f"worker-{popen.pid}-wait", daemon=True).start()
-
-    def _pump(self, pipe: IO[bytes], sink: RotatingLog | None, keep_tail: bool) -> None:
-        try:
-            for raw in iter(lambda: pipe.readline(PIPE_LINE_MAX), b""):
-                if sink is not None:
-                    sink.write(raw)
-                if keep_tail:
-                    with self._cond:
-                        self._stderr_tail.append(raw.decode(errors="replace").rstrip())
-        finally:
-            pipe.close()
 
     def _log_line(self, text: str) -> None:
         if self._stderr_log is not None:

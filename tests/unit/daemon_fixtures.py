@@ -100,7 +100,7 @@ class MainThreadClient:
 def main_thread_client(settings: DaemonSettings) -> Iterator[MainThreadClient]:
     services = Services(settings)
     loop = MainLoop()
-    services.run_mutation = loop.call
+    services.tuning.run_mutation = loop.call
     app = create_app(settings, services)
     try:
         with TestClient(app) as c:

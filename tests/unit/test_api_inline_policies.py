@@ -133,7 +133,7 @@ def test_kept_bodies_are_reloaded_under_the_inline_rules(settings: DaemonSetting
     kept.parent.mkdir(parents=True)
     kept.write_text("name: planted\nworker:\n  binary: /bin/sh\n")
     with pytest.raises(InputError) as e:
-        services.load_policy_ref(str(kept))
+        services.tuning.load_policy_ref(str(kept))
     assert e.value.field == "worker.binary"
 
 
@@ -173,9 +173,9 @@ def test_an_inline_apply_does_not_deadlock_the_daemons_main_loop(settings: Daemo
     from agent.daemon.services import Services
 
     services = Services(settings)
-    services.lock = _BoundedRLock()  # type: ignore[assignment]
+    services.tuning.lock = _BoundedRLock()  # type: ignore[assignment]
     loop = MainLoop()
-    services.run_mutation = loop.call
+    services.tuning.run_mutation = loop.call
     try:
         with TestClient(create_app(settings, services)) as c:
             c.headers["Authorization"] = "Bearer " + settings.token_path.read_text().strip()

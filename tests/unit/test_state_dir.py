@@ -97,7 +97,7 @@ def test_daemon_start_fixes_an_existing_state_dir_to_0700(tmp_path: Path) -> Non
     os.chmod(state, 0o755)
     daemon = Daemon(DaemonSettings(state_dir=state, token_file=tmp_path / "state" / "token"))
     with pytest.raises(RuntimeError, match="stop here"):
-        daemon.services.rollback_interrupted = _stop  # type: ignore[method-assign]
+        daemon.services.tuning.rollback_interrupted = _stop  # type: ignore[method-assign]
         daemon.start()
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
 

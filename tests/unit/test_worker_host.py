@@ -94,8 +94,8 @@ def test_daemon_reload_refuses_a_remote_worker_host_before_restarting(tmp_path: 
     loaded = load_policy(policy, search_path=[tmp_path])
     services = Services(DaemonSettings(state_dir=tmp_path / "state"))
     sup = Sup()
-    services.worker_supervisor = sup
+    services.stack.supervisor = sup
     with pytest.raises(InputError, match=r"worker\.allow_remote") as err:
-        services._respawn_worker(loaded)
+        services.stack.respawn_worker(loaded)
     assert (err.value.path, err.value.line, err.value.field) == (str(policy), 5, "worker.host")
     assert not sup.restarted

@@ -15,7 +15,6 @@ import socketserver
 import subprocess
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ from agent.gateway.upstream_client import WorkerGone, open_reply
 from agent.telemetry.worker import SAMPLE_DEADLINE_S, WorkerSampler
 from agent.worker.binding import plan_binding
 from agent.worker.privdrop import RunAs
-from agent.worker.supervisor import PIPE_LINE_MAX, RestartPolicy, Supervisor
+from agent.worker.probes import probe_health
+from agent.worker.process import PIPE_LINE_MAX, pump
 from agent.worker.torch_control import TorchWorkerControl
 from agent.worker.torch_engine import TorchEngine
 
@@ -48,12 +48,12 @@ class _Sink:
 
 def test_supervisor_reads_worker_pipes_in_bounded_lines() -> None:
     """A worker writing 4 MiB without a newline is read (and logged) in pieces of at most PIPE_LINE_MAX."""
-    fake = types.SimpleNamespace(_cond=threading.Condition(), _stderr_tail=collections.deque(maxlen=40))
+    tail: collections.deque[str] = collections.deque(maxlen=40)
     sink = _Sink()
-    Supervisor._pump(fake, io.BytesIO(b"x" * (4 << 20)), sink, True)  # type: ignore[arg-type]
+    pump(io.BytesIO(b"x" * (4 << 20)), sink, tail, threading.Condition())  # type: ignore[arg-type]
     assert sum(map(len, sink.writes)) == 4 << 20
     assert max(map(len, sink.writes)) <= PIPE_LINE_MAX
-    assert max(map(len, fake._stderr_tail)) <= PIPE_LINE_MAX
+    assert max(map(len, tail)) <= PIPE_LINE_MAX
 
 
 def test_gateway_refuses_a_worker_reply_with_endless_headers() -> None:
@@ -308,10 +308,9 @@ def test_supervisor_health_probe_has_an_overall_deadline() -> None:
             sock.sendall(b"a")
             time.sleep(0.2)
 
-    fake = types.SimpleNamespace(policy=RestartPolicy(probe_timeout_s=0.5))
     with raw_worker(trickle) as url:
         t0 = time.monotonic()
-        code = Supervisor._probe(fake, url + "/health")  # type: ignore[arg-type]
+        code = probe_health(url + "/health", 0.5)
         elapsed = time.monotonic() - t0
     assert code is None and elapsed < 2.5
 
@@ -319,5 +318,4 @@ def test_supervisor_health_probe_has_an_overall_deadline() -> None:
 def test_supervisor_health_probe_is_http_only(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("x")
-    fake = types.SimpleNamespace(policy=RestartPolicy(probe_timeout_s=0.5))
-    assert Supervisor._probe(fake, secret.as_uri()) is None  # type: ignore[arg-type]
+    assert probe_health(secret.as_uri(), 0.5) is None

@@ -309,7 +309,7 @@ def test_port_listeners_reads_the_live_socket_table() -> None:
     import socket
 
     from agent.hostfs import HostPaths
-    from agent.worker.supervisor import listens_on_own_port, port_listeners
+    from agent.worker.probes import listens_on_own_port, port_listeners
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
