@@ -29,6 +29,7 @@ from typing import Any
 from agent.api.exceptions import Unavailable
 from agent.api.tokenfile import ensure_token
 from agent.config import DaemonSettings, load_settings
+from agent.daemon.hotplug_watch import BlockWatch, watch_block_devices
 from agent.daemon.lifetime import LifetimeLock
 from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
@@ -61,6 +62,7 @@ class Daemon:
         self.services = Services(settings)
         self.scheduler: Any = None  # apscheduler BackgroundScheduler, imported when started
         self.api: Any = None  # agent.daemon.http.ServerThread
+        self.block_watch: BlockWatch | None = None
         self.mainloop = MainLoop()
         self.services.run_mutation = self.mainloop.call
         self._stop_requested: str | None = None
@@ -108,6 +110,7 @@ class Daemon:
             self.start_worker(loaded, facts)
         self.start_gateway()
         self.start_scheduler()
+        self.block_watch = watch_block_devices(self.services)  # hot-plugged disks get the policy (live host only)
         self.start_api()
 
     def start_worker(self, loaded: Any, facts: Any = None) -> None:
@@ -248,6 +251,8 @@ class Daemon:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.mainloop.close()  # requests still waiting for a host mutation get an error, not a hang
+        if self.block_watch is not None:  # after close(): a hot-plug waiting on the loop is released
+            self.block_watch.stop()
         if self.api is not None:
             self.api.stop()
         self.services.stop_controller()
