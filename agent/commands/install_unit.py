@@ -12,9 +12,10 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+import sh
 
 from agent.errors import HostError, InputError
 from agent.fsio import atomic_write, read_text_capped
@@ -23,6 +24,7 @@ UNIT_NAME = "hosttune.service"
 SYSTEMD_FILES = ("hosttune.service", "hosttune.tmpfiles.conf", "hosttune.sysusers.conf", "daemon.yaml",
                  "60-hosttune-block.rules.template")
 EXEC_RE = re.compile(r"^ExecStart=(\S+)", re.MULTILINE)
+SYSTEMCTL_TIMEOUT_S = 60.0
 
 
 def systemd_dir() -> Path:
@@ -55,14 +57,19 @@ def render_unit(template: str, exec_path: Path) -> str:
 
 
 def _run(argv: list[str]) -> None:
+    """One systemctl call (an argument list through `sh`, output captured): a missing tool is a note, a failure
+    or a timeout a HostError with the tool's own words."""
     try:
-        subprocess.run(argv, check=True, timeout=60, capture_output=True, text=True)
-    except FileNotFoundError:
+        sh.Command(argv[0])(*argv[1:], _timeout=SYSTEMCTL_TIMEOUT_S, _tty_out=False)
+    except sh.CommandNotFound:
         print(f"note: {argv[0]} not found, skipped: {' '.join(argv)}", file=sys.stderr)
-    except subprocess.CalledProcessError as e:
-        raise HostError(f"{' '.join(argv)} failed: {(e.stderr or e.stdout).strip()}") from None
-    except subprocess.TimeoutExpired:
+    except sh.ErrorReturnCode as e:
+        said = (e.stderr or e.stdout).decode(errors="replace").strip()
+        raise HostError(f"{' '.join(argv)} failed: {said}") from None
+    except sh.TimeoutException:
         raise HostError(f"{' '.join(argv)} timed out") from None
+    except sh.ForkException as e:
+        raise HostError(f"{' '.join(argv)} could not start: {str(e).strip().splitlines()[-1].strip()}") from None
 
 
 def install(root: Path, exec_path: Path) -> list[Path]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from agent.api.tokenfile import ensure_token
 from agent.config import DaemonSettings, load_settings
+from agent.daemon.hotplug_watch import BlockWatch, watch_block_devices
 from agent.daemon.lifetime import LifetimeLock
 from agent.daemon.mainloop import MainLoop
 from agent.daemon.services import Services
@@ -67,6 +68,7 @@ class Daemon:
         self.services = Services(settings)
         self.scheduler: BackgroundScheduler | None = None  # imported when started
         self.api: ServerThread | None = None
+        self.block_watch: BlockWatch | None = None
         self.mainloop = MainLoop()
         self.services.tuning.run_mutation = self.mainloop.call
         self._stop_requested: str | None = None
@@ -112,6 +114,7 @@ class Daemon:
         self.start_gateway()
         self.start_scheduler()
         self.services.stack.start_controller()
+        self.block_watch = watch_block_devices(self.services.tuning)  # hot-plugged disks get the policy (live host)
         self.start_api()
 
     def start_worker(self, loaded: LoadedPolicy, facts: HostFacts | None = None) -> None:
@@ -251,6 +254,8 @@ class Daemon:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.mainloop.close()  # requests still waiting for a host mutation get an error, not a hang
+        if self.block_watch is not None:  # after close(): a hot-plug waiting on the loop is released
+            self.block_watch.stop()
         if self.api is not None:
             self.api.stop()
         self.services.stack.stop()

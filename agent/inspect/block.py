@@ -155,6 +155,12 @@ def read_device(paths: HostPaths, name: str) -> BlockDevice | None:
     )
 
 
+def disk_present(paths: HostPaths, name: str) -> bool:
+    """The whole disk is there now: its sysfs directory exists and, for a loop device, something is attached
+    (an unattached loop device keeps its directory and queue files but holds no disk)."""
+    return paths.sys("block", name).is_dir() and read_device(paths, name) is not None
+
+
 @register("block_devices", fallback=list)
 def collect(paths: HostPaths) -> list[BlockDevice]:
     return [dev for name in disk_names(paths) if (dev := read_device(paths, name)) is not None]

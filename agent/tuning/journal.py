@@ -55,6 +55,13 @@ class Applied(BaseModel):
     txn: str
     changes: list[Change] = Field(default_factory=list)
 
+    def updated(self, changes: list[Change], txn: str) -> Applied:
+        """The same policy with `changes` in place of its entries for the same targets (new ones appended): a
+        hot-plugged disk tuned, or marked gone, under the applied policy without re-planning the rest."""
+        new = {c.key: c for c in changes}
+        kept = [new.pop(c.key, c) for c in self.changes]
+        return self.model_copy(update={"changes": kept + list(new.values()), "txn": txn})
+
 
 class HistoryEntry(BaseModel):
     id: str

@@ -118,16 +118,19 @@ class SigtermGuard:
             signal.raise_signal(self.received)
 
 
-def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: str | None = None) -> ApplyResult:
+def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: str | None = None,
+               onto: Applied | None = None) -> ApplyResult:
     """Apply every writing change of `plan` in one transaction (the caller holds the state lock and has run
-    recover()). Raises HostError naming the failing tunable after rolling everything back."""
+    recover()). Raises HostError naming the failing tunable after rolling everything back.
+    `onto`: commit the plan's changes into this applied policy instead of replacing it (a partial plan: one
+    hot-plugged disk, see hotplug.py)."""
     with SigtermGuard() as guard:
-        txn = _run(plan, journal, writer, guard)
+        txn = _run(plan, journal, writer, guard, onto)
     return ApplyResult(policy=plan.policy, txn=txn.id, writes=writer.writes, recovered=recovered,
                        changes=plan.changes)
 
 
-def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard) -> Txn:
+def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard, onto: Applied | None) -> Txn:
     txn = journal.begin("apply", policy=plan.policy)
     current: Change | None = None
     try:
@@ -173,8 +176,10 @@ def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard) 
         if record is not None and drift_of(record) is None:  # a drifted one stays: `revert --force` can restore it
             journal.drop_original(change.key)
     remember_committed(journal, txn)
-    journal.finish("committed", applied=Applied(policy=plan.policy, source=plan.source, txn=txn.id,
-                                                 changes=[c for c in plan.changes if not c.stale]))
+    changes = [c for c in plan.changes if not c.stale]
+    applied = Applied(policy=plan.policy, source=plan.source, txn=txn.id, changes=changes) if onto is None \
+        else onto.updated(changes, txn.id)
+    journal.finish("committed", applied=applied)
     return txn
 
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import sh
+
 from agent.errors import InputError
 
 ENV_LLAMA_SERVER = "HOSTTUNE_LLAMA_SERVER"
+VERSION_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -71,16 +73,27 @@ def find_llama_server(configured: str | None = None) -> LlamaServerBinary:
     return find_tool("llama-server", configured)
 
 
+def _said(stdout: bytes, stderr: bytes) -> str:
+    return (stdout.decode(errors="replace") + stderr.decode(errors="replace")).strip()
+
+
 def check(binary: LlamaServerBinary) -> str:
-    """Run `llama-server --version`; return its version line or raise InputError."""
+    """Run `llama-server --version` (one-shot, through `sh`); return its version line or raise InputError."""
     try:
-        out = subprocess.run([str(binary.path), "--version"], env=binary.env(), capture_output=True,
-                             text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise InputError(f"llama-server does not run: {e}", path=binary.path) from None
-    text = (out.stdout + out.stderr).strip()
-    if out.returncode != 0:
-        raise InputError(f"llama-server --version failed ({out.returncode}): {text[-200:]}", path=binary.path)
+        done = sh.Command(str(binary.path))("--version", _env=binary.env(), _timeout=VERSION_TIMEOUT_S,
+                                            _tty_out=False, _return_cmd=True)
+    except sh.ErrorReturnCode as e:
+        raise InputError(f"llama-server --version failed ({e.exit_code}): {_said(e.stdout, e.stderr)[-200:]}",
+                         path=binary.path) from None
+    except sh.TimeoutException:
+        raise InputError(f"llama-server does not run: no answer to --version within {VERSION_TIMEOUT_S:.0f} s",
+                         path=binary.path) from None
+    except sh.CommandNotFound as e:
+        raise InputError(f"llama-server does not run: not an executable file ({e})", path=binary.path) from None
+    except sh.ForkException as e:
+        raise InputError(f"llama-server does not run: {str(e).strip().splitlines()[-1].strip()}",
+                         path=binary.path) from None
+    text = _said(done.stdout, done.stderr)
     return next((line for line in text.splitlines() if "version" in line), text.splitlines()[0] if text else "")
 
 
