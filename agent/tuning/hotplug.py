@@ -19,8 +19,8 @@ import logging
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
+from agent.tunable.change import Change
 from agent.tuners import registry
-from agent.tuners.base import Change
 from agent.tuners.blockdev import BlockdevTuner
 from agent.tuning.journal import Applied, Journal
 from agent.tuning.ownership import forget_gone, is_gone
