@@ -59,12 +59,8 @@ def located(loaded: LoadedPolicy | None) -> Iterator[None]:
     try:
         yield
     except HostTuneError as e:
-        if loaded is not None and e.field and not e.path:
-            where = loaded.where(e.field)
-            if where is not None:
-                e.path, e.line = str(where[0]), where[1]
-            else:
-                e.path = str(loaded.source)
+        if loaded is not None:
+            loaded.locate(e, or_source=True)
         raise
 
 

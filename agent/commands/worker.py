@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.commands.fit import host_facts
 from agent.commands.options import host_root_options, state_dir_options
@@ -29,6 +29,10 @@ from agent.worker.prepare import PreparedWorker, prepare_worker
 from agent.worker.privdrop import DEFAULT_WORKER_USER, resolve_run_as
 from agent.worker.status import WorkerState, WorkerStatus
 from agent.worker.supervisor import RestartPolicy, Supervisor
+
+if TYPE_CHECKING:
+    from agent.inspect.models import HostFacts
+    from agent.policy.loader import LoadedPolicy
 
 EPILOG = """\
 examples:
@@ -74,7 +78,7 @@ def register(sub: Any) -> None:
     status.set_defaults(func=cmd_status)
 
 
-def load_worker_policy(ref: str, facts: Any) -> tuple[Policy, Any]:
+def load_worker_policy(ref: str, facts: HostFacts | None) -> tuple[Policy, LoadedPolicy]:
     """The resolved policy (extends, when, computed values) and the loader's result (for file:line lookups)."""
     from agent.policy.loader import load_policy
 
@@ -82,21 +86,12 @@ def load_worker_policy(ref: str, facts: Any) -> tuple[Policy, Any]:
     return loaded.policy, loaded
 
 
-def locate(e: HostTuneError, loaded: Any) -> HostTuneError:
-    """Point an error about a worker field at the policy file and line that set it."""
-    if loaded is not None and e.field and not e.path:
-        where = loaded.where(e.field)
-        if where is not None:
-            e.path, e.line = str(where[0]), where[1]
-    return e
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     paths = HostPaths.from_options(args.procfs, args.sysfs, args.rootfs).check()
     facts = host_facts(args)
     policy, loaded = load_worker_policy(args.policy, facts)
     if policy.worker is None:
-        raise InputError("the policy has no worker: section", path=getattr(loaded, "source", args.policy),
+        raise InputError("the policy has no worker: section", path=loaded.source,
                          field="worker")
     spec: WorkerSpec = policy.worker
     overrides = {k: v for k, v in (("port", args.port), ("model", args.model)) if v is not None}
@@ -108,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   allow_remote=args.allow_remote, run_as=resolve_run_as(args.user))
         prepared.build(prepared.spec)  # surface argv errors (reserved flags, cache types) before starting
     except HostTuneError as e:
-        raise locate(e, loaded) from None
+        raise loaded.locate(e) from None
     restart_policy = RestartPolicy(backoff_initial_s=args.backoff, crashloop_count=args.max_crashes,
                                    crashloop_window_s=args.crash_window, ready_timeout_s=args.ready_timeout,
                                    stop_timeout_s=args.stop_timeout)

@@ -113,11 +113,7 @@ class TuningService:
 
     def located(self, loaded: LoadedPolicy, e: InputError) -> InputError:
         """A plan-time InputError names a policy field; add the policy file:line, as the CLI does."""
-        if e.path is None and e.field:
-            where = loaded.where(e.field)
-            if where is not None:
-                e.path, e.line = str(where[0]), where[1]
-        return self._public(e)
+        return self._public(loaded.locate(e))
 
     # -- tuning ---------------------------------------------------------------------------------------------------
     def _state(self) -> StateDir:

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from agent.errors import InputError
+from agent.errors import HostTuneError, InputError
 from agent.fsio import read_text_capped
 from agent.inspect.models import HostFacts
 from agent.policy.chain import SUFFIXES, ChainLoader, find_named, is_path_ref, merge
@@ -38,6 +38,8 @@ DEFAULT_CPU_POLICY = "llm-cpu-throughput"
 DEFAULT_GPU_POLICY = "llm-gpu-throughput"
 OWN_KEYS = ("name", "description")  # never inherited: they describe one file
 
+E = TypeVar("E", bound=HostTuneError)
+
 
 @dataclass(frozen=True)
 class LoadedPolicy:
@@ -53,6 +55,17 @@ class LoadedPolicy:
     def where(self, field: str) -> tuple[Path, int] | None:
         """Location of a field, or of its nearest enclosing section that has one."""
         return nearest_location(self.locations, field)
+
+    def locate(self, e: E, *, or_source: bool = False) -> E:
+        """Point an error that names a policy field (raised after loading: by a tuner's plan, the worker's
+        preparation) at the file and line that set it; `or_source`: at least at the policy file. Returns `e`."""
+        if e.field and not e.path:
+            where = self.where(e.field)
+            if where is not None:
+                e.path, e.line = str(where[0]), where[1]
+            elif or_source:
+                e.path = str(self.source)
+        return e
 
 
 @dataclass(frozen=True)
