@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tree_state
-from daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
 
 from agent.config import DaemonSettings
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import tree_state
 
 pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 

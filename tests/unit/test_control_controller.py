@@ -1,5 +1,5 @@
 """The controller assembled from real parts without an engine: the gateway's own GatewayStats and AdmissionGate,
-the decision log on disk, the worker Supervisor running a small real HTTP worker process (tests/worker_fakes.py)
+the decision log on disk, the worker Supervisor running a small real HTTP worker process (tests/support/worker_fakes.py)
 for the restart actuator, and the torch control contract for the live actuator."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_fakes import free_port, write_fake_server
 
 from agent.control.actuators import GateActuator, LiveActuator, RestartActuator, is_oom
 from agent.control.config import Axis, ControllerConfig, config_for
@@ -30,6 +29,7 @@ from agent.gateway.upstream import SupervisedWorker
 from agent.policy.model import SloSpec, WorkerSpec
 from agent.worker.engines import CommandEngine, Launch
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
+from tests.support.worker_fakes import free_port, write_fake_server
 
 
 class Clock:

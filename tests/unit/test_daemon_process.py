@@ -16,11 +16,18 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import tree_state
-from daemon_fixtures import HOSTTUNE, ROUND_TRIP_POLICY, DaemonProcess, free_port, no_gpu_sim, write_config
-from worker_fakes import worker_python
 
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import (
+    HOSTTUNE,
+    ROUND_TRIP_POLICY,
+    DaemonProcess,
+    free_port,
+    no_gpu_sim,
+    write_config,
+)
+from tests.support.trees import tree_state
+from tests.support.worker_fakes import worker_python
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
 
 from agent.hostfs import HostPaths
+from tests.support.trees import tree_state
 
 POLICY = """\
 name: cli-test

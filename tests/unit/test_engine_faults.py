@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
-from daemon_fixtures import MainThreadClient, main_thread_client, settings_for
 
 from agent.hostfs import HostPaths
 from agent.policy.model import Policy
@@ -22,6 +20,8 @@ from agent.tuners import registry
 from agent.tuning import api
 from agent.tuning.state import StateDir
 from agent.tuning.writer import HostWriter
+from tests.support.daemon_fixtures import MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import tree_state
 
 NVME = "devices/pci0000:00/0000:00:02.0/nvme/nvme0/nvme0n1"
 WITH_NVME = {"name": "with-nvme", "sysctl": {"vm.swappiness": 1},

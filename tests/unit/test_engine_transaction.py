@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tree_state
 
 from agent.errors import HostError
 from agent.hostfs import HostPaths
@@ -22,6 +21,7 @@ from agent.tuning import api
 from agent.tuning.journal import Journal
 from agent.tuning.state import StateDir
 from agent.tuning.writer import HostWriter
+from tests.support.trees import tree_state
 
 FULL: dict[str, Any] = {
     "name": "full",

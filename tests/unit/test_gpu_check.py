@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpu_sim import REPO, SERVER_8GPU
 
 from agent import gpu_check, nvml, nvml_sim
 from agent.tuners.gpu import GpuTuner
+from tests.support.gpu_sim import REPO, SERVER_8GPU
 
 
 @pytest.fixture(autouse=True)

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 from agent import nvml_sim
 from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
 from agent.inspect.gpu import inspect_gpus, sysfs_pci_address
 from agent.nvml import Nvml, open_nvml
+from tests.support.gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 
 @pytest.fixture(autouse=True)

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pynvml
 import pytest
-from gpu_sim import H200, description, h100
 
 from agent import nvml, nvml_sim
 from agent.telemetry.gpu import reason_names, sample_gpus
 from agent.telemetry.gpu_adapter import GpuSampler, default_source
+from tests.support.gpu_sim import H200, description, h100
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,6 @@ from typing import Any
 
 import pynvml
 import pytest
-from gpu_sim import H200, H200_GRAPHICS, description, h100
 
 from agent import nvml, nvml_sim
 from agent.errors import HostError, InputError
@@ -26,6 +25,7 @@ from agent.policy.model import ClockRange, GpuSelect, GpuSpec, Policy
 from agent.tuners.gpu import GpuTuner, ledger_path, read_ledger
 from agent.tuning.api import apply_policy, plan_policy, revert, verify
 from agent.tuning.state import StateDir
+from tests.support.gpu_sim import H200, H200_GRAPHICS, description, h100
 
 BOOT_ID = "0d6c3b0e-1111-4222-8333-444455556666"
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_HOSTS, make_tree, tree_state
-from daemon_fixtures import MainThreadClient, main_thread_client, settings_for
 
 from agent.daemon.submitted import SUBMITTED_DIR
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_state
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "hostile-policies"
 FILES = sorted(CORPUS.glob("*.yaml")) if CORPUS.is_dir() else []

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from inspect_cli import FIXTURE_HOSTS, SCENARIOS, run_inspect, tree_args
 
 from agent.inspect.models import HostFacts
+from tests.support.inspect_cli import FIXTURE_HOSTS, SCENARIOS, run_inspect, tree_args
 
 REPO = Path(__file__).resolve().parents[2]
 

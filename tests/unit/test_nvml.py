@@ -1,6 +1,6 @@
 """The NVML funnel and the C-level simulator, exercised through NVIDIA's real pynvml binding.
 
-Expected values come from the GPU descriptions in tests/gpu_sim.py, never from the code under test.
+Expected values come from the GPU descriptions in tests/support/gpu_sim.py, never from the code under test.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pynvml
 import pytest
-from gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 from agent import nvml_sim
 from agent.errors import HostError, InputError, NotApplicable
 from agent.nvml import DryRunViolation, Nvml, NvmlError, forbid_mutations, is_mutating, open_nvml
+from tests.support.gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 
 @pytest.fixture(autouse=True)

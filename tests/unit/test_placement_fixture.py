@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from worker_facts import write_gguf
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import WorkerPlacement, WorkerSpec
 from agent.worker.placement import plan_placement, whole_disk_of_file
+from tests.support.worker_facts import write_gguf
 
 SERVER = Path(__file__).resolve().parent.parent / "fixtures" / "hosts" / "server-2s-8gpu"
 

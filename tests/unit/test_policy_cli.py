@@ -137,7 +137,7 @@ def _line(policy: str, needle: str) -> int:
 
 
 def test_show_json_with_facts_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from policy_hosts import gpu_server
+    from tests.support.policy_hosts import gpu_server
 
     facts_file = tmp_path / "facts.json"
     facts_file.write_text(gpu_server().model_dump_json())

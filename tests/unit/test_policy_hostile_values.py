@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURE_HOSTS, make_tree, tree_hash
 
 from agent.commands.tuning import located
 from agent.errors import InputError
@@ -27,6 +26,7 @@ from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, load_policy
 from agent.tuning import api
 from agent.tuning.state import StateDir
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_hash
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "hostile-policies"
 FILES = sorted(CORPUS.glob("values-*.yaml"))

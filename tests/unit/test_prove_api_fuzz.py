@@ -20,8 +20,6 @@ from typing import Any
 import pytest
 import schemathesis
 from apscheduler.schedulers.background import BackgroundScheduler
-from conftest import tree_state
-from daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, settings_for, write_config
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,6 +31,8 @@ from agent.api.routers import health
 from agent.config import DaemonSettings
 from agent.daemon.services import Services
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, settings_for, write_config
+from tests.support.trees import tree_state
 
 pytestmark = pytest.mark.slow
 

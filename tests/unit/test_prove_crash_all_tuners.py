@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURE_HOSTS, make_tree, tree_state
-from test_engine_cli import hosttune
 
 from agent.hostfs import HostPaths
 from agent.nvml_sim import SimGpu
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_state
+from tests.unit.test_engine_cli import hosttune
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.tuning.state import StateDir
+from tests.support.trees import tree_state
 
 
 def test_new_state_dir_is_created_0700(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 import psutil
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from gateway_fakes import FakeWorker
 
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import StaticUpstream
@@ -22,6 +21,7 @@ from agent.telemetry.host import HostSampler, busy_ratio
 from agent.telemetry.prom import parse_text, sample_value
 from agent.telemetry.ring import RingBuffer
 from agent.telemetry.worker import WorkerSampler, parse_llamacpp_metrics, parse_slots, parse_worker_metrics, with_rates
+from tests.support.gateway_fakes import FakeWorker
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "llamacpp"
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from worker_facts import two_socket_server
 
 from agent.errors import InputError
 from agent.policy.model import WorkerSpec
@@ -19,6 +18,7 @@ from agent.worker.binding import plan_binding
 from agent.worker.engines import CommandEngine, LlamaCppEngine, engine_for
 from agent.worker.llamacpp_bin import LlamaServerBinary
 from agent.worker.placement import Placement, plan_placement
+from tests.support.worker_facts import two_socket_server
 
 BINARY = LlamaServerBinary(path=Path("/opt/llama/bin/llama-server"), lib_dir=Path("/opt/llama/lib"))
 MODEL = Path("/models/m.gguf")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from worker_facts import one_node_vm
 
 from agent.config import DaemonSettings
 from agent.errors import InputError
 from agent.policy.loader import load_policy
 from agent.policy.model import WorkerSpec
 from agent.worker.prepare import prepare_worker
+from tests.support.worker_facts import one_node_vm
 
 COMMAND = ["python3", "-m", "http.server"]
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from worker_facts import one_node_vm
 
 from agent.config import DaemonSettings
 from agent.errors import InputError
@@ -29,6 +28,7 @@ from agent.worker.prepare import prepare_worker
 from agent.worker.privdrop import ENV_KEYS, RunAs, check_readable, resolve_run_as, worker_env
 from agent.worker.supervisor import RestartPolicy, Supervisor
 from agent.worker.torch_engine import TorchEngine
+from tests.support.worker_facts import one_node_vm
 
 RUN_AS = RunAs(user="hosttune-worker", uid=4242, gid=4343)
 BINARY = LlamaServerBinary(path=Path("/opt/llama/bin/llama-server"), lib_dir=Path("/opt/llama/lib"))

@@ -1,9 +1,8 @@
-"""Unit-tier fixtures: a writable copy of a host tree per test.
+"""Host trees for tests: copies of the committed fixture hosts (tests/fixtures/hosts/<name>, made by
+tests/fixtures/make_fixture_hosts.py) or small scenarios built here, and byte-for-byte snapshots of a tree.
 
-`host` gives HostPaths over a fresh copy of the "server" scenario built below (2 NUMA nodes, 4 CPUs with
-cpufreq, 2M/1G hugepage pools, THP, an NVMe, a SATA disk and a loop device, a udev rules directory), so tuners
-may write and tests can compare the tree byte for byte. `host_tree(name)` copies a committed scenario from
-tests/fixtures/hosts/<name> when one exists, else builds the scenario of that name here.
+The "server" scenario built below has 2 NUMA nodes, 4 CPUs with cpufreq, 2M/1G hugepage pools, THP, an NVMe, a
+SATA disk and a loop device, and a udev rules directory.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from agent.hostfs import HostPaths
 
@@ -138,30 +135,3 @@ def tree_hash(root: Path) -> str:
     for rel, data in sorted(tree_state(root).items()):
         h.update(rel.encode() + b"\0" + data + b"\0")
     return h.hexdigest()
-
-
-@pytest.fixture
-def host_tree(tmp_path: Path) -> Callable[[str], HostPaths]:
-    def make(name: str = "server") -> HostPaths:
-        return make_tree(name, tmp_path / f"host-{name}")
-    return make
-
-
-@pytest.fixture
-def host(host_tree: Callable[[str], HostPaths]) -> HostPaths:
-    return host_tree("server")
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def no_daemon_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drop HOSTTUNE_<setting> variables of the outer environment, so DaemonSettings are the test's own."""
-    from agent.config import DaemonSettings
-    for name in list(os.environ):
-        if name.startswith("HOSTTUNE_") and name.lower().removeprefix("hosttune_").split("__")[0] in \
-                DaemonSettings.model_fields:
-            monkeypatch.delenv(name)
