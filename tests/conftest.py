@@ -18,6 +18,8 @@ from tests.support import hostguard, tiers
 from tests.support.trees import make_tree
 
 REPO = Path(__file__).resolve().parent.parent
+# The host tree a test gets from the `host` fixture unless it names another (tests/fixtures/hosts/<name>).
+DEFAULT_HOST = "server"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,6 +31,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def update_golden(request: pytest.FixtureRequest) -> bool:
     """True when the run was asked to rewrite golden files instead of comparing with them."""
     return bool(request.config.getoption("--update-golden"))
+
+
+PROCESS_TIER = Path(__file__).resolve().parent / "process"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/process is in the process tier (`-m process` / `-m "not process"` select by it)."""
+    for item in items:
+        if item.path.is_relative_to(PROCESS_TIER):
+            item.add_marker(pytest.mark.process)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -79,8 +91,11 @@ def host_tree(tmp_path: Path) -> Callable[[str], HostPaths]:
 
 
 @pytest.fixture
-def host(host_tree: Callable[[str], HostPaths]) -> HostPaths:
-    return host_tree("server")
+def host(request: pytest.FixtureRequest, host_tree: Callable[[str], HostPaths]) -> HostPaths:
+    """A copy of the committed fixture host DEFAULT_HOST, or of the host a test names with
+    @pytest.mark.host(name) (a committed fixture host or a scenario built in tests/support/trees.py)."""
+    marker = request.node.get_closest_marker("host")
+    return host_tree(marker.args[0] if marker else DEFAULT_HOST)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The engine under faults on fixture trees: a journaled target that vanished (a block device renamed across a
 reboot) is dropped, not a failure forever; a value someone else changed since hosttune set it is left alone by
-revert and by a policy switch (unless forced), over the CLI (tests/unit/test_engine_cli.py) and the API (here)."""
+revert and by a policy switch (unless forced), over the CLI (tests/process/test_engine_cli.py) and the API (here)."""
 
 from __future__ import annotations
 

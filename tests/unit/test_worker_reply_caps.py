@@ -34,8 +34,8 @@ from agent.worker.privdrop import RunAs
 from agent.worker.supervisor import PIPE_LINE_MAX, RestartPolicy, Supervisor
 from agent.worker.torch_control import TorchWorkerControl
 from agent.worker.torch_engine import TorchEngine
+from tests.process.test_gateway_upstream_client import run as run_script
 from tests.support.gateway_fakes import ServedApp
-from tests.unit.test_gateway_upstream_client import run as run_script
 
 
 class _Sink:

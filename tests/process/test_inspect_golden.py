@@ -1,6 +1,6 @@
 """Golden tests: the real CLI on every fixture host must reproduce that host's expected.json.
 
-`pytest tests/unit/test_inspect_golden.py --update-golden` rewrites the golden files; review the diff before
+`pytest tests/process/test_inspect_golden.py --update-golden` rewrites the golden files; review the diff before
 committing it, because a golden file only proves something when a person has checked it against the tree.
 """
 

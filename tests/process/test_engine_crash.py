@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.process.test_engine_cli import POLICY, hosttune
 from tests.support.trees import make_tree, tree_state
-from tests.unit.test_engine_cli import POLICY, hosttune
 
 pytestmark = pytest.mark.slow
 
