@@ -68,13 +68,13 @@ lint: venv-test
 	$(VENV)/bin/ruff check agent tests scripts bench
 	$(VENV)/bin/mypy
 
-# The fast tier: no child processes, no servers on ports, no root.
+# The fast tier: no child processes, no servers on ports (tests/unit/conftest.py fails a test that tries).
 test-unit: venv-test
-	$(VENV)/bin/pytest tests/unit -q
+	$(VENV)/bin/pytest tests/unit -q -m "not process"
 
 # The tests that start real processes (the CLI, the daemon, workers, uvicorn servers on loopback ports).
 test-process: venv-test
-	$(VENV)/bin/pytest tests/process -q
+	$(VENV)/bin/pytest tests/process tests/unit -q -m process
 
 clean:
 	rm -rf $(VENV) build *.egg-info

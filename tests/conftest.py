@@ -15,11 +15,9 @@ import pytest
 
 from agent.hostfs import HostPaths
 from tests.support import hostguard, tiers
-from tests.support.trees import make_tree
+from tests.support.trees import DEFAULT_HOST, make_tree
 
 REPO = Path(__file__).resolve().parent.parent
-# The host tree a test gets from the `host` fixture unless it names another (tests/fixtures/hosts/<name>).
-DEFAULT_HOST = "server"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -122,6 +122,7 @@ def test_every_v1_route_refuses_on_a_real_uvicorn(host: HostPaths, tmp_path: Pat
     assert "hosttune_telemetry_last_sample_timestamp_seconds" in metrics
 
 
+@pytest.mark.host("server")
 def test_sighup_applies_the_difference_and_sigterm_leaves_tuning(host: HostPaths, tmp_path: Path,
                                                                  policy_file: Path,
                                                                  daemons: list[DaemonProcess]) -> None:

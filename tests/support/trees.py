@@ -1,8 +1,10 @@
 """Host trees for tests: copies of the committed fixture hosts (tests/fixtures/hosts/<name>, made by
-tests/fixtures/make_fixture_hosts.py) or small scenarios built here, and byte-for-byte snapshots of a tree.
+tests/fixtures/make_fixture_hosts.py; DEFAULT_HOST is what the `host` fixture copies) or of small scenarios
+built here, and byte-for-byte snapshots of a tree.
 
 The "server" scenario built below has 2 NUMA nodes, 4 CPUs with cpufreq, 2M/1G hugepage pools, THP, an NVMe, a
-SATA disk and a loop device, and a udev rules directory.
+SATA disk and a loop device, and a udev rules directory; tests that depend on those details name it with
+@pytest.mark.host("server").
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from agent.hostfs import HostPaths
 
 FIXTURE_HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
+# The host tree a test gets from the `host` fixture unless it names another with @pytest.mark.host(name).
+DEFAULT_HOST = "server-2s-8gpu"
 
 
 def _w(path: Path, text: str, mode: int = 0o644) -> None:

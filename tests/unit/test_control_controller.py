@@ -221,6 +221,7 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
         sup.stop()
 
 
+@pytest.mark.process
 def test_restart_actuator_applies_knobs_through_the_supervisor(supervisor: Supervisor) -> None:
     act = RestartActuator(supervisor)
     assert act.knobs()["parallel"] == 4 and act.knobs()["ctx"] == 4096 and act.ready()
@@ -235,6 +236,7 @@ def test_restart_actuator_applies_knobs_through_the_supervisor(supervisor: Super
     assert act.poll() == []  # a restart we asked for is not a crash
 
 
+@pytest.mark.process
 def test_oom_crash_falls_back_at_once_before_the_backoff_restart(supervisor: Supervisor, tmp_path: Path) -> None:
     clock = Clock()
     stats, gate = gateway_parts(4, clock)
@@ -312,6 +314,7 @@ def test_worker_shrinking_itself_is_followed_not_fought() -> None:
                if core.tabu.get("max_batch=4 > max_batch=8", 0) <= 5.0)
 
 
+@pytest.mark.process
 def test_drain_holds_new_requests_until_the_worker_is_idle_then_restarts(supervisor: Supervisor) -> None:
     drain = Drain()
     inner = SupervisedWorker(supervisor)

@@ -148,6 +148,7 @@ def test_broken_file_names_the_file(tmp_path: Path) -> None:
     assert str(bad) in str(e.value)
 
 
+@pytest.mark.process
 def test_fit_cli_json(tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "m.gguf")
     out = subprocess.run([sys.executable, "-m", "agent", "fit", str(path), "--json", "--ctx", "2048",
@@ -159,6 +160,7 @@ def test_fit_cli_json(tmp_path: Path) -> None:
     assert data["weight_bytes"] == 1000 * 256 * 6
 
 
+@pytest.mark.process
 def test_fit_cli_rejects_garbage(tmp_path: Path) -> None:
     bad = tmp_path / "x.gguf"
     bad.write_bytes(b"nope")

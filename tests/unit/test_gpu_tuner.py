@@ -250,6 +250,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
                           timeout=120)
 
 
+@pytest.mark.process
 def test_kill_9_mid_apply_then_revert_resets_what_was_set(tmp_path: Path, host: HostPaths) -> None:
     """The real CLI on a whole fixture host tree (the unit conftest's server), NVML simulated from a file."""
     paths = host

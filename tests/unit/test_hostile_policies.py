@@ -98,6 +98,7 @@ def test_the_corpus_exists_and_every_file_has_an_expectation() -> None:
 
 @pytest.mark.parametrize("path", cases("cli"))
 @pytest.mark.parametrize("command", ["plan", "apply"])
+@pytest.mark.process
 def test_cli_refuses(path: Path, command: str, host: HostPaths, nvml_sim: Path, tmp_path: Path) -> None:
     hostile = parse(path)
     root = host.procfs.parent

@@ -301,6 +301,7 @@ def test_power_v2_setter_failure_is_swallowed_by_the_binding() -> None:
         pynvml.nvmlShutdown()
 
 
+@pytest.mark.process
 def test_state_file_is_shared_across_processes(tmp_path: Path) -> None:
     desc_path = _write(tmp_path / "nvml.json", description(H200))
     state = tmp_path / "state.json"

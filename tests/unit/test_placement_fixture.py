@@ -81,6 +81,7 @@ def test_invalid_explicit_cpus_on_the_fixture(facts: HostFacts) -> None:
     assert e.value.field == "worker.placement.cpus" and str(top + 1) in e.value.message
 
 
+@pytest.mark.process
 def test_fit_cli_against_the_fixture_gpu(facts: HostFacts, tmp_path: Path) -> None:
     model = write_gguf(tmp_path / "m.gguf")
     out = subprocess.run([sys.executable, "-m", "agent", "fit", str(model), "--json", "--device", "gpu:5",

@@ -88,6 +88,7 @@ def test_hostile_value_is_refused_and_nothing_is_written(fixture_host: Host, tmp
 @pytest.mark.parametrize("stem", ["values-sysctl-denied-core-pattern", "values-hugepages-2m-and-1g-together",
                                   "values-cpu-governor-newline"])
 @pytest.mark.parametrize("command", ["plan", "apply"])
+@pytest.mark.process
 def test_cli_exits_2_naming_file_line_and_field(tmp_path: Path, stem: str, command: str) -> None:
     root = tmp_path / "host"
     paths = make_tree("server-2s-8gpu", root)

@@ -185,6 +185,7 @@ def test_malformed_body_without_token_is_401_not_422(daemon: Daemon) -> None:
         assert client.post("/v1/apply", content=b"{", headers=good).status_code == 422
 
 
+@pytest.mark.process
 def test_real_daemon_fuzz_no_5xx_and_no_mutation_without_the_token(host: HostPaths, tmp_path: Path) -> None:
     """The same two properties against `hosttune daemon` as a process: its real uvicorn, the request guard (Host,
     URL and header limits), the token check before the body, the main-thread mutations. Bounded: 3 examples per

@@ -71,6 +71,7 @@ def test_state_dir_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
 
 
+@pytest.mark.process
 def test_cli_apply_with_symlinked_state_dir_exits_2_and_writes_nothing(host: HostPaths, tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.mkdir()

@@ -84,6 +84,7 @@ def test_rates_from_counter_deltas_and_restart() -> None:
     assert with_rates(restarted, b).tokens_per_second is None  # counter went down: the worker restarted
 
 
+@pytest.mark.process
 def test_worker_sampler_against_a_live_http_worker(worker: FakeWorker) -> None:
     clock = iter([100.0, 102.0, 103.0])
     sampler = WorkerSampler(StaticUpstream(worker.url), clock=lambda: next(clock))
@@ -155,6 +156,7 @@ def test_one_failing_sampler_is_contained_and_exported() -> None:
     assert len(tel.ring) == 5
 
 
+@pytest.mark.process
 def test_register_jobs_samples_periodically_on_a_real_scheduler(worker: FakeWorker) -> None:
     tel = build_telemetry(endpoint=StaticUpstream(worker.url), gateway=GatewayStats(), capacity=100)
     scheduler = BackgroundScheduler()

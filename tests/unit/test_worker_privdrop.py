@@ -189,6 +189,7 @@ def test_unreadable_model_fails_the_worker_at_once_not_a_crash_loop(open_dir: Pa
         sup.stop()
 
 
+@pytest.mark.process
 def test_shim_refuses_root_and_half_given_ids() -> None:
     for args in (["--uid", "0", "--gid", "0"], ["--uid", "65534"]):
         out = subprocess.run([sys.executable, "-m", "agent.worker.bindexec", *args, "--", "/bin/true"],
