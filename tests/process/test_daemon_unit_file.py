@@ -52,7 +52,6 @@ def test_render_points_exec_start_at_this_installation(rendered: Path) -> None:
 
 
 @needs_analyze
-@pytest.mark.process
 def test_systemd_analyze_verify_passes(rendered: Path) -> None:
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(rendered)], capture_output=True, text=True,
                        timeout=60)
@@ -60,7 +59,6 @@ def test_systemd_analyze_verify_passes(rendered: Path) -> None:
 
 
 @needs_analyze
-@pytest.mark.process
 def test_hardening_exposure_stays_low(rendered: Path) -> None:
     r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(rendered)],
                        capture_output=True, text=True, timeout=60)
@@ -90,7 +88,6 @@ def test_unit_has_what_the_daemon_relies_on() -> None:
         assert re.search(rf"^# {cap}\s+\S", text, re.MULTILINE), f"no comment saying why {cap}"
 
 
-@pytest.mark.process
 def test_install_into_a_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc/hosttune").mkdir(parents=True)
@@ -111,7 +108,6 @@ def test_install_into_a_root(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None or os.geteuid() != 0,
                     reason="systemd-tmpfiles (and root) needed")
-@pytest.mark.process
 def test_tmpfiles_entry_creates_the_state_dir_0700(tmp_path: Path) -> None:
     r = subprocess.run(["systemd-tmpfiles", "--create", f"--root={tmp_path}",
                         str(systemd_dir() / "hosttune.tmpfiles.conf")], capture_output=True, text=True, timeout=60)
@@ -131,7 +127,6 @@ def test_example_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None or os.geteuid() != 0,
                     reason="systemd-sysusers (and root) needed")
-@pytest.mark.process
 def test_sysusers_entry_creates_the_worker_user_without_login(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     r = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(systemd_dir() / "hosttune.sysusers.conf")],

@@ -23,7 +23,6 @@ def _fresh_nvml() -> Iterator[None]:
     nvml_sim.uninstall()
 
 
-@pytest.mark.process
 def test_script_on_the_simulated_8_gpu_server() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTTUNE_")}
     done = subprocess.run([str(REPO / "scripts/gpu-check.sh"), "--sim", str(SERVER_8GPU), "--samples", "2",
@@ -37,7 +36,6 @@ def test_script_on_the_simulated_8_gpu_server() -> None:
     assert out.rstrip().endswith("gpu-check: ok, read-only")
 
 
-@pytest.mark.process
 def test_a_tuner_that_ignores_dry_run_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(GpuTuner, "_refuse_if_read_only", lambda self, target: None)
     out = io.StringIO()
@@ -47,7 +45,6 @@ def test_a_tuner_that_ignores_dry_run_fails_the_check(monkeypatch: pytest.Monkey
     assert "FAIL: the refused apply journaled or counted a write" in out.getvalue()
 
 
-@pytest.mark.process
 def test_no_gpu_is_fine_unless_required(tmp_path: Path) -> None:
     missing = tmp_path / "nvml.json"
     missing.write_text('{"library": "missing"}')

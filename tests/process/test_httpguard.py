@@ -64,7 +64,6 @@ def test_host_names_and_parsing() -> None:
     assert host_of(b"localhost.") == "localhost"
 
 
-@pytest.mark.process
 def test_api_server_refuses_a_foreign_host_header_with_421(api_server: ServerThread) -> None:
     """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends Host: evil.example."""
     base = api_server.url
@@ -76,7 +75,6 @@ def test_api_server_refuses_a_foreign_host_header_with_421(api_server: ServerThr
         assert httpx.get(base + "/x", headers={"Host": good}).status_code == 200, good
 
 
-@pytest.mark.process
 def test_api_server_answers_414_431_and_drops_a_huge_head(api_server: ServerThread) -> None:
     base = api_server.url
     r = httpx.get(base + "/" + "a" * 10_000)
@@ -91,7 +89,6 @@ def test_api_server_answers_414_431_and_drops_a_huge_head(api_server: ServerThre
     assert httpx.get(base + "/x").status_code == 200  # the server still serves others
 
 
-@pytest.mark.process
 def test_concurrency_limit_answers_503() -> None:
     server = ServerThread(small_app(), bind_tcp("127.0.0.1", 0), "test-api",
                           limits=ServerLimits(host_names("127.0.0.1"), max_connections=8))
@@ -148,7 +145,6 @@ def test_allowed_hosts_config_is_validated_and_named(tmp_path: Path, monkeypatch
     assert e.value.field == "gateway.max_header_bytes"
 
 
-@pytest.mark.process
 def test_a_trickled_or_silent_request_head_is_cut_at_the_deadline() -> None:
     """Before: uvicorn has no request-head timeout; a client sending a header a byte at a time (or nothing) held
     its connection, and a place under max_connections, for ever."""
@@ -167,7 +163,6 @@ def test_a_trickled_or_silent_request_head_is_cut_at_the_deadline() -> None:
         server.stop()
 
 
-@pytest.mark.process
 def test_api_socket_is_tcp_so_asyncio_disables_nagle() -> None:
     """Found by the API benchmark: bind_tcp made its socket with proto 0, asyncio's TCP_NODELAY step skips such
     sockets, and every reply sent in two writes (head, body) waited for the client's delayed ACK."""
@@ -187,7 +182,6 @@ def test_api_socket_is_tcp_so_asyncio_disables_nagle() -> None:
         server.stop()
 
 
-@pytest.mark.process
 def test_an_endless_header_value_is_cut_before_it_is_buffered(api_server: ServerThread) -> None:
     """httptools keeps a header's value to itself until its line ends: one header that never ends must still be
     cut at the hard cap (the server reads no more), not buffered for the whole head deadline."""

@@ -30,13 +30,11 @@ def test_chosen_command(argv: list[str], expected: str | None) -> None:
     assert chosen_command(argv) == expected
 
 
-@pytest.mark.process
 def test_daemon_imports_only_its_own_command_module() -> None:
     assert loaded_commands(["daemon", "--check"]) == ["daemon"]
     assert "inspect" not in loaded_commands(["controller", "decisions"])
 
 
-@pytest.mark.process
 def test_top_level_help_and_a_typo_still_list_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(loaded_commands([])) >= len(COMMAND_MODULES) - 1   # tuning.py holds several commands' shared code
     parser = build_parser(["deamon"])

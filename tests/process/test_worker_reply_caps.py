@@ -56,7 +56,6 @@ def test_supervisor_reads_worker_pipes_in_bounded_lines() -> None:
     assert max(map(len, fake._stderr_tail)) <= PIPE_LINE_MAX
 
 
-@pytest.mark.process
 def test_gateway_refuses_a_worker_reply_with_endless_headers() -> None:
     """Headers (or one header line) that never end: WorkerGone once MAX_HEAD_BYTES arrived, the rest unread."""
     sent: list[int] = []
@@ -78,7 +77,6 @@ def test_gateway_refuses_a_worker_reply_with_endless_headers() -> None:
     assert len(sent) < 256
 
 
-@pytest.mark.process
 def test_gateway_refuses_a_worker_reply_with_many_small_headers() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\n")
@@ -133,7 +131,6 @@ def raw_worker(reply: Callable[[socket.socket, bytes], None]) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.mark.process
 def test_worker_sampler_caps_the_metrics_body() -> None:
     """A 64 MiB /metrics (valid comment lines) is refused after MAX_METRICS_BYTES, not read into memory."""
     def reply(sock: socket.socket, head: bytes) -> None:
@@ -147,7 +144,6 @@ def test_worker_sampler_caps_the_metrics_body() -> None:
     assert not s.up and s.error is not None and "larger than" in s.error
 
 
-@pytest.mark.process
 def test_worker_sampler_gives_up_on_a_trickled_metrics_body() -> None:
     """One byte every 0.2 s (each read within the read timeout): the sample ends after SAMPLE_DEADLINE_S."""
     def reply(sock: socket.socket, head: bytes) -> None:
@@ -164,7 +160,6 @@ def test_worker_sampler_gives_up_on_a_trickled_metrics_body() -> None:
     assert elapsed < SAMPLE_DEADLINE_S + 1.5
 
 
-@pytest.mark.process
 def test_worker_sampler_survives_hostile_slots_json() -> None:
     metrics = b"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 1\n"
 
@@ -177,7 +172,6 @@ def test_worker_sampler_survives_hostile_slots_json() -> None:
     assert not s.up and s.error
 
 
-@pytest.mark.process
 def test_gateway_passthrough_get_caps_the_worker_reply() -> None:
     """/v1/models answered with 64 MiB: the gateway stops at MAX_PASSTHROUGH_BYTES and answers 502."""
     def reply(sock: socket.socket, head: bytes) -> None:
@@ -217,7 +211,6 @@ def test_torch_token_handover_follows_no_link_the_worker_user_planted(tmp_path: 
     assert victim.read_text() == "root:secret\n"
 
 
-@pytest.mark.process
 def test_root_shim_imports_nothing_from_the_working_directory(tmp_path: Path) -> None:
     """`sudo hosttune worker ...` started in /tmp: a local user's /tmp/agent/worker/bindexec.py must not run (the
     shim runs as root before it drops to the worker user)."""
@@ -234,7 +227,6 @@ def test_root_shim_imports_nothing_from_the_working_directory(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.process
 def test_torch_control_client_caps_the_worker_reply() -> None:
     """The daemon's controller reads /control and /metrics of the torch worker: a 64 MiB or trickled reply is a
     HostError after MAX_REPLY_BYTES / the deadline, not a daemon that buffers it (or hangs on it)."""
@@ -262,7 +254,6 @@ def test_torch_control_client_caps_the_worker_reply() -> None:
         assert time.monotonic() - t0 < 4.0
 
 
-@pytest.mark.process
 def test_gateway_health_probe_reads_no_body() -> None:
     """`hosttune gateway --worker-url`: the /health probe takes the status and reads none of a trickled body
     (each byte within the probe timeout, so reading it would take 12 s)."""
@@ -284,7 +275,6 @@ def test_gateway_health_probe_reads_no_body() -> None:
     assert ok and elapsed < 1.5
 
 
-@pytest.mark.process
 def test_gateway_deeply_nested_body_is_passed_on_not_a_500() -> None:
     """A client's body nested 200 000 deep: the gateway's stream sniffing must not raise (RecursionError was a
     500); the body goes to the worker, which answers for it."""
@@ -309,7 +299,6 @@ def test_sse_tally_survives_deeply_nested_worker_json() -> None:
     assert tally.content_chunks == 0
 
 
-@pytest.mark.process
 def test_supervisor_health_probe_has_an_overall_deadline() -> None:
     """A worker trickling its reply head a byte at a time (each within the socket timeout) no longer holds the
     supervisor's watch thread, and so its stop and restart handling, past 2 x probe_timeout_s."""
