@@ -1,6 +1,8 @@
 # hosttune — the two commands a new user needs:
-#   make run    set-up, then the main job (the daemon with the default policy on the bundled model)
-#   make test   set-up, then every test tier
+#   make run    what running needs (venv, llama-server, bundled model), then the main job (the daemon with the
+#               default policy on the bundled model)
+#   make test   that, plus what the test tiers need (test tools, Debian packages, the cached rootfs trees the
+#               real-systemd and Ansible tiers boot), then every test tier
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,21 +10,33 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/hosttune
 export HOSTTUNE_CACHE := $(CACHE)
 
-.PHONY: run test setup venv engine model system-deps rootfs install lint typecheck test-unit test-fast clean
+.PHONY: run test setup setup-run venv venv-test engine model system-deps-run system-deps rootfs fleet-rootfs \
+	install lint test-unit test-process clean
 
-run: setup
+run: setup-run
 	HOSTTUNE_STATE_DIR=$${HOSTTUNE_STATE_DIR:-$(CACHE)/run-state} $(VENV)/bin/hosttune daemon --config systemd/daemon-run.yaml
 
 test: setup
 	scripts/run-tests.sh
 
-setup: venv engine model system-deps rootfs
+# What running needs, and nothing only the tests need.
+setup-run: venv engine model system-deps-run
+
+# Everything: running's set-up plus what the test tiers need.
+setup: setup-run venv-test system-deps rootfs fleet-rootfs
 
 venv: $(VENV)/.installed
+
+venv-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[torch]'
+	touch $@
+
+# The test tools (pytest, hypothesis, schemathesis, ruff, mypy, ansible-core, ...).
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test,torch]'
 	touch $@
 
@@ -32,23 +46,35 @@ engine: venv
 model: venv
 	scripts/install-model.sh $(PY)
 
+system-deps-run:
+	scripts/install-system-deps.sh run
+
 system-deps:
-	scripts/install-system-deps.sh
+	scripts/install-system-deps.sh test
 
 # The cached Debian rootfs the real-systemd test tier boots (root only; a no-op once built).
 rootfs:
 	scripts/build-rootfs.sh >/dev/null
 
+# The cached rootfs of the Ansible tier's fleet hosts: the systemd rootfs plus sshd (root only; a no-op once built).
+fleet-rootfs: rootfs
+	scripts/build-fleet-rootfs.sh >/dev/null
+
 # The systemd unit, tmpfiles.d entry and example config, pointing at this installation.
 install: venv
 	$(VENV)/bin/hosttune install-unit
 
-lint: venv
+lint: venv-test
 	$(VENV)/bin/ruff check agent tests scripts bench
 	$(VENV)/bin/mypy
 
-test-unit: venv
-	$(VENV)/bin/pytest tests/unit -q
+# The fast tier: no child processes, no servers on ports (tests/unit/conftest.py fails a test that tries).
+test-unit: venv-test
+	$(VENV)/bin/pytest tests/unit -q -m "not process"
+
+# The tests that start real processes (the CLI, the daemon, workers, uvicorn servers on loopback ports).
+test-process: venv-test
+	$(VENV)/bin/pytest tests/process tests/unit -q -m process
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -177,15 +177,11 @@ def measure_idle(pid: int, seconds: float) -> dict[str, float]:
 
 
 def fixture_host(dest: Path) -> dict[str, str]:
-    """A copy of the unit tests' "server" tree (agent-independent: built by tests/unit/conftest.py)."""
-    sys.path.insert(0, str(REPO / "tests/unit"))
-    import importlib.util
+    """A copy of the unit tests' "server" tree (agent-independent: built by tests/support/trees.py)."""
+    sys.path.insert(0, str(REPO))  # the repository's tests package, as the other bench scripts do
+    from tests.support.trees import make_tree
 
-    spec = importlib.util.spec_from_file_location("unit_conftest", REPO / "tests/unit/conftest.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    paths = mod.make_tree("server", dest)
+    paths = make_tree("server", dest)
     # Keys the equivalent policy sets that the small tree lacks, with this kernel's defaults.
     for key, value in {"vm/dirty_background_ratio": "10\n", "vm/dirty_ratio": "20\n"}.items():
         f = paths.procfs / "sys" / key

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Debian packages the test tiers and the daemon use. Installs only what is missing; needs root.
-# numactl: memory binding for the worker; iproute2/util-linux: network namespaces for net.* sysctl tests.
+# Debian packages hosttune uses, for running or for the test tiers. Installs only what is missing; needs root.
+# Usage: scripts/install-system-deps.sh run    what running needs (make run)
+#        scripts/install-system-deps.sh test   that plus what the test tiers need (make test; the default)
+# run:  numactl: memory binding for the worker (without it the worker binds with bindexec, CPUs only).
+# test: iproute2/util-linux: network namespaces for net.* sysctl tests and the Ansible fleet; procps, kmod.
+# The real-systemd tier's own needs (debootstrap, systemd-container) are installed by scripts/build-rootfs.sh.
 set -euo pipefail
-PKGS=(numactl iproute2 util-linux procps kmod)
+FOR=${1:-test}
+case "$FOR" in
+  run) PKGS=(numactl) ;;
+  test) PKGS=(numactl iproute2 util-linux procps kmod) ;;
+  *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
+esac
 PKGS+=(${HOSTTUNE_EXTRA_DEBS:-})
 missing=()
 for p in "${PKGS[@]}"; do
@@ -10,7 +19,7 @@ for p in "${PKGS[@]}"; do
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
-  echo "note: missing Debian packages ${missing[*]} (not root: not installing; tiers needing them will skip)" >&2
+  echo "note: missing Debian packages ${missing[*]} (not root: not installing; what needs them will skip)" >&2
   exit 0
 fi
 echo "installing Debian packages: ${missing[*]}" >&2

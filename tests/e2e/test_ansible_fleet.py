@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fleet import Fleet, PlaybookRun, run_playbook
+
+from tests.e2e.fleet import Fleet, PlaybookRun, run_playbook
 
 pytestmark = [pytest.mark.ansible, pytest.mark.slow]
 

@@ -17,9 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiers
-
 from agent.bench.corpus import MixSpec
 from agent.bench.rig import ClosedLoopLoad, free_port, serve_gateway
 from agent.control.actuators import GateActuator, LiveActuator
@@ -30,6 +27,7 @@ from agent.control.feed import GatewayFeed
 from agent.gateway.upstream import ProbedUpstream
 from agent.policy.model import SloSpec
 from agent.worker.bundled_model import default_model_path
+from tests.support import tiers
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 import pytest
-from unit.daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, write_config
 
 from agent.bench.corpus import MixSpec
 from agent.bench.rig import ClosedLoopLoad
+from tests.support.daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, write_config
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

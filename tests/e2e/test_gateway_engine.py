@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from gateway_fakes import ServedApp
 
 from agent.bench.llama_local import LocalLlamaServer
 from agent.gateway.app import Gateway, create_app
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.upstream import ProbedUpstream
+from tests.support.gateway_fakes import ServedApp
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 ENGINE_ARGS = ["-np", "2", "-c", "2048"]

@@ -16,10 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import nspawn
 import pytest
 
 from agent.commands.install_unit import install
+from tests.e2e import nspawn
 
 pytestmark = [pytest.mark.systemd, pytest.mark.root]
 

@@ -9,7 +9,6 @@ import concurrent.futures as cf
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,13 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiers
-from worker_run import WorkerRun
-
 from agent.gateway.sse import SSEParser, has_content, reported_tokens
 from agent.worker.bundled_model import default_model_path
 from agent.worker.torch_control import TorchWorkerControl
+from tests.e2e.worker_run import WorkerRun
+from tests.support import tiers
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

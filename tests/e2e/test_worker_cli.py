@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from worker_fakes import free_port, write_fake_server
-from worker_run import REPO, WorkerRun, alive
-
 from agent.fsio import parse_cpu_list
+from tests.e2e.worker_run import REPO, WorkerRun, alive
+from tests.support.worker_fakes import free_port, write_fake_server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
 

@@ -7,18 +7,15 @@ import os
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from worker_fakes import free_port
-from worker_run import WorkerRun, alive, http
-
 from agent.fsio import parse_cpu_list
+from tests.e2e.worker_run import WorkerRun, alive, http
+from tests.support.worker_fakes import free_port
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

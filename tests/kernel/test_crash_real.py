@@ -11,7 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tuning_support import PROC_SYS, SYS, fresh_loop_device, hosttune, kernel_tier_lock, other_choice, restore, snapshot
+
+from tests.kernel.tuning_support import (
+    PROC_SYS,
+    SYS,
+    fresh_loop_device,
+    hosttune,
+    kernel_tier_lock,
+    other_choice,
+    restore,
+    snapshot,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.slow]
 

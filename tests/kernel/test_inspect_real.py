@@ -21,9 +21,9 @@ from typing import Any
 
 import psutil
 import pytest
-from tuning_support import kernel_tier_lock
 
 from agent.inspect.sysctl import SYSCTL_KEYS
+from tests.kernel.tuning_support import kernel_tier_lock
 
 SYS = Path("/sys")
 PROC = Path("/proc")

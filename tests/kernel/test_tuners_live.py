@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tuning_support import (
+
+from tests.kernel.tuning_support import (
     PROC_SYS,
     SYS,
     fresh_loop_device,

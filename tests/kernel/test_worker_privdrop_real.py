@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
-from worker_facts import one_node_vm
-from worker_fakes import free_port, worker_python
 
 from agent.policy.model import WorkerSpec
 from agent.worker.prepare import prepare_worker
 from agent.worker.privdrop import ENV_KEYS, resolve_run_as
 from agent.worker.supervisor import RestartPolicy, Supervisor
+from tests.support.worker_facts import one_node_vm
+from tests.support.worker_fakes import free_port, worker_python
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")]
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_fixtures import settings_for
 from fastapi.testclient import TestClient
 
 from agent.api import create_app
@@ -19,6 +18,7 @@ from agent.config import DaemonSettings
 from agent.daemon.services import Services
 from agent.errors import InputError
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import settings_for
 
 # The routes the issue names; the enumeration below must find at least these (and finds new ones by itself).
 ISSUE_ROUTES = {

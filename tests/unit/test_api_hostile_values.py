@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import tree_state
-from daemon_fixtures import MainThreadClient, main_thread_client, settings_for
 
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import tree_state
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "hostile-policies"
 CASES = ["values-sysctl-denied-core-pattern", "values-sysctl-denied-modprobe", "values-sysctl-denied-usermodehelper",

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
-from daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
 
 from agent.api.schemas import MAX_POLICY_TEXT
 from agent.config import DaemonSettings
 from agent.daemon.submitted import KEEP, SUBMITTED_DIR, SubmittedPolicies
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import tree_state
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
 from fastapi.testclient import TestClient
 
 from agent.api import create_app
@@ -25,6 +24,7 @@ from agent.api.snapshot import Snapshot, SnapshotReads
 from agent.config import DaemonSettings
 from agent.daemon.services import Services
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
 
 pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
@@ -22,6 +21,7 @@ from agent.api.replies import StatusReply
 from agent.api.schemas import PolicyRequest
 from agent.daemon.services import Services
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
 
 pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 

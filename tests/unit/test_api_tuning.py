@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tree_state
-from daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
 
 from agent.config import DaemonSettings
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import tree_state
 
 pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 
@@ -37,6 +37,7 @@ def read(host: HostPaths, *parts: str) -> str:
     return host.procfs.parent.joinpath(*parts).read_text()
 
 
+@pytest.mark.host("server")
 def test_plan_apply_verify_revert_round_trip(client: MainThreadClient, host: HostPaths) -> None:
     root = host.procfs.parent
     before = tree_state(root)
@@ -158,6 +159,7 @@ def test_worker_controller_and_telemetry_without_those_parts(client: MainThreadC
     assert r.status_code == 503 and r.json()["error"] == "unavailable"
 
 
+@pytest.mark.host("server")
 def test_host_facts_come_from_the_fixture_tree(client: MainThreadClient, host: HostPaths) -> None:
     facts = client.get("/v1/host").json()
     # The "server" tree has 4 CPUs on 2 nodes (conftest.build_server) — not this machine's topology.

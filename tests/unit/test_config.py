@@ -159,6 +159,7 @@ def test_model_is_the_documented_one() -> None:
         assert f"`{name}`" in doc, f"docs/daemon.md does not document {name}"
 
 
+@pytest.mark.process
 def test_cli_check_prints_one_line_error(tmp_path: Path) -> None:
     path = write(tmp_path, "api:\n  prot: 1\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTTUNE_")}

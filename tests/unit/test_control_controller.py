@@ -1,5 +1,5 @@
 """The controller assembled from real parts without an engine: the gateway's own GatewayStats and AdmissionGate,
-the decision log on disk, the worker Supervisor running a small real HTTP worker process (tests/worker_fakes.py)
+the decision log on disk, the worker Supervisor running a small real HTTP worker process (tests/support/worker_fakes.py)
 for the restart actuator, and the torch control contract for the live actuator."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_fakes import free_port, write_fake_server
 
 from agent.control.actuators import GateActuator, LiveActuator, RestartActuator, is_oom
 from agent.control.config import Axis, ControllerConfig, config_for
@@ -31,6 +30,7 @@ from agent.policy.model import SloSpec, WorkerSpec
 from agent.worker.engines import CommandEngine
 from agent.worker.launch import Launch
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
+from tests.support.worker_fakes import free_port, write_fake_server
 
 
 class Clock:
@@ -222,6 +222,7 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
         sup.stop()
 
 
+@pytest.mark.process
 def test_restart_actuator_applies_knobs_through_the_supervisor(supervisor: Supervisor) -> None:
     act = RestartActuator(supervisor)
     assert act.knobs()["parallel"] == 4 and act.knobs()["ctx"] == 4096 and act.ready()
@@ -236,6 +237,7 @@ def test_restart_actuator_applies_knobs_through_the_supervisor(supervisor: Super
     assert act.poll() == []  # a restart we asked for is not a crash
 
 
+@pytest.mark.process
 def test_oom_crash_falls_back_at_once_before_the_backoff_restart(supervisor: Supervisor, tmp_path: Path) -> None:
     clock = Clock()
     stats, gate = gateway_parts(4, clock)
@@ -313,6 +315,7 @@ def test_worker_shrinking_itself_is_followed_not_fought() -> None:
                if core.tabu.get("max_batch=4 > max_batch=8", 0) <= 5.0)
 
 
+@pytest.mark.process
 def test_drain_holds_new_requests_until_the_worker_is_idle_then_restarts(supervisor: Supervisor) -> None:
     drain = Drain()
     inner = SupervisedWorker(supervisor)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from daemon_fixtures import services_for, settings_for
 
 from agent.config import DaemonSettings
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.upstream import SupervisedWorker, WorkerEndpoint
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import services_for, settings_for
 
 pytestmark = pytest.mark.usefixtures("no_daemon_env_overrides")
 

@@ -1,6 +1,6 @@
 """The engine under faults on fixture trees: a journaled target that vanished (a block device renamed across a
 reboot) is dropped, not a failure forever; a value someone else changed since hosttune set it is left alone by
-revert and by a policy switch (unless forced), over the CLI (tests/unit/test_engine_cli.py) and the API (here)."""
+revert and by a policy switch (unless forced), over the CLI (tests/process/test_engine_cli.py) and the API (here)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
-from daemon_fixtures import MainThreadClient, main_thread_client, settings_for
 
 from agent.hostfs import HostPaths
 from agent.policy.model import Policy
@@ -22,6 +20,8 @@ from agent.tuners import registry
 from agent.tuning import api
 from agent.tuning.state import StateDir
 from agent.tuning.writer import HostWriter
+from tests.support.daemon_fixtures import MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import tree_state
 
 NVME = "devices/pci0000:00/0000:00:02.0/nvme/nvme0/nvme0n1"
 WITH_NVME = {"name": "with-nvme", "sysctl": {"vm.swappiness": 1},
@@ -45,6 +45,7 @@ def nvme_keys(state_dir: Path) -> list[str]:
     return [r.key for r in StateDir(state_dir).journal().data.originals if "nvme0n1" in r.key]
 
 
+@pytest.mark.host("server")
 def test_revert_drops_a_vanished_target_and_restores_the_rest(host: HostPaths, state_dir: Path) -> None:
     api.apply_policy(Policy.model_validate(WITH_NVME), host, StateDir(state_dir))
     assert nvme_keys(state_dir)
@@ -61,6 +62,7 @@ def test_revert_drops_a_vanished_target_and_restores_the_rest(host: HostPaths, s
     assert {k for k in now if now[k] != before_revert.get(k)} == {"proc/sys/vm/swappiness"}
 
 
+@pytest.mark.host("server")
 def test_a_vanished_target_does_not_block_the_next_apply(host: HostPaths, state_dir: Path) -> None:
     api.apply_policy(Policy.model_validate(WITH_NVME), host, StateDir(state_dir))
     rename_nvme(host)
@@ -74,6 +76,7 @@ def test_a_vanished_target_does_not_block_the_next_apply(host: HostPaths, state_
     assert api.revert(StateDir(state_dir)).ok
 
 
+@pytest.mark.host("server")
 def test_a_vanished_target_in_an_interrupted_apply_does_not_block_recovery(host: HostPaths,
                                                                            state_dir: Path) -> None:
     """The daemon's start runs this recovery: before, it raised "could not roll back" at every start."""
@@ -176,6 +179,7 @@ def test_values_left_by_a_failed_rollback_are_not_someone_elses(host: HostPaths,
     assert tree_state(root_of(host)) == before
 
 
+@pytest.mark.process
 def test_sigterm_during_a_cli_apply_rolls_back_completely(host: HostPaths, state_dir: Path, tmp_path: Path) -> None:
     """`hosttune apply` killed politely twice — once mid-apply, once mid-rollback — still rolls back everything
     (before: the second SIGTERM aborted the rollback, leaving a failed transaction)."""

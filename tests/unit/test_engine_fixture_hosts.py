@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_HOSTS, make_tree, tree_state
 
 from agent.inspect import collect
 from agent.policy.loader import load_policy
 from agent.tuning import api
 from agent.tuning.state import StateDir
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_state
 
 SCENARIOS = sorted(p.name for p in FIXTURE_HOSTS.iterdir() if (p / "sys").is_dir()) if FIXTURE_HOSTS.is_dir() else []
 POLICIES = ["base", "llm-cpu-throughput", "llm-gpu-throughput", "llm-latency"]

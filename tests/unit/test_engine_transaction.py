@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tree_state
 
 from agent.errors import HostError
 from agent.hostfs import HostPaths
@@ -22,6 +21,7 @@ from agent.tuning import api
 from agent.tuning.journal import Journal
 from agent.tuning.state import StateDir
 from agent.tuning.writer import HostWriter
+from tests.support.trees import tree_state
 
 FULL: dict[str, Any] = {
     "name": "full",
@@ -52,6 +52,7 @@ def immutable(path: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(path)], capture_output=True, timeout=10, check=True)
 
 
+@pytest.mark.host("server")
 def test_plan_writes_nothing(host: HostPaths, state_dir: Path) -> None:
     before = tree_state(root_of(host))
     plan = api.plan_policy(Policy.model_validate(FULL), host, state=StateDir(state_dir))
@@ -61,6 +62,7 @@ def test_plan_writes_nothing(host: HostPaths, state_dir: Path) -> None:
     assert counts["change"] == 21 and counts["ok"] == 1
 
 
+@pytest.mark.host("server")
 def test_apply_then_revert_is_byte_exact(host: HostPaths, state_dir: Path) -> None:
     root = root_of(host)
     before = tree_state(root)
@@ -89,6 +91,7 @@ def test_apply_then_revert_is_byte_exact(host: HostPaths, state_dir: Path) -> No
     assert api.status(StateDir(state_dir)).applied is None
 
 
+@pytest.mark.host("server")
 def test_second_apply_writes_nothing_and_revert_is_idempotent(host: HostPaths, state_dir: Path) -> None:
     policy = Policy.model_validate(FULL)
     api.apply_policy(policy, host, StateDir(state_dir))
@@ -110,6 +113,7 @@ def test_first_original_is_kept_across_applies(host: HostPaths, state_dir: Path)
     assert host.sysctl("vm.swappiness").read_text() == "60\n"
 
 
+@pytest.mark.host("server")
 def test_switching_policy_restores_what_the_new_one_drops(host: HostPaths, state_dir: Path) -> None:
     before = tree_state(root_of(host))
     api.apply_policy(Policy.model_validate(FULL), host, StateDir(state_dir))
@@ -127,6 +131,7 @@ def test_switching_policy_restores_what_the_new_one_drops(host: HostPaths, state
     assert tree_state(root_of(host)) == before
 
 
+@pytest.mark.process
 def test_failing_write_rolls_back_everything_and_names_it(host: HostPaths, state_dir: Path) -> None:
     root = root_of(host)
     before = tree_state(root)
@@ -141,6 +146,7 @@ def test_failing_write_rolls_back_everything_and_names_it(host: HostPaths, state
     assert journal.data.originals == [] and journal.data.applied is None
 
 
+@pytest.mark.process
 def test_failure_in_a_later_apply_returns_to_the_earlier_policy(host: HostPaths, state_dir: Path) -> None:
     api.apply_policy(Policy(name="a", sysctl={"vm.swappiness": 1}, thp={"enabled": "never"}), host,
                      StateDir(state_dir))
@@ -218,6 +224,7 @@ def test_interrupted_revert_is_finished_by_the_next(host: HostPaths, state_dir: 
     assert tree_state(root_of(host)) == before
 
 
+@pytest.mark.process
 def test_revert_failure_keeps_the_record_for_a_retry(host: HostPaths, state_dir: Path) -> None:
     before = tree_state(root_of(host))
     api.apply_policy(Policy(name="a", sysctl={"vm.swappiness": 1, "vm.dirty_ratio": 5}), host, StateDir(state_dir))
@@ -264,6 +271,7 @@ def test_state_lock_refuses_a_second_writer(host: HostPaths, state_dir: Path) ->
     assert (state_dir.stat().st_mode & 0o777) == 0o700
 
 
+@pytest.mark.host("server")
 def test_restore_removes_created_rule_file_even_if_dir_copy_differs(host: HostPaths, state_dir: Path) -> None:
     spec = {"name": "u", "block": [{"match": {"name": "sda"}, "read_ahead_kb": 512, "udev_rule": True}]}
     api.apply_policy(Policy.model_validate(spec), host, StateDir(state_dir))

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from gguf import GGUFReader
-from worker_facts import GiB, one_node_vm, two_socket_server, write_gguf
 
 from agent.errors import InputError
 from agent.worker.fit import device_memory, kv_bytes_per_token, plan_fit
 from agent.worker.gguf_meta import read_gguf
+from tests.support.worker_facts import GiB, one_node_vm, two_socket_server, write_gguf
 
 # ggml storage per value, written out from ggml's type traits (block size, bytes per block).
 BYTES_PER_VALUE = {"f32": Fraction(4), "f16": Fraction(2), "bf16": Fraction(2), "q8_0": Fraction(34, 32),
@@ -148,6 +148,7 @@ def test_broken_file_names_the_file(tmp_path: Path) -> None:
     assert str(bad) in str(e.value)
 
 
+@pytest.mark.process
 def test_fit_cli_json(tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "m.gguf")
     out = subprocess.run([sys.executable, "-m", "agent", "fit", str(path), "--json", "--ctx", "2048",
@@ -159,6 +160,7 @@ def test_fit_cli_json(tmp_path: Path) -> None:
     assert data["weight_bytes"] == 1000 * 256 * 6
 
 
+@pytest.mark.process
 def test_fit_cli_rejects_garbage(tmp_path: Path) -> None:
     bad = tmp_path / "x.gguf"
     bad.write_bytes(b"nope")

@@ -58,6 +58,7 @@ def test_policy_file_over_the_cap_is_refused(tmp_path: Path) -> None:
         read_policy_yaml(f)
 
 
+@pytest.mark.process
 def test_cli_extends_to_an_endless_proc_file_is_refused_at_the_extends_line(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text("name: p\nextends: /proc/self/pagemap\n")

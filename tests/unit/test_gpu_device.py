@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpu_sim import H200, REPO, description, h100
 
 from agent.gpu.device import Device, read_system
 from agent.gpu.nvml import Nvml, open_nvml
@@ -16,6 +15,7 @@ from agent.hostfs import HostPaths
 from agent.inspect.gpu import inspect_gpus
 from agent.telemetry.gpu import sample_gpus
 from agent.tuners.gpu import view_gpu
+from tests.support.gpu_sim import H200, REPO, description, h100
 
 
 @pytest.fixture(autouse=True)

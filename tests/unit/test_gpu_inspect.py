@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 from agent.errors import HostError, InputError
 from agent.gpu.device import sysfs_pci_address
@@ -15,6 +14,7 @@ from agent.gpu.nvml import Nvml, open_nvml
 from agent.gpu.simulator import library as nvml_sim
 from agent.hostfs import HostPaths
 from agent.inspect.gpu import inspect_gpus
+from tests.support.gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 
 @pytest.fixture(autouse=True)

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import pynvml
 import pytest
-from gpu_sim import H200, description, h100
 
 from agent.gpu import nvml
 from agent.gpu.device import reason_names
 from agent.gpu.simulator import library as nvml_sim
 from agent.telemetry.gpu import GpuSampler, sample_gpus
+from tests.support.gpu_sim import H200, description, h100
 
 
 @pytest.fixture(autouse=True)

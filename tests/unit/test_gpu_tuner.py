@@ -17,7 +17,6 @@ from typing import Any
 
 import pynvml
 import pytest
-from gpu_sim import H200, H200_GRAPHICS, description, h100
 
 from agent.errors import HostError, InputError
 from agent.gpu import nvml
@@ -28,6 +27,7 @@ from agent.policy.model import ClockRange, GpuSelect, GpuSpec, Policy
 from agent.tuners.gpu import GpuTuner
 from agent.tuning.api import apply_policy, plan_policy, revert, verify
 from agent.tuning.state import StateDir
+from tests.support.gpu_sim import H200, H200_GRAPHICS, description, h100
 
 BOOT_ID = "0d6c3b0e-1111-4222-8333-444455556666"
 
@@ -250,6 +250,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
                           timeout=120)
 
 
+@pytest.mark.process
 def test_kill_9_mid_apply_then_revert_resets_what_was_set(tmp_path: Path, host: HostPaths) -> None:
     """The real CLI on a whole fixture host tree (the unit conftest's server), NVML simulated from a file."""
     paths = host

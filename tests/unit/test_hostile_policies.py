@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_HOSTS, make_tree, tree_state
-from daemon_fixtures import MainThreadClient, main_thread_client, settings_for
 
 from agent.daemon.submitted import SUBMITTED_DIR
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import MainThreadClient, main_thread_client, settings_for
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_state
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "hostile-policies"
 FILES = sorted(CORPUS.glob("*.yaml")) if CORPUS.is_dir() else []
@@ -98,6 +98,7 @@ def test_the_corpus_exists_and_every_file_has_an_expectation() -> None:
 
 @pytest.mark.parametrize("path", cases("cli"))
 @pytest.mark.parametrize("command", ["plan", "apply"])
+@pytest.mark.process
 def test_cli_refuses(path: Path, command: str, host: HostPaths, nvml_sim: Path, tmp_path: Path) -> None:
     hostile = parse(path)
     root = host.procfs.parent

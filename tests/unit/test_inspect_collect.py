@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from inspect_cli import FIXTURE_HOSTS
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.inspect.registry import COLLECTORS, Collector
+from tests.support.inspect_cli import FIXTURE_HOSTS
 
 
 def tree(name: str) -> HostPaths:

@@ -1,6 +1,6 @@
 """The NVML funnel and the C-level simulator, exercised through NVIDIA's real pynvml binding.
 
-Expected values come from the GPU descriptions in tests/gpu_sim.py, never from the code under test.
+Expected values come from the GPU descriptions in tests/support/gpu_sim.py, never from the code under test.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pynvml
 import pytest
-from gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 from agent.errors import HostError, InputError, NotApplicable
 from agent.gpu.nvml import DryRunViolation, Nvml, NvmlError, forbid_mutations, is_mutating, open_nvml
 from agent.gpu.simulator import library as nvml_sim
+from tests.support.gpu_sim import H200, H200_GRAPHICS, SERVER_8GPU, description, h100
 
 
 @pytest.fixture(autouse=True)
@@ -301,6 +301,7 @@ def test_power_v2_setter_failure_is_swallowed_by_the_binding() -> None:
         pynvml.nvmlShutdown()
 
 
+@pytest.mark.process
 def test_state_file_is_shared_across_processes(tmp_path: Path) -> None:
     desc_path = _write(tmp_path / "nvml.json", description(H200))
     state = tmp_path / "state.json"

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from worker_facts import GiB, one_node_vm, two_socket_server
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.policy.model import WorkerPlacement, WorkerSpec
 from agent.worker.placement import physical_cores, plan_placement, whole_disk_of_file
+from tests.support.worker_facts import GiB, one_node_vm, two_socket_server
 
 NODE0 = [0, 1, 2, 3, 8, 9, 10, 11]
 NODE1 = [4, 5, 6, 7, 12, 13, 14, 15]

@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from worker_facts import write_gguf
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import WorkerPlacement, WorkerSpec
 from agent.worker.placement import plan_placement, whole_disk_of_file
+from tests.support.worker_facts import write_gguf
 
 SERVER = Path(__file__).resolve().parent.parent / "fixtures" / "hosts" / "server-2s-8gpu"
 
@@ -81,6 +81,7 @@ def test_invalid_explicit_cpus_on_the_fixture(facts: HostFacts) -> None:
     assert e.value.field == "worker.placement.cpus" and str(top + 1) in e.value.message
 
 
+@pytest.mark.process
 def test_fit_cli_against_the_fixture_gpu(facts: HostFacts, tmp_path: Path) -> None:
     model = write_gguf(tmp_path / "m.gguf")
     out = subprocess.run([sys.executable, "-m", "agent", "fit", str(model), "--json", "--device", "gpu:5",

@@ -60,6 +60,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("name", "text", "line", "field", "words"), BAD_POLICIES, ids=[b[0] for b in BAD_POLICIES])
+@pytest.mark.process
 def test_bad_policy_exits_2_with_one_line(tmp_path: Path, host: HostPaths, cli_env: dict[str, str], name: str,
                                           text: str, line: int, field: str | None, words: list[str]) -> None:
     policy = tmp_path / name
@@ -80,6 +81,7 @@ def test_bad_policy_exits_2_with_one_line(tmp_path: Path, host: HostPaths, cli_e
     assert not Path(cli_env["HOSTTUNE_STATE_DIR"]).exists()
 
 
+@pytest.mark.process
 def test_extends_cycle_through_the_cli(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("name: a\nextends: b\n")
     (tmp_path / "b.yaml").write_text("name: b\nextends: a\n")
@@ -137,7 +139,7 @@ def _line(policy: str, needle: str) -> int:
 
 
 def test_show_json_with_facts_from_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from policy_hosts import gpu_server
+    from tests.support.policy_hosts import gpu_server
 
     facts_file = tmp_path / "facts.json"
     facts_file.write_text(gpu_server().model_dump_json())
@@ -185,6 +187,7 @@ def test_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(schema["properties"]) >= {"sysctl", "hugepages", "thp", "cpu", "block", "gpu", "worker", "slo"}
 
 
+@pytest.mark.process
 def test_policy_help_has_examples() -> None:
     proc = run_cli("policy", "--help")
     assert proc.returncode == 0 and "examples:" in proc.stdout and "validate" in proc.stdout

@@ -9,12 +9,12 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from policy_hosts import ci_vm, gpu_server
 
 from agent.errors import InputError
 from agent.inspect.models import HostFacts
 from agent.policy.loader import load_policy
 from agent.policy.model import Policy, WorkerSpec
+from tests.support.policy_hosts import ci_vm, gpu_server
 
 FACTS: list[HostFacts | None] = [None, ci_vm(), gpu_server()]
 FIELD_NAMES = sorted({*Policy.model_fields, *WorkerSpec.model_fields, "when", "value", "match", "select", "size",

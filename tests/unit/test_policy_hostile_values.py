@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FIXTURE_HOSTS, make_tree, tree_hash
 
 from agent.commands.tuning import located
 from agent.errors import InputError
@@ -27,6 +26,7 @@ from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, load_policy
 from agent.tuning import api
 from agent.tuning.state import StateDir
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_hash
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "hostile-policies"
 FILES = sorted(CORPUS.glob("values-*.yaml"))
@@ -88,6 +88,7 @@ def test_hostile_value_is_refused_and_nothing_is_written(fixture_host: Host, tmp
 @pytest.mark.parametrize("stem", ["values-sysctl-denied-core-pattern", "values-hugepages-2m-and-1g-together",
                                   "values-cpu-governor-newline"])
 @pytest.mark.parametrize("command", ["plan", "apply"])
+@pytest.mark.process
 def test_cli_exits_2_naming_file_line_and_field(tmp_path: Path, stem: str, command: str) -> None:
     root = tmp_path / "host"
     paths = make_tree("server-2s-8gpu", root)

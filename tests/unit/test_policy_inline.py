@@ -7,13 +7,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from policy_hosts import ci_vm
 
 from agent.errors import InputError
 from agent.policy import expr
 from agent.policy.inline import WORKER_REFUSED
 from agent.policy.loader import load_policy, load_policy_text
 from agent.policy.yamlnodes import MAX_DEPTH
+from tests.support.policy_hosts import ci_vm
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from policy_hosts import ci_vm, gpu_server, laptop
 
 from agent.errors import InputError
 from agent.policy.loader import (
@@ -19,6 +18,7 @@ from agent.policy.loader import (
     policy_search_path,
 )
 from agent.worker.bundled_model import default_model_path
+from tests.support.policy_hosts import ci_vm, gpu_server, laptop
 
 
 def write(path: Path, text: str) -> Path:

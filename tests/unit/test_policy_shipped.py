@@ -14,12 +14,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from policy_hosts import HOSTS, ci_vm
 
 from agent.inspect.models import HostFacts
 from agent.policy.loader import REPO_POLICIES, list_policies, load_policy
 from agent.policy.schema import user_policy_schema
 from agent.worker.bundled_model import default_model_path
+from tests.support.policy_hosts import HOSTS, ci_vm
 
 REPO = Path(__file__).resolve().parents[2]
 POLICY_DIR = REPO / "policies"
@@ -140,6 +140,7 @@ def _fixture_trees() -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tree", _fixture_trees(), ids=lambda p: p.name)
+@pytest.mark.process
 def test_every_shipped_policy_resolves_on_fixture_host_trees(tree: Path, tmp_path: Path) -> None:
     """Through the real CLI, with facts read by the real inspector from the committed host trees."""
     args = [str(HOSTTUNE), "policy", "validate", "--json", "--procfs", str(tree / "proc"), "--sysfs",
@@ -159,6 +160,7 @@ def test_every_shipped_policy_resolves_on_fixture_host_trees(tree: Path, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tree", [t for t in _fixture_trees() if (t / "nvml.json").is_file()], ids=lambda p: p.name)
+@pytest.mark.process
 def test_gpu_section_follows_the_fixture_hosts_gpus(tree: Path) -> None:
     """llm-gpu-throughput locks clocks exactly on the fixture hosts whose simulated NVML has GPUs."""
     sim = json.loads((tree / "nvml.json").read_text())

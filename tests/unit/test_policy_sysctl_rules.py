@@ -131,6 +131,7 @@ def test_docs_list_every_rule() -> None:
         assert f"| `{pattern}` |" in docs, f"docs/policies.md does not list {pattern}"
 
 
+@pytest.mark.host("server")
 def test_min_free_kbytes_is_capped_at_a_share_of_memory(host: HostPaths) -> None:
     # the `server` fixture has 251.6 GiB: 5% is 13192806 kB
     host.proc("sys/vm/min_free_kbytes").write_text("67584\n")

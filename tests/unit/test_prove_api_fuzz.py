@@ -22,8 +22,6 @@ from typing import Any
 import pytest
 import schemathesis
 from apscheduler.schedulers.background import BackgroundScheduler
-from conftest import tree_state
-from daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, settings_for, write_config
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,6 +34,8 @@ from agent.api.routers import health
 from agent.config import DaemonSettings
 from agent.daemon.services import Services
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, settings_for, write_config
+from tests.support.trees import tree_state
 
 pytestmark = pytest.mark.slow
 
@@ -194,6 +194,7 @@ def test_malformed_body_without_token_is_401_not_422(daemon: Daemon) -> None:
         assert client.post("/v1/apply", content=b"{", headers=good).status_code == 422
 
 
+@pytest.mark.process
 def test_real_daemon_fuzz_no_5xx_and_no_mutation_without_the_token(host: HostPaths, tmp_path: Path) -> None:
     """The same two properties against `hosttune daemon` as a process: its real uvicorn, the request guard (Host,
     URL and header limits), the token check before the body, the main-thread mutations. Bounded: 3 examples per

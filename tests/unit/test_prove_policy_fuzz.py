@@ -28,7 +28,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import FIXTURE_HOSTS, make_tree, tree_state
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +39,7 @@ from agent.inspect import collect
 from agent.policy.loader import load_policy
 from agent.tuning import api, hostfile
 from agent.tuning.state import StateDir
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_state
 
 SCENARIO = "server-2s-8gpu"
 # relative to the tree root; the udev rules directory is added per host (it lives under the --rootfs root)

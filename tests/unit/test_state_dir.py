@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.tuning.state import StateDir
+from tests.support.trees import tree_state
 
 
 def test_new_state_dir_is_created_0700(tmp_path: Path) -> None:
@@ -71,6 +71,7 @@ def test_state_dir_owned_by_another_uid_is_refused(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
 
 
+@pytest.mark.process
 def test_cli_apply_with_symlinked_state_dir_exits_2_and_writes_nothing(host: HostPaths, tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.mkdir()

@@ -12,7 +12,6 @@ from typing import Any
 import psutil
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
-from gateway_fakes import FakeWorker
 
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import StaticUpstream
@@ -22,6 +21,7 @@ from agent.telemetry.host import HostSampler, busy_ratio
 from agent.telemetry.prom import parse_text, sample_value
 from agent.telemetry.ring import RingBuffer
 from agent.telemetry.worker import WorkerSampler, parse_llamacpp_metrics, parse_slots, parse_worker_metrics, with_rates
+from tests.support.gateway_fakes import FakeWorker
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "llamacpp"
 
@@ -84,6 +84,7 @@ def test_rates_from_counter_deltas_and_restart() -> None:
     assert with_rates(restarted, b).tokens_per_second is None  # counter went down: the worker restarted
 
 
+@pytest.mark.process
 def test_worker_sampler_against_a_live_http_worker(worker: FakeWorker) -> None:
     clock = iter([100.0, 102.0, 103.0])
     sampler = WorkerSampler(StaticUpstream(worker.url), clock=lambda: next(clock))
@@ -151,6 +152,7 @@ def test_one_failing_sampler_is_contained_and_exported() -> None:
     assert len(tel.ring) == 5
 
 
+@pytest.mark.process
 def test_register_jobs_samples_periodically_on_a_real_scheduler(worker: FakeWorker) -> None:
     tel = build_telemetry(endpoint=StaticUpstream(worker.url), gateway=GatewayStats(), capacity=100)
     scheduler = BackgroundScheduler()

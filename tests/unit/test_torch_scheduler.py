@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from torch_tiny import oracle, require_torch, tiny_model
+
+from tests.support.torch_tiny import oracle, require_torch, tiny_model
 
 torch = require_torch()
 

@@ -23,6 +23,7 @@ def plan(paths: HostPaths, *specs: BlockSpec) -> list:
     (BlockMatch(rotational=False, name="nvme*"), {"nvme0n1"}),
     (BlockMatch(model="WDC", rotational=False), set()),
 ])
+@pytest.mark.host("server")
 def test_matching(host: HostPaths, match: BlockMatch, devices: set[str]) -> None:
     changes = plan(host, BlockSpec(match=match, read_ahead_kb=1024))
     if not devices:
@@ -31,6 +32,7 @@ def test_matching(host: HostPaths, match: BlockMatch, devices: set[str]) -> None
     assert {c.target.split("/")[1] for c in changes} == devices
 
 
+@pytest.mark.host("server")
 def test_scheduler_first_then_nr_requests_forced(host: HostPaths) -> None:
     # nr_requests already 256, but the switch to kyber resets it: it must be written again
     changes = plan(host, BlockSpec(match=BlockMatch(name="nvme0n1"), read_ahead_kb=4096, scheduler="kyber",
@@ -43,6 +45,7 @@ def test_scheduler_first_then_nr_requests_forced(host: HostPaths) -> None:
     assert (ra.current, ra.action) == ("128", "change")
 
 
+@pytest.mark.host("server")
 def test_scheduler_not_offered_names_field(host: HostPaths) -> None:
     with pytest.raises(InputError, match="kyber") as e:
         plan(host, BlockSpec(match=BlockMatch(kind="loop")), BlockSpec(match=BlockMatch(name="sda"), scheduler="kyber"))
@@ -56,6 +59,7 @@ def test_two_entries_disagreeing_on_one_device(host: HostPaths) -> None:
     assert e.value.field == "block.1.read_ahead_kb"
 
 
+@pytest.mark.host("server")
 def test_udev_rule_planned_for_name_glob(host: HostPaths) -> None:
     changes = plan(host, BlockSpec(match=BlockMatch(name="nvme*"), scheduler="none", read_ahead_kb=4096,
                                    udev_rule=True))
@@ -66,11 +70,13 @@ def test_udev_rule_planned_for_name_glob(host: HostPaths) -> None:
     assert (rule.value or "").index("queue/scheduler") < (rule.value or "").index("queue/read_ahead_kb")
 
 
+@pytest.mark.host("server")
 def test_udev_rule_lists_devices_for_other_matches(host: HostPaths) -> None:
     rule = plan(host, BlockSpec(match=BlockMatch(rotational=False), read_ahead_kb=512, udev_rule=True))[-1]
     assert 'KERNEL=="loop0"' in (rule.value or "") and 'KERNEL=="nvme0n1"' in (rule.value or "")
 
 
+@pytest.mark.host("server")
 def test_udev_rule_without_udev_is_not_applicable(host: HostPaths) -> None:
     host.root("etc/udev/rules.d").rmdir()
     rule = plan(host, BlockSpec(match=BlockMatch(name="sda"), read_ahead_kb=512, udev_rule=True))[-1]

@@ -16,6 +16,7 @@ def plan(paths: HostPaths, *specs: HugepageSpec) -> list:
     return HugepagesTuner().plan(Policy(name="t", hugepages=list(specs)), None, paths)
 
 
+@pytest.mark.host("server")
 def test_global_2m_and_1g(host: HostPaths) -> None:
     two, one = plan(host, HugepageSpec(size="2M", count=16), HugepageSpec(size="1G", count=2))
     assert (two.target, two.current, two.value, two.action) == ("hugepages-2048kB/global", "8", "16", "change")
@@ -23,6 +24,7 @@ def test_global_2m_and_1g(host: HostPaths) -> None:
     assert (one.target, one.current, one.value) == ("hugepages-1048576kB/global", "0", "2")
 
 
+@pytest.mark.host("server")
 def test_never_shrinks_below_pages_in_use(host: HostPaths) -> None:
     # fixture: 8 pages, 4 free -> 4 in use
     (c,) = plan(host, HugepageSpec(size="2M", count=0))
@@ -30,12 +32,14 @@ def test_never_shrinks_below_pages_in_use(host: HostPaths) -> None:
     assert "4 pages in use" in c.reason
 
 
+@pytest.mark.host("server")
 def test_reserved_pages_count_as_in_use_globally(host: HostPaths) -> None:
     host.sys("kernel/mm/hugepages/hugepages-2048kB/resv_hugepages").write_text("2\n")
     (c,) = plan(host, HugepageSpec(size="2M", count=1))
     assert c.value == "6"
 
 
+@pytest.mark.host("server")
 def test_inconsistent_counters_mean_no_shrinking(host: HostPaths) -> None:
     # more free than total cannot happen on a live kernel: pages in use are unknown, so keep them all
     host.sys("kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("20\n")
@@ -43,6 +47,7 @@ def test_inconsistent_counters_mean_no_shrinking(host: HostPaths) -> None:
     assert c.value == "8" and c.action == "ok" and "not shrinking" in c.reason
 
 
+@pytest.mark.host("server")
 def test_per_node_pool(host: HostPaths) -> None:
     (c,) = plan(host, HugepageSpec(size="2M", count=12, node=1))
     assert c.target == "hugepages-2048kB/node1"
@@ -80,6 +85,7 @@ def test_negative_count_rejected_by_policy_model() -> None:
 
 # -- pools against memory (the `server` fixture: MemTotal 263856128 kB = 251.6 GiB, no per-node meminfo) ----------
 
+@pytest.mark.host("server")
 def test_pool_over_90_percent_of_host_memory_is_refused_before_any_write(host: HostPaths) -> None:
     nr = host.sys("kernel/mm/hugepages/hugepages-2048kB/nr_hugepages")
     with pytest.raises(InputError, match=r"hugepage pools on the host would take 390\.6 GiB, more than 90% of its "
@@ -89,6 +95,7 @@ def test_pool_over_90_percent_of_host_memory_is_refused_before_any_write(host: H
     assert nr.read_text() == "8\n"
 
 
+@pytest.mark.host("server")
 def test_2m_and_1g_pools_count_together(host: HostPaths) -> None:
     two, one = HugepageSpec(size="2M", count=60_000), HugepageSpec(size="1G", count=120)  # 117 + 120 GiB
     assert len(plan(host, two)) == len(plan(host, one)) == 1  # each alone fits under 226 GiB
@@ -108,6 +115,7 @@ def test_per_node_pool_is_checked_against_the_node(host: HostPaths) -> None:
     assert plan(host, override)[0].value == "5000"
 
 
+@pytest.mark.host("server")
 def test_node_without_its_own_meminfo_is_checked_against_the_host(host: HostPaths) -> None:
     with pytest.raises(InputError, match=r"on node 1 \(its own memory unknown: the host's\)"):
         plan(host, HugepageSpec(size="1G", count=240, node=1))
@@ -119,6 +127,7 @@ def test_a_pool_for_a_missing_node_is_still_checked(host: HostPaths) -> None:
         plan(host, HugepageSpec(size="1G", count=1000, node=7))
 
 
+@pytest.mark.host("server")
 def test_unknown_host_memory_refuses_a_pool_but_not_an_empty_one(host: HostPaths) -> None:
     host.proc("meminfo").unlink()
     with pytest.raises(InputError, match="memory size is unknown"):

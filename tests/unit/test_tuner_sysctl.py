@@ -24,6 +24,7 @@ def test_exact_value_change_and_ok(host: HostPaths) -> None:
     assert got["vm.dirty_ratio"] == ("ok", "20", "20")
 
 
+@pytest.mark.host("server")
 def test_at_least_never_lowers_and_raises_when_below(host: HostPaths) -> None:
     got = plan(host, {"vm.max_map_count": ">=1048576", "net.core.somaxconn": ">=1024"})
     assert got["vm.max_map_count"] == ("change", "65530", "1048576")

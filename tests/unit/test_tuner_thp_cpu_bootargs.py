@@ -35,6 +35,7 @@ def test_thp_absent_is_not_applicable(host: HostPaths) -> None:
     assert c.action == "not_applicable"
 
 
+@pytest.mark.host("server")
 def test_cpu_governor_and_epp_per_policy(host: HostPaths) -> None:
     changes = CpuTuner().plan(Policy(name="t", cpu=CpuSpec(governor="performance",
                                                           energy_performance_preference="balance_power")), None, host)
@@ -45,6 +46,7 @@ def test_cpu_governor_and_epp_per_policy(host: HostPaths) -> None:
     assert all(c.action == "change" for c in changes)
 
 
+@pytest.mark.host("server")
 def test_cpu_shared_policy_planned_once(host: HostPaths) -> None:
     # cpu1 shares policy0 (as on many real machines): one target, not two
     link = host.sys("devices/system/cpu/cpu1/cpufreq")

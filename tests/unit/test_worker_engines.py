@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from worker_facts import two_socket_server
 
 from agent.errors import InputError
 from agent.policy.model import WorkerSpec
@@ -19,6 +18,7 @@ from agent.worker.binding import plan_binding
 from agent.worker.engines import CommandEngine, LlamaCppEngine, engine_for
 from agent.worker.llamacpp_bin import LlamaServerBinary
 from agent.worker.placement import Placement, plan_placement
+from tests.support.worker_facts import two_socket_server
 
 BINARY = LlamaServerBinary(path=Path("/opt/llama/bin/llama-server"), lib_dir=Path("/opt/llama/lib"))
 MODEL = Path("/models/m.gguf")
@@ -139,6 +139,7 @@ def run_bound(prefix: list[str], *cmd: str) -> str:
 
 
 @pytest.mark.skipif(not Path("/proc/self/numa_maps").exists(), reason="kernel without NUMA support")
+@pytest.mark.process
 def test_bindexec_really_binds_cpu_and_memory() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     b = plan_binding(placement([cpus[-1]], 0), prefer="bindexec", parent_death_signal=15)
@@ -150,6 +151,7 @@ def test_bindexec_really_binds_cpu_and_memory() -> None:
     assert numa_maps and all(" bind:0" in ln for ln in numa_maps.splitlines())
 
 
+@pytest.mark.process
 def test_bindexec_reports_an_impossible_binding() -> None:
     out = subprocess.run([sys.executable, "-m", "agent.worker.bindexec", "--cpus", "4095", "--", "/bin/true"],
                          capture_output=True, text=True, timeout=30)
@@ -160,6 +162,7 @@ def test_bindexec_reports_an_impossible_binding() -> None:
 
 
 @pytest.mark.skipif(shutil.which("numactl") is None, reason="numactl not installed (scripts/install-system-deps.sh)")
+@pytest.mark.process
 def test_numactl_binding_really_binds_under_the_death_signal_shim() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     b = plan_binding(placement([cpus[0]], 0), parent_death_signal=15)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from worker_facts import one_node_vm
 
 from agent.config import DaemonSettings
 from agent.errors import InputError
 from agent.policy.loader import load_policy
 from agent.policy.model import WorkerSpec
 from agent.worker.prepare import prepare_worker
+from tests.support.worker_facts import one_node_vm
 
 COMMAND = ["python3", "-m", "http.server"]
 
@@ -70,6 +70,7 @@ def test_allow_remote_is_a_daemon_setting_defaulting_off() -> None:
     assert DaemonSettings.model_validate({"worker": {"allow_remote": True}}).worker.allow_remote is True
 
 
+@pytest.mark.process
 def test_cli_worker_run_refuses_a_remote_host_with_file_line(tmp_path: Path) -> None:
     policy = tmp_path / "p.yaml"
     policy.write_text("name: p\nworker:\n  engine: command\n  argv: [python3, -m, http.server]\n"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGUFWriter
-from worker_facts import GiB, one_node_vm, two_socket_server
 
 from agent.policy.model import WorkerPlacement, WorkerSpec
 from agent.worker.prepare import prepare_worker
+from tests.support.worker_facts import GiB, one_node_vm, two_socket_server
 
 
 @pytest.fixture(autouse=True)

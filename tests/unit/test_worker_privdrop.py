@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-from worker_facts import one_node_vm
 
 from agent.config import DaemonSettings
 from agent.errors import InputError
@@ -29,6 +28,7 @@ from agent.worker.prepare import prepare_worker
 from agent.worker.privdrop import ENV_KEYS, RunAs, check_readable, resolve_run_as, worker_env
 from agent.worker.supervisor import RestartPolicy, Supervisor
 from agent.worker.torch_engine import TorchEngine
+from tests.support.worker_facts import one_node_vm
 
 RUN_AS = RunAs(user="hosttune-worker", uid=4242, gid=4343)
 BINARY = LlamaServerBinary(path=Path("/opt/llama/bin/llama-server"), lib_dir=Path("/opt/llama/lib"))
@@ -189,6 +189,7 @@ def test_unreadable_model_fails_the_worker_at_once_not_a_crash_loop(open_dir: Pa
         sup.stop()
 
 
+@pytest.mark.process
 def test_shim_refuses_root_and_half_given_ids() -> None:
     for args in (["--uid", "0", "--gid", "0"], ["--uid", "65534"]):
         out = subprocess.run([sys.executable, "-m", "agent.worker.bindexec", *args, "--", "/bin/true"],

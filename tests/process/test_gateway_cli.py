@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from gateway_fakes import FakeWorker, free_port
 
 from agent.telemetry.prom import parse_text, sample_value
+from tests.support.gateway_fakes import FakeWorker, free_port
 
 HOSTTUNE = [sys.executable, "-m", "agent"]
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tree_state
 
 from agent.hostfs import HostPaths
+from tests.support.trees import tree_state
 
 POLICY = """\
 name: cli-test
@@ -49,6 +49,7 @@ def policy_file(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.host("server")
 def test_round_trip(host: HostPaths, tmp_path: Path, policy_file: Path) -> None:
     state = tmp_path / "state"
     root = host.procfs.parent
@@ -123,6 +124,7 @@ def test_bad_policy_exits_2_with_file_line_field_and_writes_nothing(
     assert not (state / "journal.json").exists()
 
 
+@pytest.mark.host("server")
 def test_failed_apply_exits_1_naming_the_tunable(host: HostPaths, tmp_path: Path, policy_file: Path) -> None:
     state = tmp_path / "state"
     before = tree_state(host.procfs.parent)

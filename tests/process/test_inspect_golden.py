@@ -1,6 +1,6 @@
 """Golden tests: the real CLI on every fixture host must reproduce that host's expected.json.
 
-`pytest tests/unit/test_inspect_golden.py --update-golden` rewrites the golden files; review the diff before
+`pytest tests/process/test_inspect_golden.py --update-golden` rewrites the golden files; review the diff before
 committing it, because a golden file only proves something when a person has checked it against the tree.
 """
 
@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from inspect_cli import FIXTURE_HOSTS, SCENARIOS, run_inspect, tree_args
 
 from agent.inspect.models import HostFacts
+from tests.support.inspect_cli import FIXTURE_HOSTS, SCENARIOS, run_inspect, tree_args
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpu_sim import REPO, SERVER_8GPU
 
 from agent.errors import HostError
 from agent.gpu import check as gpu_check
@@ -20,6 +19,7 @@ from agent.hostfs import HostPaths
 from agent.inspect.gpu import inspect_gpus
 from agent.inspect.models import Gpu, GpuStatus
 from agent.tuners.gpu import GpuTuner
+from tests.support.gpu_sim import REPO, SERVER_8GPU
 
 
 @pytest.fixture(autouse=True)

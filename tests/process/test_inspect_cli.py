@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from inspect_cli import FIXTURE_HOSTS, clean_env, run_inspect, tree_args
 
 from agent.inspect.models import HostFacts
+from tests.support.inspect_cli import FIXTURE_HOSTS, clean_env, run_inspect, tree_args
 
 LAPTOP = FIXTURE_HOSTS / "laptop-sata"
 SERVER = FIXTURE_HOSTS / "server-2s-8gpu"

@@ -9,8 +9,9 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, tree_state
-from test_engine_cli import POLICY, hosttune
+
+from tests.process.test_engine_cli import POLICY, hosttune
+from tests.support.trees import make_tree, tree_state
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_fakes import FakeWorker, ServedApp
 
 from agent.bench.client import RequestResult, build_body
 from agent.bench.corpus import MixSpec, make_request, parse_mix
@@ -26,6 +25,7 @@ from agent.errors import InputError
 from agent.gateway.app import create_app
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.upstream import StaticUpstream
+from tests.support.gateway_fakes import FakeWorker, ServedApp
 
 HOSTTUNE = [sys.executable, "-m", "agent"]
 SMALL = MixSpec(parse_mix(None), long_prompt_words=60, max_tokens=4)

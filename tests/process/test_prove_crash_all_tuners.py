@@ -4,7 +4,7 @@ and scheduler, whose switch also disturbs nr_requests), CPU (governor and EPP on
 
 For each injection point n (HOSTTUNE_CRASH_AFTER_WRITES=n, the writer SIGKILLs itself right after its n-th host
 write): apply dies, revert restores the tree byte for byte and the GPUs' mutable state exactly. Then the same
-for a revert killed at each of its write points, followed by a second revert. tests/unit/test_engine_crash.py
+for a revert killed at each of its write points, followed by a second revert. tests/process/test_engine_crash.py
 does this for three OS tuners; this extends it to all of them (issue 10). Run with -s to see the counts.
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURE_HOSTS, make_tree, tree_state
-from test_engine_cli import hosttune
 
 from agent.gpu.simulator.description import SimGpu
 from agent.hostfs import HostPaths
+from tests.process.test_engine_cli import hosttune
+from tests.support.trees import FIXTURE_HOSTS, make_tree, tree_state
 
 pytestmark = pytest.mark.slow
 

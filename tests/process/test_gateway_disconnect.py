@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gateway_fakes import ServedApp
 
 from agent.gateway.app import Gateway, create_app
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.upstream import StaticUpstream
+from tests.support.gateway_fakes import ServedApp
 
 CHAT = "/v1/chat/completions"
 

@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 import pytest
-import tiers
+
+from tests.support import tiers
 
 
 def require_torch() -> Any:

@@ -10,7 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SERVER_8GPU = REPO / "tests/fixtures/hosts/server-2s-8gpu/nvml.json"
 
 H200_GRAPHICS = list(range(1980, 344, -15))   # 1980, 1965, ..., 345: 110 clocks

@@ -16,11 +16,18 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import tree_state
-from daemon_fixtures import HOSTTUNE, ROUND_TRIP_POLICY, DaemonProcess, free_port, no_gpu_sim, write_config
-from worker_fakes import worker_python
 
 from agent.hostfs import HostPaths
+from tests.support.daemon_fixtures import (
+    HOSTTUNE,
+    ROUND_TRIP_POLICY,
+    DaemonProcess,
+    free_port,
+    no_gpu_sim,
+    write_config,
+)
+from tests.support.trees import tree_state
+from tests.support.worker_fakes import worker_python
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +122,7 @@ def test_every_v1_route_refuses_on_a_real_uvicorn(host: HostPaths, tmp_path: Pat
     assert "hosttune_telemetry_last_sample_timestamp_seconds" in metrics
 
 
+@pytest.mark.host("server")
 def test_sighup_applies_the_difference_and_sigterm_leaves_tuning(host: HostPaths, tmp_path: Path,
                                                                  policy_file: Path,
                                                                  daemons: list[DaemonProcess]) -> None:

@@ -21,8 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_fakes import ServedApp
-from test_gateway_upstream_client import run as run_script
 
 from agent.errors import HostError
 from agent.gateway.app import create_app
@@ -36,6 +34,8 @@ from agent.worker.probes import probe_health
 from agent.worker.process import PIPE_LINE_MAX, pump
 from agent.worker.torch_control import TorchWorkerControl
 from agent.worker.torch_engine import TorchEngine
+from tests.process.test_gateway_upstream_client import run as run_script
+from tests.support.gateway_fakes import ServedApp
 
 
 class _Sink:

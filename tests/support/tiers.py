@@ -74,6 +74,12 @@ def _ansible() -> str | None:
     return None
 
 
+def _process() -> str | None:
+    """The process tier (tests/process, and tests marked `process`) starts child Pythons and servers on loopback
+    ports: it needs nothing but this Python, so it runs wherever the unit tier runs."""
+    return None
+
+
 def _gpu() -> str | None:
     if not Path("/dev/nvidiactl").exists():
         return "no NVIDIA GPU (/dev/nvidiactl absent)"
@@ -81,6 +87,7 @@ def _gpu() -> str | None:
 
 
 CHECKS: dict[str, Callable[[], str | None]] = {
+    "process": _process,
     "root": _root,
     "kernel": _kernel,
     "engine": _engine,

@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import tree_state
-from daemon_fixtures import ROUND_TRIP_POLICY, DaemonProcess, free_port, no_gpu_sim, write_config
 
 from agent.hostfs import HostPaths
 from agent.tuning.state import StateDir
+from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, DaemonProcess, free_port, no_gpu_sim, write_config
+from tests.support.trees import tree_state
 
 pytestmark = pytest.mark.slow
 

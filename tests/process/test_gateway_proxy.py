@@ -11,13 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_fakes import FakeWorker, ServedApp
 
 from agent.gateway.app import Gateway, create_app
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.stats import RequestRecord
 from agent.gateway.upstream import ProbedUpstream, StaticUpstream
 from agent.telemetry.prom import parse_text, sample_value
+from tests.support.gateway_fakes import FakeWorker, ServedApp
 
 CHAT = "/v1/chat/completions"
 
