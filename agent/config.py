@@ -169,7 +169,7 @@ class DaemonSettings(Section):
         return self.audit_log or self.state_dir / AUDIT_LOG_NAME
 
     def inline_model_dirs(self) -> list[Path]:
-        from agent.worker.bundled_model import default_model_dirs
+        from agent.model_files import default_model_dirs
 
         return list(self.model_dirs) if self.model_dirs is not None else default_model_dirs()
 

@@ -47,7 +47,7 @@ from agent.control.controller import Controller
 from agent.control.drain import Drain
 from agent.control.feed import GatewayFeed
 from agent.control.observe import measure
-from agent.worker.bundled_model import default_model_path
+from agent.model_files import default_model_path
 
 GRID = "np=1,2,4;ub=128,512"
 LADDER = [Axis(knob="parallel", values=[1, 2, 4]), Axis(knob="ubatch", values=[128, 512])]

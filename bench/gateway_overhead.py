@@ -34,7 +34,7 @@ from agent.bench.corpus import MixSpec
 from agent.bench.llama_local import LocalLlamaServer, die_with_parent, free_port
 from agent.bench.load import Bounds, Target
 from agent.bench.runner import bench
-from agent.worker.bundled_model import default_model_path
+from agent.model_files import default_model_path
 
 
 def start_gateway(upstream: str, port: int) -> subprocess.Popen[bytes]:

@@ -29,7 +29,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.bench.llama_local import LocalLlamaServer
-from agent.worker.bundled_model import resolve_model
+from agent.model_files import resolve_model
 from agent.worker.gguf_meta import read_gguf
 
 

@@ -28,8 +28,8 @@ from agent.bench.llama_local import LocalLlamaServer
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import StaticUpstream
 from agent.gpu.nvml import open_nvml
+from agent.model_files import default_model_path
 from agent.telemetry.collector import build_telemetry
-from agent.worker.bundled_model import default_model_path
 
 
 def busy_stats() -> GatewayStats:

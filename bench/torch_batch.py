@@ -38,7 +38,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.worker.bundled_model import resolve_model
+from agent.model_files import resolve_model
 from agent.worker.torch_control import TorchWorkerControl
 
 PROMPTS = ["Once upon a time", "The three primary colors are", "In 1492, Columbus", "My favorite food is",

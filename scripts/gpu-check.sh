@@ -11,4 +11,4 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export HOSTTUNE_NVML_DRY_RUN=1
-exec "$PY" -m agent.gpu.check "$@"
+exec "$PY" -m agent.commands.gpu_check "$@"

@@ -1,6 +1,6 @@
 """Per-level figures (tokens/s, requests/s, TTFT/ITL/end-to-end percentiles, errors), as a table, JSON and a PNG.
 
-Percentiles use the same interpolation as the gateway (agent/telemetry/window.py). ITL percentiles pool every
+Percentiles use the same interpolation as the gateway (agent/metrics/window.py). ITL percentiles pool every
 gap of every successful request, so long generations weigh in proportion to their tokens, as users feel them.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.bench.load import LevelRun
+from agent.metrics.window import percentile
 from agent.render import table
-from agent.telemetry.window import percentile
 
 QS = (0.5, 0.95, 0.99)
 

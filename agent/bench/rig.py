@@ -24,8 +24,8 @@ from agent.gateway.app import Gateway
 from agent.gateway.server import GatewayServer
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.upstream import SupervisedWorker
+from agent.model_files import default_model_path
 from agent.policy.model import WorkerSpec
-from agent.worker.bundled_model import default_model_path
 from agent.worker.engines import LlamaCppEngine
 from agent.worker.supervisor import RestartPolicy, Supervisor
 

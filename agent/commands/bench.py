@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace, measure: Any) -> dict[str, Any]:
     from agent.bench.sweep import LocalSweepControl, parse_grid, run_sweep
-    from agent.worker.bundled_model import resolve_model
+    from agent.model_files import resolve_model
 
     grid = parse_grid(args.sweep)
     base = parse_grid(args.base_knobs)[0] if args.base_knobs else {}

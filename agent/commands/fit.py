@@ -14,8 +14,8 @@ from typing import Any
 from agent.commands.options import host_root_options
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
+from agent.model_files import resolve_model
 from agent.render import human_bytes, print_json, table
-from agent.worker.bundled_model import resolve_model
 from agent.worker.fit import CACHE_TYPES, FitReport, device_memory, plan_fit
 from agent.worker.gguf_meta import read_gguf
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.telemetry.window import percentile
+from agent.metrics.window import percentile
 
 
 @dataclass(frozen=True)

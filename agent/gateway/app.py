@@ -21,7 +21,7 @@ from agent.gateway.proxy import Proxy
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.stats import GatewayStats
 from agent.gateway.upstream import Watched, WorkerEndpoint
-from agent.telemetry.prom import CONTENT_TYPE, format_families
+from agent.metrics.prom import CONTENT_TYPE, format_families
 
 COMPLETION_ROUTES = ("/v1/completions", "/v1/chat/completions", "/completion", "/completions", "/chat/completions")
 GET_ROUTES = ("/v1/models", "/models", "/props")

@@ -14,8 +14,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.telemetry.prom import MetricFamily
-from agent.telemetry.window import QUANTILES, LatencyWindow, RateWindow, WindowSummary
+from agent.metrics.prom import MetricFamily
+from agent.metrics.window import QUANTILES, LatencyWindow, RateWindow, WindowSummary
 
 OUTCOMES = ("ok", "error", "rejected", "timeout", "client_abort")
 

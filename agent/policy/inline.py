@@ -6,7 +6,7 @@ holder, who must not be able to make the root daemon read, stat or run an arbitr
 
 - `extends:` names policies on the search path only (no paths: `/etc/shadow`, `../../x`, `/proc/self/pagemap`);
 - `worker.binary`, `worker.argv`, `worker.extra_args`, `worker.health_url` and `worker.metrics_url` are refused;
-- `worker.model` is `default` or a file inside the daemon's `model_dirs` (agent.worker.bundled_model.resolve_model),
+- `worker.model` is `default` or a file inside the daemon's `model_dirs` (agent.model_files.resolve_model),
   both for the worker and for `model.*` names in expressions (`=model.size_bytes` of any file was a file-size oracle).
 
 Only what the inline body itself writes is checked: values it inherits from a parent on the search path are that
@@ -57,7 +57,7 @@ class InlineRules:
             self.check_model(model)
 
     def check_model(self, node: Node) -> Path:
-        from agent.worker.bundled_model import resolve_model
+        from agent.model_files import resolve_model
 
         try:
             return resolve_model(str(node.value), self.model_dirs)

@@ -218,7 +218,7 @@ def _worker_model(files: list[Any]) -> Node | None:
 def _model_facts(model: Node | None, inline: InlineRules | None) -> dict[str, Any] | None:
     if model is None:
         return None
-    from agent.worker.bundled_model import resolve_model
+    from agent.model_files import resolve_model
 
     try:
         path = inline.check_model(model) if inline is not None else resolve_model(str(model.value))

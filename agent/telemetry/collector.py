@@ -16,10 +16,10 @@ from typing import Any
 
 from agent.gateway.stats import GatewaySnapshot, GatewayStats
 from agent.gpu.nvml import Nvml
+from agent.metrics.prom import MetricFamily, format_families
+from agent.metrics.ring import RingBuffer
 from agent.telemetry.gpu import GpuSample, GpuSampler
 from agent.telemetry.host import HostSample, HostSampler
-from agent.telemetry.prom import MetricFamily, format_families
-from agent.telemetry.ring import RingBuffer
 from agent.telemetry.worker import WorkerSample, WorkerSampler
 
 log = logging.getLogger(__name__)

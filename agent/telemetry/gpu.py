@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from agent.gpu.device import Device
 from agent.gpu.nvml import Nvml, NvmlError
-from agent.telemetry.prom import MetricFamily
+from agent.metrics.prom import MetricFamily
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20

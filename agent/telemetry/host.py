@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from agent.telemetry.prom import MetricFamily
+from agent.metrics.prom import MetricFamily
 
 IDLE_FIELDS = ("idle", "iowait")
 

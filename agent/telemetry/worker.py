@@ -24,7 +24,7 @@ import psutil
 
 from agent.errors import InputError
 from agent.gateway.upstream import WorkerEndpoint
-from agent.telemetry.prom import MetricFamily, parse_text, sample_value
+from agent.metrics.prom import MetricFamily, parse_text, sample_value
 from agent.worker.replycap import read_reply
 
 # The most the sampler reads of the worker's /metrics and /slots, and how long one sample may take in all: a worker

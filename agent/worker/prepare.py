@@ -12,9 +12,9 @@ from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.httpguard import is_loopback
 from agent.inspect.models import HostFacts
+from agent.model_files import resolve_model
 from agent.policy.model import WorkerSpec
 from agent.worker.binding import BindPreference
-from agent.worker.bundled_model import resolve_model
 from agent.worker.engines import engine_for
 from agent.worker.fit import FitReport, device_memory, plan_fit
 from agent.worker.gguf_meta import GgufInfo, read_gguf

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import HostError, InputError
 from agent.fsio import read_capped
-from agent.telemetry.prom import parse_text
+from agent.metrics.prom import parse_text
 from agent.worker.replycap import read_reply
 
 METRIC_PREFIX = "torch:"

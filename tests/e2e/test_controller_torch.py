@@ -25,8 +25,8 @@ from agent.control.controller import Controller, decisions_path
 from agent.control.decisions import DecisionLog
 from agent.control.feed import GatewayFeed
 from agent.gateway.upstream import ProbedUpstream
+from agent.model_files import default_model_path
 from agent.policy.model import SloSpec
-from agent.worker.bundled_model import default_model_path
 from tests.support import tiers
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]

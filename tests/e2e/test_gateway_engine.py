@@ -25,7 +25,7 @@ ENGINE_ARGS = ["-np", "2", "-c", "2048"]
 
 @pytest.fixture
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLlamaServer]:
-    from agent.worker.bundled_model import default_model_path
+    from agent.model_files import default_model_path
 
     log = tmp_path_factory.mktemp("llama") / "llama-server.log"
     server = LocalLlamaServer(default_model_path(), threads=2, extra_args=ENGINE_ARGS, log_path=log)

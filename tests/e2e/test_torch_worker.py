@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from agent.gateway.sse import SSEParser, has_content, reported_tokens
-from agent.worker.bundled_model import default_model_path
+from agent.model_files import default_model_path
 from agent.worker.torch_control import TorchWorkerControl
 from tests.e2e.worker_run import WorkerRun
 from tests.support import tiers

@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tuning_support import LOOP_CONTROL, LOOP_CTL_ADD, LOOP_CTL_REMOVE, SYS, kernel_tier_lock
 
 from agent.config import DaemonSettings
 from agent.daemon.hotplug_watch import BlockWatch, watch_block_devices
 from agent.daemon.services import Services
 from agent.tuning.journal import JournalData
 from agent.tuning.state import StateDir
+from tests.kernel.tuning_support import LOOP_CONTROL, LOOP_CTL_ADD, LOOP_CTL_REMOVE, SYS, kernel_tier_lock
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root]
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agent.telemetry.prom import parse_text, sample_value
+from agent.metrics.prom import parse_text, sample_value
 from tests.support.gateway_fakes import FakeWorker, free_port
 
 HOSTTUNE = [sys.executable, "-m", "agent"]

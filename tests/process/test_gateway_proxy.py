@@ -16,7 +16,7 @@ from agent.gateway.app import Gateway, create_app
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.stats import RequestRecord
 from agent.gateway.upstream import ProbedUpstream, StaticUpstream
-from agent.telemetry.prom import parse_text, sample_value
+from agent.metrics.prom import parse_text, sample_value
 from tests.support.gateway_fakes import FakeWorker, ServedApp
 
 CHAT = "/v1/chat/completions"

@@ -1,4 +1,4 @@
-"""scripts/gpu-check.sh (agent.gpu.check): read-only on a GPU machine, proved here on the NVML simulator."""
+"""scripts/gpu-check.sh (agent.commands.gpu_check): read-only on a GPU machine, proved here on the NVML simulator."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.commands import gpu_check
 from agent.errors import HostError
-from agent.gpu import check as gpu_check
 from agent.gpu.nvml import open_nvml
 from agent.gpu.simulator import library as nvml_sim
 from agent.hostfs import HostPaths

@@ -33,7 +33,7 @@ def _kernel() -> str | None:
 
 def _engine() -> str | None:
     try:
-        from agent.worker.bundled_model import default_model_path
+        from agent.model_files import default_model_path
         from agent.worker.llamacpp_bin import find_llama_server
     except ImportError as e:
         return f"engine support not importable: {e}"

@@ -26,7 +26,7 @@ BYTES_PER_VALUE = {"f32": Fraction(4), "f16": Fraction(2), "bf16": Fraction(2), 
 
 
 def bundled_model() -> Path:
-    from agent.worker.bundled_model import default_model_path
+    from agent.model_files import default_model_path
 
     try:
         return default_model_path()

@@ -8,13 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_tuning_hotplug import attach_nvme, detach
 
 from agent.daemon.hotplug_watch import BlockWatch, Debouncer, DiskFollower, disk_event, watch_block_devices
 from agent.errors import HostError
 from agent.hostfs import HostPaths
 from agent.tuning.state import StateLocked
 from tests.support.daemon_fixtures import services_for
+from tests.unit.test_tuning_hotplug import attach_nvme, detach
 
 
 @pytest.mark.parametrize(("action", "subsystem", "devtype", "name", "wanted"), [

@@ -190,3 +190,51 @@ def test_tuning_path_goes_down_the_layers_once() -> None:
 def test_no_agent_module_is_over_450_lines() -> None:
     found = long_modules(AGENT)
     assert not found, f"modules under agent/ over {MAX_LINES} lines: " + ", ".join(found)
+
+
+# -- layers (docs/architecture.md draws the same table) ------------------------------------------------------------
+
+LAYERS: dict[str, int] = {
+    "agent": 0, "errors": 0, "hostfs": 0, "fsio": 0, "metrics": 0, "model_files": 0, "httpguard": 0, "render": 0,
+    "sdnotify": 0,
+    "gpu": 1, "inspect": 1, "policy": 1, "tunable": 1,
+    "tuners": 2,
+    "tuning": 3, "worker": 3, "gateway": 3,
+    "control": 4, "telemetry": 4,
+    "api": 5, "bench": 5, "config": 5,
+    "daemon": 6,
+    "commands": 7, "cli": 7, "__main__": 7,
+}
+
+
+def package_of(module: str) -> str:
+    """agent.tuning.plan -> tuning; agent.errors -> errors; agent -> agent."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    out = []
+    for name, deps in sorted(graph.items()):
+        for dep in sorted(deps):
+            if layers[package_of(dep)] > layers[package_of(name)]:
+                out.append(f"{name} (layer {layers[package_of(name)]}) -> {dep} (layer {layers[package_of(dep)]})")
+    return out
+
+
+def test_checker_finds_an_import_upward(tmp_path: Path) -> None:
+    root = _package(tmp_path, {"__init__.py": "", "low/__init__.py": "", "low/a.py": "from agent.high import b\n",
+                               "high/__init__.py": "", "high/b.py": "from agent.low import a\n"})
+    found = upward_imports(import_graph(root), {"agent": 0, "low": 0, "high": 1})
+    assert found == ["agent.low.a (layer 0) -> agent.high.b (layer 1)"]
+
+
+def test_every_agent_package_has_a_layer() -> None:
+    packages = {package_of(m) for m in modules(AGENT)}
+    assert packages == set(LAYERS), f"not in LAYERS: {sorted(packages - set(LAYERS))}; " \
+                                    f"gone: {sorted(set(LAYERS) - packages)}"
+
+
+def test_packages_import_only_their_layer_or_below() -> None:
+    found = upward_imports(import_graph(AGENT), LAYERS)
+    assert not found, "imports against the layers in docs/architecture.md:\n" + "\n".join(found)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import InputError
+from agent.model_files import default_model_path
 from agent.policy.loader import (
     default_policy_name,
     find_policy,
@@ -17,7 +18,6 @@ from agent.policy.loader import (
     load_policy,
     policy_search_path,
 )
-from agent.worker.bundled_model import default_model_path
 from tests.support.policy_hosts import ci_vm, gpu_server, laptop
 
 

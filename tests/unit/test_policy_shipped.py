@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from agent.inspect.models import HostFacts
+from agent.model_files import default_model_path
 from agent.policy.loader import REPO_POLICIES, list_policies, load_policy
 from agent.policy.schema import user_policy_schema
-from agent.worker.bundled_model import default_model_path
 from tests.support.policy_hosts import HOSTS, ci_vm
 
 REPO = Path(__file__).resolve().parents[2]

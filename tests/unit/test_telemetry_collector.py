@@ -15,11 +15,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import StaticUpstream
+from agent.metrics.prom import parse_text, sample_value
+from agent.metrics.ring import RingBuffer
 from agent.telemetry.collector import JOB_ID, Telemetry, build_telemetry
 from agent.telemetry.gpu import GpuSample, GpuSampler
 from agent.telemetry.host import HostSampler, busy_ratio
-from agent.telemetry.prom import parse_text, sample_value
-from agent.telemetry.ring import RingBuffer
 from agent.telemetry.worker import WorkerSampler, parse_llamacpp_metrics, parse_slots, parse_worker_metrics, with_rates
 from tests.support.gateway_fakes import FakeWorker
 
@@ -119,7 +119,7 @@ def test_gpu_samples_in_dcgm_names() -> None:
 
 
 def _render(fam: Any) -> list[str]:
-    from agent.telemetry.prom import format_families
+    from agent.metrics.prom import format_families
     return format_families([fam]).splitlines()
 
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import InputError
-from agent.telemetry.prom import MetricFamily, format_families, format_value, parse_text, sample_value
+from agent.metrics.prom import MetricFamily, format_families, format_value, parse_text, sample_value
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "llamacpp"
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.telemetry.window import LatencyWindow, RateWindow, percentile, summarize
+from agent.metrics.window import LatencyWindow, RateWindow, percentile, summarize
 
 
 class Clock:

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.telemetry.prom import CONTENT_TYPE
+from agent.metrics.prom import CONTENT_TYPE
 from agent.worker.torch_control import ControlUpdate
 from agent.worker.torch_server import metrics
 from agent.worker.torch_server.loader import LoadedModel

@@ -5,7 +5,7 @@ max batch, the rows of the last decode step, and out-of-memory and requeue count
 
 from __future__ import annotations
 
-from agent.telemetry.prom import MetricFamily, counter, format_families, gauge
+from agent.metrics.prom import MetricFamily, counter, format_families, gauge
 from agent.worker.torch_control import METRIC_PREFIX
 from agent.worker.torch_server.scheduler import Scheduler
 
