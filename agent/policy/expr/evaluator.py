@@ -6,19 +6,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from agent.policy.expr.syntax import (
-    MAX_INT_BITS,
-    MAX_STR_CHARS,
-    Binary,
-    Call,
-    Expr,
-    ExprError,
-    IfElse,
-    ListExpr,
-    Literal,
-    Name,
-    Unary,
-)
+from agent.policy.expr import syntax
+from agent.policy.expr.syntax import MAX_INT_BITS, MAX_STR_CHARS, Expr, ExprError, Name
 from agent.policy.expr.values import check_number, describe, is_num, short
 
 Lookup = Callable[[Name], Any]
@@ -34,19 +23,19 @@ class _Eval:
         self.lookup = lookup
 
     def eval(self, e: Expr) -> Any:
-        if isinstance(e, Literal):
+        if isinstance(e, syntax.Literal):
             return e.value
         if isinstance(e, Name):
             return self.lookup(e)
-        if isinstance(e, ListExpr):
+        if isinstance(e, syntax.ListExpr):
             return [self.eval(item) for item in e.items]
-        if isinstance(e, Call):
+        if isinstance(e, syntax.Call):
             return self.call(e)
-        if isinstance(e, Unary):
+        if isinstance(e, syntax.Unary):
             return self.unary(e)
-        if isinstance(e, IfElse):
+        if isinstance(e, syntax.IfElse):
             return self.eval(e.then) if self.boolean(e.cond, "if") else self.eval(e.other)
-        if isinstance(e, Binary):
+        if isinstance(e, syntax.Binary):
             return self.binary(e)
         raise ExprError(f"unsupported expression node {type(e).__name__}", e.pos + 1)  # pragma: no cover
 
@@ -56,7 +45,7 @@ class _Eval:
             raise ExprError(f"`{what}` needs true or false, got {describe(v)} {short(v)}", e.pos + 1)
         return v
 
-    def unary(self, e: Unary) -> Any:
+    def unary(self, e: syntax.Unary) -> Any:
         if e.op == "not":
             return not self.boolean(e.operand, "not")
         v = self.eval(e.operand)
@@ -64,7 +53,7 @@ class _Eval:
             raise ExprError(f"unary {e.op} needs a number, got {describe(v)}", e.pos + 1)
         return -v if e.op == "-" else v
 
-    def binary(self, e: Binary) -> Any:
+    def binary(self, e: syntax.Binary) -> Any:
         if e.op == "and":
             return self.boolean(e.left, "and") and self.boolean(e.right, "and")
         if e.op == "or":
@@ -80,7 +69,7 @@ class _Eval:
             return found if e.op == "in" else not found
         return _arith(e.op, left, right, e.pos)
 
-    def call(self, e: Call) -> Any:
+    def call(self, e: syntax.Call) -> Any:
         args = [self.eval(a) for a in e.args]
         return _call(e.func, args, e.pos)
 
