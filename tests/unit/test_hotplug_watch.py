@@ -121,6 +121,7 @@ def test_fixture_trees_are_not_watched(host: HostPaths, tmp_path: Path) -> None:
     assert watch_block_devices(services_for(host, tmp_path).tuning) is None
 
 
+@pytest.mark.host("server")
 def test_the_daemon_tunes_a_new_disk_and_marks_it_gone(host: HostPaths, tmp_path: Path) -> None:
     policy = tmp_path / "hotplug.yaml"
     policy.write_text("name: hotplug\nblock:\n  - match: {name: 'nvme*'}\n    read_ahead_kb: 4096\n")

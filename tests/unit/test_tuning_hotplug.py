@@ -14,6 +14,8 @@ from agent.tuning import api
 from agent.tuning.hotplug import mark_gone, plan_disk, tune_disk
 from agent.tuning.state import StateDir
 
+pytestmark = pytest.mark.host("server")  # its NVMe disks offer kyber
+
 SOURCE = "/policies/hotplug.yaml"
 POLICY = Policy.model_validate({"name": "hotplug", "sysctl": {"vm.swappiness": 7},
                                 "block": [{"match": {"name": "nvme*"}, "read_ahead_kb": 4096,
