@@ -16,7 +16,6 @@ is "absent") and removed by revert.
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 from agent.errors import InputError
 from agent.fsio import read_int, read_str, read_text
 from agent.hostfs import HostPaths
+from agent.inspect.block import read_device
 from agent.inspect.models import HostFacts
 from agent.policy.model import BlockMatch, BlockSpec, Policy
 from agent.policy.shapes import DEVICE_GLOB_RE, TOKEN_RE
@@ -48,19 +48,6 @@ class Disk:
     queue: Path
 
 
-def classify(name: str, real: str) -> str:
-    """Kind of a disk from its kernel name and sysfs device path (the same words HostFacts uses)."""
-    for prefix, kind in (("nvme", "nvme"), ("loop", "loop"), ("md", "md"), ("dm-", "dm"), ("mmcblk", "mmc"),
-                         ("nullb", "null_blk")):
-        if name.startswith(prefix):
-            return kind
-    if "/virtio" in real:
-        return "virtio"
-    if name.startswith("sd"):
-        return "sata" if "/ata" in real else "scsi"
-    return "other"
-
-
 def disks(paths: HostPaths, facts: HostFacts | None) -> list[Disk]:
     """Whole disks under sysfs; kind and model from the host facts when given (one vocabulary with inspect)."""
     known = {d.name: d for d in facts.block_devices} if facts is not None else {}
@@ -72,12 +59,12 @@ def disks(paths: HostPaths, facts: HostFacts | None) -> list[Disk]:
         queue = entry / "queue"
         if not queue.is_dir():
             continue
-        fact = known.get(entry.name)
+        fact = known.get(entry.name) or read_device(paths, entry.name)  # one reading of kind and model: inspect's
         rot = read_int(queue / "rotational")
         out.append(Disk(
             name=entry.name,
-            kind=fact.kind if fact else classify(entry.name, os.path.realpath(entry)),
-            model=fact.model if fact else read_str(entry / "device" / "model"),
+            kind=fact.kind if fact else "loop",  # read_device is None only for a loop device with nothing attached
+            model=fact.model if fact else None,
             rotational=None if rot is None else bool(rot),
             queue=queue))
     return out

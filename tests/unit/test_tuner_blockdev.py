@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.errors import InputError
 from agent.hostfs import HostPaths
+from agent.inspect import collect
 from agent.policy.model import BlockMatch, BlockSpec, Policy
-from agent.tuners.blockdev import BlockdevTuner, classify
+from agent.tuners.blockdev import BlockdevTuner, disks
+from tests.support.trees import FIXTURE_HOSTS, make_tree
 
 
 def plan(paths: HostPaths, *specs: BlockSpec) -> list:
@@ -83,13 +87,12 @@ def test_udev_rule_without_udev_is_not_applicable(host: HostPaths) -> None:
     assert rule.action == "not_applicable"
 
 
-@pytest.mark.parametrize(("name", "real", "kind"), [
-    ("nvme0n1", "/sys/devices/pci0000:00/nvme/nvme0/nvme0n1", "nvme"),
-    ("vda", "/sys/devices/pci0000:00/0000:00:03.0/virtio0/block/vda", "virtio"),
-    ("sda", "/sys/devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block/sda", "sata"),
-    ("sdb", "/sys/devices/pci0000:00/0000:00:10.0/host2/target2:0:0/2:0:0:0/block/sdb", "scsi"),
-    ("dm-0", "/sys/devices/virtual/block/dm-0", "dm"),
-    ("zram0", "/sys/devices/virtual/block/zram0", "other"),
-])
-def test_classify(name: str, real: str, kind: str) -> None:
-    assert classify(name, real) == kind
+@pytest.mark.parametrize("scenario", sorted(p.name for p in FIXTURE_HOSTS.iterdir() if p.is_dir()))
+def test_without_facts_the_tuner_reads_disks_as_inspect_does(scenario: str, tmp_path: Path) -> None:
+    """One reading of a disk's kind and model (agent.inspect.block), with or without host facts handed in."""
+    paths = make_tree(scenario, tmp_path / "host")
+    facts = collect(paths, nvml=None)
+    listed = {d.name: (d.kind, d.model) for d in facts.block_devices}
+    read = {d.name: (d.kind, d.model) for d in disks(paths, None)}
+    assert listed and {n: read[n] for n in listed} == listed
+    assert all(read[n][0] == "loop" for n in set(read) - set(listed))  # only empty loop devices are not facts
