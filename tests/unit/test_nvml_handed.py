@@ -1,0 +1,107 @@
+"""NVML is handed to the tuners: the tuning engine's GPU tuner plans, applies, verifies and reverts through the
+session its caller opened (the daemon's; the CLI's --nvml-sim one) and never opens a second one of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_fixtures import services_for
+from gpu_sim import SERVER_8GPU
+
+from agent.gpu import nvml
+from agent.gpu.nvml import open_nvml
+from agent.gpu.simulator import library as nvml_sim
+from agent.hostfs import HostPaths
+from agent.policy.model import GpuSpec, Policy
+from agent.tuners import gpu as gpu_tuner
+from agent.tuners.gpu import GpuTuner
+from agent.tuning import api
+from agent.tuning.state import StateDir
+
+GPUS = 8  # the simulated GPUs of the server-2s-8gpu fixture host
+POLICY = Policy(name="gpu-handed", gpu=[GpuSpec(locked_clocks="max", power_limit_w="90%", persistence_mode=True)])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_nvml() -> Iterator[None]:
+    yield
+    nvml_sim.uninstall()
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[GpuTuner]:
+    """Every GpuTuner the engine builds, in order; any other NVML session opened meanwhile fails the test."""
+    def second_session(*args: Any, **kwargs: Any) -> nvml.Nvml:
+        raise AssertionError("a second NVML session was opened")
+
+    monkeypatch.setattr(nvml, "open_nvml", second_session)
+    monkeypatch.setattr(gpu_tuner, "open_nvml", second_session)
+    out: list[GpuTuner] = []
+    real: Callable[[type[GpuTuner], nvml.Nvml | None], GpuTuner] = GpuTuner.build.__func__  # type: ignore[attr-defined]
+
+    def build(cls: type[GpuTuner], handed: nvml.Nvml | None) -> GpuTuner:
+        tuner = real(cls, handed)
+        out.append(tuner)
+        return tuner
+
+    monkeypatch.setattr(GpuTuner, "build", classmethod(build))
+    return out
+
+
+def _recording(session: nvml.Nvml, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The NVML functions called through `session` from now on."""
+    calls: list[str] = []
+    real = session.call
+
+    def call(fn: Callable[..., Any] | str, *args: Any) -> Any:
+        calls.append(nvml.function_name(fn))
+        return real(fn, *args)
+
+    monkeypatch.setattr(session, "call", call)
+    return calls
+
+
+def test_every_engine_operation_uses_the_session_it_was_handed(tmp_path: Path, built: list[GpuTuner],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    session = open_nvml(SERVER_8GPU)
+    calls = _recording(session, monkeypatch)
+    sim = nvml_sim.installed()
+    assert sim is not None
+    before = [sim.state_of(i) for i in range(GPUS)]
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "sys").mkdir()
+    paths = HostPaths(procfs=tmp_path / "proc", sysfs=tmp_path / "sys", rootfs=tmp_path)
+    state = StateDir(tmp_path / "state")
+
+    plan = api.plan_policy(POLICY, paths, state=state, nvml=session)
+    assert {c.target.split("/")[0] for c in plan.changes if c.tuner == "gpu"} == {f"gpu{i}" for i in range(GPUS)}
+    result = api.apply_policy(POLICY, paths, state, nvml=session)
+    assert result.writes >= GPUS
+    assert [sim.state_of(i) for i in range(GPUS)] != before
+    assert [c for c in calls if nvml.is_mutating(c)], "the writes went through the handed session"
+    assert api.verify(state, nvml=session).ok
+    assert api.revert(state, nvml=session).ok
+    assert [sim.state_of(i) for i in range(GPUS)] == before
+    # one GPU tuner per operation (plan, apply, verify, revert), each holding the caller's session
+    assert len(built) == 4
+    assert all(t.nvml is session for t in built)
+
+
+@pytest.mark.usefixtures("no_daemon_env_overrides")
+def test_the_daemon_hands_its_session_to_the_tuning_engine(host: HostPaths, tmp_path: Path,
+                                                           built: list[GpuTuner]) -> None:
+    tuning = services_for(host, tmp_path, nvml_sim=SERVER_8GPU).tuning
+    session = tuning.nvml()
+    policy = tmp_path / "gpu.yaml"
+    policy.write_text("name: gpu-handed\ngpu:\n  - locked_clocks: max\n    power_limit_w: 90%\n")
+    loaded = tuning.load_policy_ref(policy)
+    plan = tuning.plan_loaded(loaded)
+    assert {c["target"] for c in plan["changes"] if c["tuner"] == "gpu"} == {
+        f"gpu{i}/{s}" for i in range(GPUS) for s in ("locked_clocks", "power_limit_w")}
+    assert tuning.apply_loaded(loaded)["changed"] >= GPUS
+    assert tuning.verify()["ok"]
+    assert tuning.revert()["ok"]
+    assert built and all(t.nvml is session for t in built)
