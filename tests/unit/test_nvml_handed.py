@@ -105,3 +105,31 @@ def test_the_daemon_hands_its_session_to_the_tuning_engine(host: HostPaths, tmp_
     assert tuning.verify()["ok"]
     assert tuning.revert()["ok"]
     assert built and all(t.nvml is session for t in built)
+
+
+def test_the_cli_hands_its_nvml_sim_session_to_the_tuning_engine(host: HostPaths, tmp_path: Path,
+                                                                 built: list[GpuTuner],
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    opened: list[nvml.Nvml] = []
+
+    def for_nvml_sim(sim: Path | str | None = None, *, dry_run: bool = False) -> nvml.Nvml:
+        assert sim is not None, "a session other than the --nvml-sim one was opened"
+        session = open_nvml(sim, dry_run=dry_run)
+        opened.append(session)
+        return session
+
+    monkeypatch.setattr(nvml, "open_nvml", for_nvml_sim)  # the GPU tuner's own opening still fails (`built`)
+    policy = tmp_path / "gpu.yaml"
+    policy.write_text("name: gpu-handed\ngpu:\n  - power_limit_w: 90%\n    persistence_mode: true\n")
+    common = ["--procfs", str(host.procfs), "--sysfs", str(host.sysfs), "--rootfs", str(host.rootfs),
+              "--state-dir", str(tmp_path / "state"), "--nvml-sim", str(SERVER_8GPU)]
+    assert main(["apply", str(policy), *common]) == 0
+    assert main(["verify", *common]) == 0
+    assert main(["revert", *common]) == 0
+    assert "reverted" in capsys.readouterr().out
+    # one session per command, opened for --nvml-sim, and the GPU tuner of that command holds it
+    assert len(opened) == len(built) == 3
+    assert all(t.nvml is session for t, session in zip(built, opened, strict=True))
