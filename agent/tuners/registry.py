@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 BUILTIN: tuple[ModuleType, ...] = (sysctl, hugepages, thp, cpu, blockdev, gpu, bootargs)
 """Every tuner module of this package; importing one registers its tuner."""
 
-__all__ = ["BUILTIN", "TunerSet", "get", "names", "register", "tuners"]
+__all__ = ["BUILTIN", "TunerSet", "get", "register", "tuners"]
 
 
 def _class(name: str) -> type[Tuner]:
@@ -76,7 +76,3 @@ def tuners(only: Iterable[str] | None = None, *, nvml: Nvml | None = None) -> li
 def get(name: str, *, nvml: Nvml | None = None) -> Tuner:
     """A fresh instance of the tuner named `name`."""
     return TunerSet(nvml).get(name)
-
-
-def names() -> list[str]:
-    return sorted(registered())
