@@ -18,8 +18,11 @@ from agent.hostfs import HostPaths
 from agent.policy.model import GpuSpec, Policy
 from agent.tuners import gpu as gpu_tuner
 from agent.tuners.gpu import GpuTuner
+from agent.tuners.registry import TunerSet
 from agent.tuning import api
+from agent.tuning.hotplug import tune_disk
 from agent.tuning.state import StateDir
+from agent.tuning.writer import HostWriter
 
 GPUS = 8  # the simulated GPUs of the server-2s-8gpu fixture host
 POLICY = Policy(name="gpu-handed", gpu=[GpuSpec(locked_clocks="max", power_limit_w="90%", persistence_mode=True)])
@@ -64,30 +67,57 @@ def _recording(session: nvml.Nvml, monkeypatch: pytest.MonkeyPatch) -> list[str]
     return calls
 
 
+def _bare_host(tmp_path: Path) -> HostPaths:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "sys").mkdir()
+    return HostPaths(procfs=tmp_path / "proc", sysfs=tmp_path / "sys", rootfs=tmp_path)
+
+
+def _gpu_states() -> list[dict[str, Any]]:
+    sim = nvml_sim.installed()
+    assert sim is not None
+    return [sim.state_of(i) for i in range(GPUS)]
+
+
 def test_every_engine_operation_uses_the_session_it_was_handed(tmp_path: Path, built: list[GpuTuner],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     session = open_nvml(SERVER_8GPU)
     calls = _recording(session, monkeypatch)
-    sim = nvml_sim.installed()
-    assert sim is not None
-    before = [sim.state_of(i) for i in range(GPUS)]
-    (tmp_path / "proc").mkdir()
-    (tmp_path / "sys").mkdir()
-    paths = HostPaths(procfs=tmp_path / "proc", sysfs=tmp_path / "sys", rootfs=tmp_path)
+    before = _gpu_states()
+    paths = _bare_host(tmp_path)
     state = StateDir(tmp_path / "state")
 
     plan = api.plan_policy(POLICY, paths, state=state, nvml=session)
     assert {c.target.split("/")[0] for c in plan.changes if c.tuner == "gpu"} == {f"gpu{i}" for i in range(GPUS)}
     result = api.apply_policy(POLICY, paths, state, nvml=session)
     assert result.writes >= GPUS
-    assert [sim.state_of(i) for i in range(GPUS)] != before
+    assert _gpu_states() != before
     assert [c for c in calls if nvml.is_mutating(c)], "the writes went through the handed session"
     assert api.verify(state, nvml=session).ok
     assert api.revert(state, nvml=session).ok
-    assert [sim.state_of(i) for i in range(GPUS)] == before
+    assert _gpu_states() == before
     # one GPU tuner per operation (plan, apply, verify, revert), each holding the caller's session
     assert len(built) == 4
     assert all(t.nvml is session for t in built)
+
+
+def test_a_hot_plugged_disk_rolls_back_an_interrupted_gpu_apply_through_the_handed_session(
+        tmp_path: Path, built: list[GpuTuner]) -> None:
+    session = open_nvml(SERVER_8GPU)
+    before = _gpu_states()
+    paths = _bare_host(tmp_path)
+    state = StateDir(tmp_path / "state")
+    with state.locked() as journal:  # a process that died after three GPU writes, before its commit
+        plan = api.plan_policy(POLICY, paths, nvml=session)
+        journal.begin("apply", policy=POLICY.name)
+        writer, tuners = HostWriter(journal), TunerSet(session)
+        for change in plan.writes[:3]:
+            tuners.get(change.tuner).apply(change, writer)
+    assert _gpu_states() != before
+    built.clear()
+    assert tune_disk(POLICY, paths, state, "nvme1n1", facts=None, source=None, nvml=session) is None
+    assert _gpu_states() == before and state.journal().open_txn is None
+    assert len(built) == 1 and built[0].nvml is session
 
 
 @pytest.mark.usefixtures("no_daemon_env_overrides")
