@@ -39,12 +39,14 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    nvml = tuning.nvml_session(args)
     paths = tuning.host_paths(args)
     tuning.check_writable(paths)
-    facts = tuning.gather_facts(paths)
+    facts = tuning.gather_facts(paths, nvml)
     loaded = tuning.load(args.policy, facts)
     with tuning.located(loaded):
-        result = apply_policy(loaded.policy, paths, tuning.state(args), facts=facts, source=str(loaded.source))
+        result = apply_policy(loaded.policy, paths, tuning.state(args), facts=facts, source=str(loaded.source),
+                              nvml=nvml)
     if args.json:
         print_json(result)
         return 0

@@ -37,11 +37,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    nvml = tuning.nvml_session(args)
     paths = tuning.host_paths(args)
-    facts = tuning.gather_facts(paths)
+    facts = tuning.gather_facts(paths, nvml)
     loaded = tuning.load(args.policy, facts)
     with tuning.located(loaded):
-        plan = plan_policy(loaded.policy, paths, state=tuning.state(args), facts=facts, source=str(loaded.source))
+        plan = plan_policy(loaded.policy, paths, state=tuning.state(args), facts=facts, source=str(loaded.source),
+                           nvml=nvml)
     if args.json:
         print_json({**plan.model_dump(mode="json"), "counts": plan.counts(), "summary": plan.summary()})
         return 0

@@ -45,7 +45,7 @@ def _exit(result: RevertResult) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = revert(tuning.state(args), force=args.force)
+    result = revert(tuning.state(args), force=args.force, nvml=tuning.nvml_session(args))
     if args.json:
         print_json({**result.model_dump(mode="json"), "ok": result.ok})
         return _exit(result)

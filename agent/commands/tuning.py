@@ -1,5 +1,6 @@
-"""What plan, apply, verify, revert and status share: host roots, the state dir, loading a policy with facts,
-turning a tuner's field-only InputError into one that names the policy's file:line, and the change table.
+"""What plan, apply, verify, revert and status share: host roots, the state dir, the NVML session (--nvml-sim),
+loading a policy with facts, turning a tuner's field-only InputError into one that names the policy's file:line,
+and the change table.
 
 Not a command itself (it has no register()); the five command modules use it.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from agent.errors import HostTuneError, InputError
 from agent.hostfs import HostPaths
@@ -20,33 +21,36 @@ from agent.tunable.change import Change
 from agent.tuning.plan import Plan
 from agent.tuning.state import StateDir
 
+if TYPE_CHECKING:
+    from agent.gpu.nvml import Nvml
+
 CHANGE_HEADERS = ("tuner", "target", "current", "desired", "action", "reason")
 WIDTH = 48
 
 
 def host_paths(args: argparse.Namespace) -> HostPaths:
-    use_nvml_sim(args)
     return HostPaths.from_options(args.procfs, args.sysfs, args.rootfs).check()
 
 
 def state(args: argparse.Namespace) -> StateDir:
-    use_nvml_sim(args)
     return StateDir(args.state_dir)
 
 
-def use_nvml_sim(args: argparse.Namespace) -> None:
-    """--nvml-sim FILE: install the NVML simulator for this process (pynvml's library is process-wide), so every
-    NVML session opened after it (inspection, the GPU tuner, verify, revert) sees the simulated GPUs."""
+def nvml_session(args: argparse.Namespace) -> Nvml | None:
+    """--nvml-sim FILE (env HOSTTUNE_NVML_SIM): this command's NVML session on the simulator (installed for the
+    whole process: pynvml's library is process-wide), handed to inspection and to the tuning engine's GPU tuner.
+    None without the option: whoever needs NVML opens the real library when it first uses it."""
     sim = getattr(args, "nvml_sim", None)
-    if sim:
-        from agent.gpu.nvml import open_nvml
-        open_nvml(sim)
+    if not sim:
+        return None
+    from agent.gpu.nvml import open_nvml
+    return open_nvml(sim)
 
 
-def gather_facts(paths: HostPaths) -> HostFacts:
+def gather_facts(paths: HostPaths, nvml: Nvml | None = None) -> HostFacts:
     """Host facts for `when:` conditions, computed values, conflicts and block device kinds."""
     from agent.inspect import collect
-    return collect(paths)
+    return collect(paths, nvml=nvml)
 
 
 def load(ref: str, facts: HostFacts | None) -> LoadedPolicy:

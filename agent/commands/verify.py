@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = verify(tuning.state(args))
+    result = verify(tuning.state(args), nvml=tuning.nvml_session(args))
     if args.json:
         print_json({**result.model_dump(mode="json"), "ok": result.ok})
         return 0 if result.ok else 1

@@ -30,6 +30,7 @@ import pyudev
 
 from agent.daemon.events import EventLog
 from agent.errors import HostTuneError
+from agent.gpu.nvml import Nvml
 from agent.hostfs import HostPaths
 from agent.inspect.block import disk_present
 from agent.inspect.models import HostFacts
@@ -178,6 +179,7 @@ class TuningHost(Protocol):
     @property
     def run_mutation(self) -> Callable[[Callable[[], Any]], Any]: ...
     def host_facts(self) -> HostFacts: ...
+    def nvml(self) -> Nvml: ...
     def load_policy_ref(self, ref: str | Path, facts: HostFacts | None = None) -> LoadedPolicy: ...
     @property
     def events(self) -> EventLog: ...
@@ -205,8 +207,9 @@ class DiskFollower:
         if disk_present(host.paths, name):
             facts = host.host_facts()
             loaded = host.load_policy_ref(ref, facts)
+            nvml = host.nvml()
             result = self._mutate(lambda: tune_disk(loaded.policy, host.paths, state, name, facts=facts,
-                                                    source=str(loaded.source)))
+                                                    source=str(loaded.source), nvml=nvml))
             if result is not None:
                 host.events.record("hotplug", device=name, writes=result.writes)
         else:

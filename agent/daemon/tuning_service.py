@@ -59,6 +59,8 @@ class TuningService:
 
     # -- facts and policies -------------------------------------------------------------------------------------
     def nvml(self) -> Nvml:
+        """The daemon's one NVML session (lazy: the library initialises on first use), handed to inspection,
+        the tuning engine (its GPU tuner) and the worker stack."""
         if self._nvml is None:
             self._nvml = open_nvml(self.settings.nvml_sim)
         return self._nvml
@@ -141,7 +143,7 @@ class TuningService:
         facts = facts if facts is not None else self.host_facts()
         try:
             plan = engine.plan_policy(loaded.policy, self.paths, state=self._state(), facts=facts,
-                                      source=str(loaded.source))
+                                      source=str(loaded.source), nvml=self.nvml())
         except InputError as e:
             raise self.located(loaded, e) from None
         out: dict[str, Any] = jsonable(plan)
@@ -171,13 +173,16 @@ class TuningService:
         `keep_text`: an API body, kept under STATE_DIR/api-policies/ as `loaded.source` by the same mutation."""
         facts = facts if facts is not None else self.host_facts()
         state = self._state()
+        nvml = self.nvml()
 
         def mutation() -> ApplyResult:
             if keep_text is None:
-                return engine.apply_policy(loaded.policy, self.paths, state, facts=facts, source=str(loaded.source))
+                return engine.apply_policy(loaded.policy, self.paths, state, facts=facts, source=str(loaded.source),
+                                           nvml=nvml)
             created = self.submitted.keep(loaded.source, keep_text)
             try:
-                done = engine.apply_policy(loaded.policy, self.paths, state, facts=facts, source=str(loaded.source))
+                done = engine.apply_policy(loaded.policy, self.paths, state, facts=facts, source=str(loaded.source),
+                                           nvml=nvml)
             except BaseException:
                 if created:
                     self.submitted.forget(loaded.source)
@@ -201,9 +206,9 @@ class TuningService:
 
     def revert(self, force: bool = False) -> dict[str, Any]:
         """Restore the originals; targets someone else changed are skipped (listed in `skipped`) unless `force`."""
-        state = self._state()
+        state, nvml = self._state(), self.nvml()
         try:
-            result = self._mutate(lambda: engine.revert(state, force=force))
+            result = self._mutate(lambda: engine.revert(state, force=force, nvml=nvml))
         except HostError as e:
             raise self._conflict(e) from None
         finally:
@@ -217,8 +222,8 @@ class TuningService:
         return out
 
     def rollback_interrupted(self) -> str | None:
-        state = self._state()
-        note = self._mutate(lambda: engine.recover_only(state))
+        state, nvml = self._state(), self.nvml()
+        note = self._mutate(lambda: engine.recover_only(state, nvml=nvml))
         if note:
             self.events.record("rollback", note=note)
         return note
@@ -232,7 +237,7 @@ class TuningService:
         return list(reversed(history))[:limit]
 
     def verify(self) -> dict[str, Any]:
-        result = engine.verify(self._state())
+        result = engine.verify(self._state(), nvml=self.nvml())
         out: dict[str, Any] = jsonable(result)
         out["ok"] = result.ok
         out["drifted"] = [jsonable(i) for i in result.drift]

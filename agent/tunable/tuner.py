@@ -17,6 +17,9 @@ Rules a tuner keeps (the engine relies on them):
   uses writer.write_custom and overrides restore.
 - Targets are unique within a tuner; the journal keys records by "tuner:target".
 
+The engine builds each tuner once per operation with `build(nvml)`: the NVML session its caller handed it (the
+daemon's, the CLI's --nvml-sim one) reaches the tuners that need one; there is no process-wide session.
+
 File-backed tunables need no code beyond plan: set Change.path, .value, .format and .compare and the defaults
 below apply, verify and restore them.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from agent.fsio import read_text
 from agent.hostfs import HostPaths
@@ -35,6 +38,9 @@ from agent.tunable import formats
 from agent.tunable.change import Change, satisfies
 from agent.tunable.record import Record
 from agent.tunable.writer import Writer
+
+if TYPE_CHECKING:
+    from agent.gpu.nvml import Nvml
 
 
 class Tuner(ABC):
@@ -48,6 +54,12 @@ class Tuner(ABC):
     enabled_by_default: ClassVar[bool] = True
     sections: ClassVar[tuple[str, ...]] = ()
     """Policy fields this tuner plans (e.g. ("gpu",)); a set section no enabled tuner claims is `unsupported`."""
+
+    @classmethod
+    def build(cls, nvml: Nvml | None) -> Self:
+        """The instance the engine drives for one operation (agent.tuners.registry.TunerSet). A tuner that talks
+        to GPUs overrides this to keep `nvml`, the operation's NVML session (None: it opens one on first use)."""
+        return cls()
 
     @abstractmethod
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:

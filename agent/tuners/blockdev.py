@@ -31,7 +31,7 @@ from agent.policy.shapes import DEVICE_GLOB_RE, TOKEN_RE
 from agent.tunable import formats
 from agent.tunable.change import Change, change
 from agent.tunable.tuner import Tuner
-from agent.tuners.registry import register
+from agent.tuners.registration import register
 
 if TYPE_CHECKING:
     from agent.tunable.writer import Writer

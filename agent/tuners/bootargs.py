@@ -14,7 +14,7 @@ from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
 from agent.tunable.change import Change
 from agent.tunable.tuner import Tuner
-from agent.tuners.registry import register
+from agent.tuners.registration import register
 
 if TYPE_CHECKING:
     from agent.tunable.writer import Writer

@@ -22,7 +22,7 @@ from agent.policy.model import Policy
 from agent.tunable import formats
 from agent.tunable.change import Change, change
 from agent.tunable.tuner import Tuner
-from agent.tuners.registry import register
+from agent.tuners.registration import register
 
 SETTINGS = (
     ("governor", "scaling_governor", "scaling_available_governors"),

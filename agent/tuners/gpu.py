@@ -30,7 +30,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from agent.errors import HostError, InputError, WriteFailed
 from agent.gpu.device import ARCH_AMPERE, ARCH_VOLTA, BASE_CLOCK, Device
@@ -41,7 +41,7 @@ from agent.inspect.models import HostFacts
 from agent.policy.model import ClockRange, GpuSelect, Policy
 from agent.tunable.change import Change
 from agent.tunable.tuner import Tuner
-from agent.tuners.registry import register
+from agent.tuners.registration import register
 
 if TYPE_CHECKING:
     from agent.tunable.record import Record
@@ -217,10 +217,14 @@ class GpuTuner(Tuner):
     sections: ClassVar[tuple[str, ...]] = ("gpu",)
 
     def __init__(self, nvml: Nvml | None = None) -> None:
-        """`nvml`: the session to plan and apply through. The tuner registry builds tuners without arguments;
-        such a tuner opens its own session (open_nvml: the library this process loaded, or the simulator
-        installed by --nvml-sim / HOSTTUNE_NVML_SIM) on first use."""
+        """`nvml`: the session to plan and apply through, handed over by whoever runs the operation (the engine
+        passes its caller's: the daemon's, the CLI's --nvml-sim one). Without one the tuner opens its own on
+        first use (open_nvml: the real library, or the simulator HOSTTUNE_NVML_SIM names)."""
         self._nvml = nvml
+
+    @classmethod
+    def build(cls, nvml: Nvml | None) -> Self:
+        return cls(nvml)
 
     @property
     def nvml(self) -> Nvml:

@@ -29,7 +29,7 @@ from agent.inspect.models import HostFacts
 from agent.policy.model import DEFAULT_HUGEPAGE_MEMORY_PCT, HugepageSpec, Policy
 from agent.tunable.change import Change, change
 from agent.tunable.tuner import Tuner
-from agent.tuners.registry import register
+from agent.tuners.registration import register
 
 SIZE_KB = {"2M": 2048, "1G": 1048576}
 GIB = 1 << 30

@@ -1,67 +1,78 @@
-"""Self-registration of tuners (node_exporter's collector registry, in Python).
+"""The tuners the engine drives: every built-in tuner module, and the instances one operation uses.
 
-Each tuner module decorates its class with @register; `tuners()` imports every module of the agent.tuners
-package once (so a new module such as gpu.py needs no edit anywhere else) and returns one instance of each
-enabled tuner in apply order. The registry, not a hand-kept list, decides what runs.
+Each tuner module decorates its class with @register (registration.py); BUILTIN imports each module once, by
+name, so the registry, not a hand-kept list of classes, decides what runs (a new tuner module is one line here).
+
+A TunerSet is made once per engine operation (a plan, an apply, a revert, a verify) and builds each tuner it is
+asked for once, with the NVML session the operation's caller handed over (Tuner.build): one instance per tuner
+name per operation, and no tuner opens NVML on its own while a session was given.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import agent.tuners as package
 from agent.tunable.tuner import Tuner
+from agent.tuners import blockdev, bootargs, cpu, gpu, hugepages, sysctl, thp
+from agent.tuners.registration import register, registered
 
-_REGISTRY: dict[str, type[Tuner]] = {}
-_NOT_TUNERS = {"registry"}
-_loaded = False
+if TYPE_CHECKING:
+    from agent.gpu.nvml import Nvml
+
+BUILTIN: tuple[ModuleType, ...] = (sysctl, hugepages, thp, cpu, blockdev, gpu, bootargs)
+"""Every tuner module of this package; importing one registers its tuner."""
+
+__all__ = ["BUILTIN", "TunerSet", "get", "register", "tuners"]
 
 
-def register(cls: type[Tuner]) -> type[Tuner]:
-    """Class decorator: make a tuner known by its `name`. A second class with the same name is a bug."""
-    existing = _REGISTRY.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise RuntimeError(f"tuner name {cls.name!r} registered twice ({existing.__module__}, {cls.__module__})")
-    _REGISTRY[cls.name] = cls
+def _class(name: str) -> type[Tuner]:
+    cls = registered().get(name)
+    if cls is None:
+        raise KeyError(f"no tuner named {name!r} (journal written by a newer hosttune?)")
     return cls
 
 
-def load_builtin() -> None:
-    """Import every tuner module of the package so that each registers itself."""
-    global _loaded
-    if _loaded:
-        return
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _NOT_TUNERS and not info.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{info.name}")
-    _loaded = True
-
-
-def tuners(only: Iterable[str] | None = None) -> list[Tuner]:
-    """Instances of the enabled tuners (or exactly those named in `only`), in apply order."""
-    load_builtin()
+def _classes(only: Iterable[str] | None) -> list[type[Tuner]]:
+    """The enabled tuner classes (or exactly those named in `only`), in apply order."""
+    known = registered()
     if only is not None:
         wanted = list(only)
-        unknown = [n for n in wanted if n not in _REGISTRY]
+        unknown = [n for n in wanted if n not in known]
         if unknown:
             raise KeyError(f"unknown tuner(s): {', '.join(unknown)}")
-        classes = [_REGISTRY[n] for n in wanted]
+        classes = [known[n] for n in wanted]
     else:
-        classes = [c for c in _REGISTRY.values() if c.enabled_by_default]
-    return [c() for c in sorted(classes, key=lambda c: (c.order, c.name))]
+        classes = [c for c in known.values() if c.enabled_by_default]
+    return sorted(classes, key=lambda c: (c.order, c.name))
 
 
-def get(name: str) -> Tuner:
-    """The tuner that owns journal records of `name` (used by rollback and revert)."""
-    load_builtin()
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise KeyError(f"no tuner named {name!r} (journal written by a newer hosttune?)")
-    return cls()
+class TunerSet:
+    """The tuners of one engine operation, built on first use and kept: one instance per name, each built with
+    the operation's NVML session (None: a tuner that needs NVML opens the real library when it first uses it)."""
+
+    def __init__(self, nvml: Nvml | None = None) -> None:
+        self.nvml = nvml
+        self._built: dict[str, Tuner] = {}
+
+    def get(self, name: str) -> Tuner:
+        """The tuner that owns changes and journal records of `name` (rollback, revert, verify use this)."""
+        tuner = self._built.get(name)
+        if tuner is None:
+            tuner = self._built[name] = _class(name).build(self.nvml)
+        return tuner
+
+    def enabled(self, only: Iterable[str] | None = None) -> list[Tuner]:
+        """The enabled tuners (or exactly those named in `only`), in apply order."""
+        return [self.get(cls.name) for cls in _classes(only)]
 
 
-def names() -> list[str]:
-    load_builtin()
-    return sorted(_REGISTRY)
+def tuners(only: Iterable[str] | None = None, *, nvml: Nvml | None = None) -> list[Tuner]:
+    """Instances of the enabled tuners (or exactly those named in `only`), in apply order."""
+    return TunerSet(nvml).enabled(only)
+
+
+def get(name: str, *, nvml: Nvml | None = None) -> Tuner:
+    """A fresh instance of the tuner named `name`."""
+    return TunerSet(nvml).get(name)

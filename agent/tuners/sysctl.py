@@ -36,7 +36,7 @@ from agent.tunable import formats
 from agent.tunable.change import Change, Compare, change
 from agent.tunable.tuner import Tuner
 from agent.tuners.hugepages import memory_totals
-from agent.tuners.registry import register
+from agent.tuners.registration import register
 
 
 def sysctl_path(paths: HostPaths, key: str, field: str) -> Path:

@@ -14,7 +14,7 @@ from agent.policy.model import Policy
 from agent.tunable import formats
 from agent.tunable.change import Change, change
 from agent.tunable.tuner import Tuner
-from agent.tuners.registry import register
+from agent.tuners.registration import register
 
 SETTINGS = ("enabled", "defrag")
 

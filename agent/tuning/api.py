@@ -6,15 +6,22 @@ revert        lock -> recover -> restore every original (see revert.py)
 recover_only  lock -> recover (the daemon calls this at start)
 verify        read-only drift check of the applied policy
 status        read-only: applied policy, when, journal state
+
+`nvml`: the NVML session of whoever calls (the daemon's, the CLI's --nvml-sim one), handed to the GPU tuner of
+the operation; None: that tuner opens the real library when it is first used (a policy without `gpu:` never).
+Each operation builds its tuners once (TunerSet): planning, writing, rolling back and reverting use the same ones.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
+from agent.tuners.registry import TunerSet
 from agent.tuning.journal import Applied, HistoryEntry, Txn
 from agent.tuning.plan import Plan, make_plan
 from agent.tuning.revert import RevertResult, revert_all
@@ -23,34 +30,39 @@ from agent.tuning.transaction import ApplyResult, apply_plan, recover
 from agent.tuning.verify import VerifyResult, verify_applied
 from agent.tuning.writer import HostWriter, crash_after_from_env
 
+if TYPE_CHECKING:
+    from agent.gpu.nvml import Nvml
+
 
 def plan_policy(policy: Policy, paths: HostPaths, *, state: StateDir | None = None, facts: HostFacts | None = None,
-                source: str | None = None) -> Plan:
+                source: str | None = None, nvml: Nvml | None = None) -> Plan:
     journal = state.journal() if state is not None else None
-    return make_plan(policy, facts, paths, journal=journal, source=source)
+    return make_plan(policy, facts, paths, journal=journal, source=source, tuners=TunerSet(nvml).enabled())
 
 
 def apply_policy(policy: Policy, paths: HostPaths, state: StateDir, *, facts: HostFacts | None = None,
-                 source: str | None = None) -> ApplyResult:
+                 source: str | None = None, nvml: Nvml | None = None) -> ApplyResult:
+    tuner_set = TunerSet(nvml)
     with state.locked() as journal:
         writer = HostWriter(journal, crash_after=crash_after_from_env())
-        recovered = recover(journal, writer)
-        plan = make_plan(policy, facts, paths, journal=journal, source=source)
-        return apply_plan(plan, journal, writer, recovered=recovered)
+        recovered = recover(journal, writer, tuner_set)
+        plan = make_plan(policy, facts, paths, journal=journal, source=source, tuners=tuner_set.enabled())
+        return apply_plan(plan, journal, writer, recovered=recovered, tuner_set=tuner_set)
 
 
-def revert(state: StateDir, *, force: bool = False) -> RevertResult:
+def revert(state: StateDir, *, force: bool = False, nvml: Nvml | None = None) -> RevertResult:
     with state.locked() as journal:
-        return revert_all(journal, HostWriter(journal, crash_after=crash_after_from_env()), force=force)
+        return revert_all(journal, HostWriter(journal, crash_after=crash_after_from_env()), force=force,
+                          tuner_set=TunerSet(nvml))
 
 
-def recover_only(state: StateDir) -> str | None:
+def recover_only(state: StateDir, *, nvml: Nvml | None = None) -> str | None:
     with state.locked() as journal:
-        return recover(journal, HostWriter(journal, crash_after=crash_after_from_env()))
+        return recover(journal, HostWriter(journal, crash_after=crash_after_from_env()), TunerSet(nvml))
 
 
-def verify(state: StateDir) -> VerifyResult:
-    return verify_applied(state.journal())
+def verify(state: StateDir, *, nvml: Nvml | None = None) -> VerifyResult:
+    return verify_applied(state.journal(), TunerSet(nvml))
 
 
 class Status(BaseModel):

@@ -15,19 +15,23 @@ daemon applied it wins), and neither opens a transaction when nothing is to be w
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
 from agent.tunable.change import Change
-from agent.tuners import registry
 from agent.tuners.blockdev import BlockdevTuner
+from agent.tuners.registry import TunerSet
 from agent.tuning.journal import Applied, Journal
 from agent.tuning.ownership import forget_gone, is_gone
 from agent.tuning.plan import Plan, make_plan
 from agent.tuning.state import StateDir
 from agent.tuning.transaction import ApplyResult, apply_plan, recover
 from agent.tuning.writer import HostWriter, crash_after_from_env
+
+if TYPE_CHECKING:
+    from agent.gpu.nvml import Nvml
 
 log = logging.getLogger("hosttune.engine")
 
@@ -37,9 +41,10 @@ def _of_disk(tuner: str, target: str, name: str) -> bool:
 
 
 def plan_disk(policy: Policy, facts: HostFacts | None, paths: HostPaths, name: str, *,
-              source: str | None = None) -> Plan:
+              source: str | None = None, tuner_set: TunerSet | None = None) -> Plan:
     """The block tuner's plan of `policy`, reduced to the changes of disk `name` (empty: no entry matches it)."""
-    full = make_plan(policy, facts, paths, source=source, tuners=[registry.get(BlockdevTuner.name)])
+    tuner_set = tuner_set if tuner_set is not None else TunerSet()
+    full = make_plan(policy, facts, paths, source=source, tuners=[tuner_set.get(BlockdevTuner.name)])
     return Plan(policy=policy.name, source=source,
                 changes=[c for c in full.changes if _of_disk(c.tuner, c.target, name)])
 
@@ -54,17 +59,19 @@ def _followed(journal: Journal, source: str | None) -> Applied | None:
 
 
 def tune_disk(policy: Policy, paths: HostPaths, state: StateDir, name: str, *, facts: HostFacts | None,
-              source: str | None) -> ApplyResult | None:
-    """Give a disk that just appeared the applied policy's block settings; None when nothing was written."""
+              source: str | None, nvml: Nvml | None = None) -> ApplyResult | None:
+    """Give a disk that just appeared the applied policy's block settings; None when nothing was written.
+    `nvml`: the caller's NVML session, for rolling back an interrupted apply that had set GPUs."""
+    tuner_set = TunerSet(nvml)
     with state.locked() as journal:
         writer = HostWriter(journal, crash_after=crash_after_from_env())
-        recovered = recover(journal, writer)
+        recovered = recover(journal, writer, tuner_set)
         applied = _followed(journal, source)
         if applied is None:
             return None
-        plan = plan_disk(policy, facts, paths, name, source=source)
+        plan = plan_disk(policy, facts, paths, name, source=source, tuner_set=tuner_set)
         if plan.writes:
-            return apply_plan(plan, journal, writer, recovered=recovered, onto=applied)
+            return apply_plan(plan, journal, writer, recovered=recovered, onto=applied, tuner_set=tuner_set)
         # Nothing to write (its values held already): record the entries the applied policy lacks or holds as
         # gone (a disk back with its values kept); the others stay as committed.
         entries = {c.key: c for c in applied.changes}

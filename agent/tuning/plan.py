@@ -22,7 +22,7 @@ from agent.tunable import formats
 from agent.tunable.change import Change
 from agent.tunable.record import Record
 from agent.tunable.tuner import Tuner
-from agent.tuners import registry
+from agent.tuners.registry import TunerSet
 from agent.tuning import hostfile
 from agent.tuning.journal import Journal
 from agent.tuning.ownership import drift_of, is_gone
@@ -119,9 +119,10 @@ def unclaimed_sections(policy: Policy, tuners: list[Tuner]) -> list[Change]:
 def make_plan(policy: Policy, facts: HostFacts | None, paths: HostPaths, *, journal: Journal | None = None,
               source: str | None = None, tuners: list[Tuner] | None = None) -> Plan:
     """Every tuner's changes in apply order, with conflict warnings, then stale originals to restore.
+    `tuners`: the tuners that plan (every enabled one, without NVML session, when not given).
     InputError from a tuner (bad policy value for this host) propagates: nothing has been written."""
     changes: list[Change] = []
-    active = tuners if tuners is not None else registry.tuners()
+    active = tuners if tuners is not None else TunerSet().enabled()
     for tuner in active:
         warnings = conflict_warnings(tuner, facts)
         for c in tuner.plan(policy, facts, paths):

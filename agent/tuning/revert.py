@@ -15,7 +15,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from agent.errors import HostError, HostTuneError, TargetGone
-from agent.tuners import registry
+from agent.tuners.registry import TunerSet
 from agent.tuning.journal import Journal
 from agent.tuning.ownership import Drift, drift_of, forget_gone
 from agent.tuning.transaction import recover
@@ -38,10 +38,13 @@ class RevertResult(BaseModel):
         return not self.failed and not self.skipped
 
 
-def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False) -> RevertResult:
-    """Restore all originals (the caller holds the state lock); `force` restores drifted targets too."""
+def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False,
+               tuner_set: TunerSet | None = None) -> RevertResult:
+    """Restore all originals (the caller holds the state lock); `force` restores drifted targets too.
+    `tuner_set`: the operation's tuners (a new set without NVML session when not given)."""
+    tuner_set = tuner_set if tuner_set is not None else TunerSet()
     try:
-        recovered = recover(journal, writer)
+        recovered = recover(journal, writer, tuner_set)
     except HostError as e:  # the originals below still cover every target the broken rollback left
         recovered = str(e)
     result = RevertResult(recovered=recovered)
@@ -61,7 +64,7 @@ def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False) -> 
             continue
         before = writer.writes
         try:
-            registry.get(record.tuner).restore(record, writer)
+            tuner_set.get(record.tuner).restore(record, writer)
         except TargetGone:
             forget_gone(journal, record, "revert")
             journal.save()

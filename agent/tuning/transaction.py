@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from agent.errors import HostError, HostTuneError, TargetGone, WriteFailed
 from agent.tunable.change import Change
-from agent.tuners import registry
+from agent.tuners.registry import TunerSet
 from agent.tuning.journal import Applied, Journal, Txn
 from agent.tuning.ownership import drift_of, forget_gone, remember_committed
 from agent.tuning.plan import Plan
@@ -45,8 +45,10 @@ class Interrupted(HostError):
     """SIGTERM while a transaction was open: rolled back."""
 
 
-def rollback(journal: Journal, writer: HostWriter) -> list[str]:
-    """Undo the open apply transaction. Returns the problems met (empty: the host is as before it)."""
+def rollback(journal: Journal, writer: HostWriter, tuner_set: TunerSet | None = None) -> list[str]:
+    """Undo the open apply transaction. Returns the problems met (empty: the host is as before it).
+    `tuner_set`: the operation's tuners (a new set without NVML session when not given)."""
+    tuner_set = tuner_set if tuner_set is not None else TunerSet()
     txn = journal.open_txn
     if txn is None or txn.kind != "apply":
         raise RuntimeError("rollback() needs an open apply transaction")
@@ -54,7 +56,7 @@ def rollback(journal: Journal, writer: HostWriter) -> list[str]:
     failed_keys = set()
     for record in reversed(txn.writes):
         try:
-            registry.get(record.tuner).restore(record, writer)
+            tuner_set.get(record.tuner).restore(record, writer)
         except TargetGone:
             forget_gone(journal, record, "rollback")
         except (HostTuneError, OSError, KeyError) as e:
@@ -68,13 +70,13 @@ def rollback(journal: Journal, writer: HostWriter) -> list[str]:
     return problems
 
 
-def recover(journal: Journal, writer: HostWriter) -> str | None:
+def recover(journal: Journal, writer: HostWriter, tuner_set: TunerSet | None = None) -> str | None:
     """Roll back an interrupted apply. Returns a line saying what was done, or None when there was nothing."""
     txn = journal.open_txn
     if txn is None or txn.kind != "apply":
         return None
     txn.error = "interrupted (process died mid-apply)"
-    problems = rollback(journal, writer)
+    problems = rollback(journal, writer, tuner_set)
     if problems:
         raise HostError(f"could not roll back the interrupted apply {txn.id}: {'; '.join(problems)}; "
                         f"run `hosttune revert`")
@@ -119,18 +121,20 @@ class SigtermGuard:
 
 
 def apply_plan(plan: Plan, journal: Journal, writer: HostWriter, *, recovered: str | None = None,
-               onto: Applied | None = None) -> ApplyResult:
+               onto: Applied | None = None, tuner_set: TunerSet | None = None) -> ApplyResult:
     """Apply every writing change of `plan` in one transaction (the caller holds the state lock and has run
     recover()). Raises HostError naming the failing tunable after rolling everything back.
     `onto`: commit the plan's changes into this applied policy instead of replacing it (a partial plan: one
-    hot-plugged disk, see hotplug.py)."""
+    hot-plugged disk, see hotplug.py). `tuner_set`: the operation's tuners, the plan's own (a new set without
+    NVML session when not given)."""
     with SigtermGuard() as guard:
-        txn = _run(plan, journal, writer, guard, onto)
+        txn = _run(plan, journal, writer, guard, onto, tuner_set if tuner_set is not None else TunerSet())
     return ApplyResult(policy=plan.policy, txn=txn.id, writes=writer.writes, recovered=recovered,
                        changes=plan.changes)
 
 
-def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard, onto: Applied | None) -> Txn:
+def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard, onto: Applied | None,
+         tuner_set: TunerSet) -> Txn:
     txn = journal.begin("apply", policy=plan.policy)
     current: Change | None = None
     try:
@@ -142,18 +146,18 @@ def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard, 
                 if record is not None:
                     writer.remember_current(record)
                     with contextlib.suppress(TargetGone):  # vanished since the plan: dropped at commit
-                        registry.get(change.tuner).restore(record, writer)
+                        tuner_set.get(change.tuner).restore(record, writer)
         for change in plan.changes:
             if change.writes and not change.stale:
                 guard.check()
                 current = change
-                registry.get(change.tuner).apply(change, writer)
-        for change in _unsettled(plan):
+                tuner_set.get(change.tuner).apply(change, writer)
+        for change in _unsettled(plan, tuner_set):
             guard.check()
             current = change
-            registry.get(change.tuner).apply(change, writer)
+            tuner_set.get(change.tuner).apply(change, writer)
         current = None
-        still = _unsettled(plan)
+        still = _unsettled(plan, tuner_set)
         if still:
             raise WriteFailed(still[0].target, "does not hold its value after the transaction "
                                                "(another setting resets it)")
@@ -161,7 +165,7 @@ def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard, 
     except BaseException as e:
         what = f"{current.tuner} {current.target}" if current is not None else "commit"
         txn.error = f"{what}: {e}"
-        problems = rollback(journal, writer)
+        problems = rollback(journal, writer, tuner_set)
         state = (f"rolled back {len(txn.writes)} writes" if not problems
                  else f"rollback incomplete ({'; '.join(problems)}); run `hosttune revert`")
         if isinstance(e, Interrupted):
@@ -183,13 +187,13 @@ def _run(plan: Plan, journal: Journal, writer: HostWriter, guard: SigtermGuard, 
     return txn
 
 
-def _unsettled(plan: Plan) -> list[Change]:
+def _unsettled(plan: Plan, tuner_set: TunerSet) -> list[Change]:
     """Planned values (change or ok) the host does not hold now, e.g. nr_requests reset by a scheduler restore."""
     out = []
     for change in plan.changes:
         if change.stale or change.action not in ("change", "ok") or change.reboot_required:
             continue
-        tuner = registry.get(change.tuner)
+        tuner = tuner_set.get(change.tuner)
         if not tuner.satisfied(change, tuner.read(change)):
             out.append(change)
     return out

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from agent.tuners import registry
+from agent.tuners.registry import TunerSet
 from agent.tuning.journal import Journal
 
 State = Literal["held", "drift", "pending_reboot", "unknown"]
@@ -58,7 +58,10 @@ def expected_text(value: str | None, compare: str) -> str | None:
     return {"ge": f">={value}", "le": f"<={value}"}.get(compare, value)
 
 
-def verify_applied(journal: Journal) -> VerifyResult:
+def verify_applied(journal: Journal, tuner_set: TunerSet | None = None) -> VerifyResult:
+    """Read every applied tunable back through its tuner (`tuner_set`: the operation's tuners, a new set without
+    NVML session when not given)."""
+    tuner_set = tuner_set if tuner_set is not None else TunerSet()
     data = journal.data
     txn = journal.open_txn
     interrupted = f"interrupted {txn.kind} {txn.id} in the journal" if txn is not None else None
@@ -68,7 +71,7 @@ def verify_applied(journal: Journal) -> VerifyResult:
     for change in data.applied.changes:
         if change.action not in ("change", "ok"):
             continue
-        tuner = registry.get(change.tuner)
+        tuner = tuner_set.get(change.tuner)
         current = tuner.read(change)
         state: State
         if tuner.satisfied(change, current):

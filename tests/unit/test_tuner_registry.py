@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
+from agent.gpu.nvml import Nvml
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
 from agent.policy.model import Policy
 from agent.tunable import formats
 from agent.tunable.change import Change, satisfies
 from agent.tunable.tuner import Tuner
-from agent.tuners import registry
+from agent.tuners import registration, registry
+from agent.tuners.gpu import GpuTuner
 
 
 def test_builtin_tuners_register_themselves_in_order() -> None:
@@ -32,6 +35,26 @@ def test_duplicate_name_is_refused() -> None:
 
     with pytest.raises(RuntimeError, match="twice"):
         registry.register(Again)
+
+
+def test_every_tuner_module_is_imported_by_the_registry() -> None:
+    """The registry imports the tuner modules by name (no import by string): one left out would never run."""
+    package = Path(registry.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__", "registry", "registration"}
+    assert {m.__name__.rsplit(".", 1)[1] for m in registry.BUILTIN} == modules
+    assert {m.__name__ for m in registry.BUILTIN} <= {c.__module__ for c in registration.registered().values()}
+
+
+def test_a_tuner_set_builds_each_tuner_once_and_hands_the_gpu_tuner_its_session() -> None:
+    session = Nvml(dry_run=True)  # never initialised: nothing here calls NVML
+    tuners = registry.TunerSet(session)
+    gpu = tuners.get("gpu")
+    assert isinstance(gpu, GpuTuner) and gpu.nvml is session
+    assert tuners.get("gpu") is gpu and tuners.get("sysctl") is tuners.get("sysctl")
+    assert [t for t in tuners.enabled() if t.name == "gpu"] == [gpu]
+    assert registry.TunerSet(session).get("gpu") is not gpu  # another operation builds its own
+    with pytest.raises(KeyError, match="no tuner named"):
+        tuners.get("nope")
 
 
 def test_only_selects_and_unknown_fails() -> None:
