@@ -9,13 +9,16 @@ GPUs come from NVML through agent.gpu.nvml (the one funnel for NVML calls) rathe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.errors import HostTuneError, InputError
 from agent.hostfs import HostPaths
 from agent.inspect import block, cpu, cpufreq, hugepages, kernel, memory, rival_tuners, sysctl, thp  # noqa: F401
 from agent.inspect.models import Gpu, GpuStatus, HostFacts
 from agent.inspect.registry import COLLECTORS
+
+if TYPE_CHECKING:
+    from agent.gpu.nvml import Nvml
 
 __all__ = ["collect"]
 
@@ -24,7 +27,7 @@ def _failure(field: str, exc: BaseException) -> str:
     return f"{field}: {type(exc).__name__}: {exc}"
 
 
-def collect_gpus(paths: HostPaths, nvml: Any | None, errors: list[str]) -> tuple[list[Gpu], GpuStatus]:
+def collect_gpus(paths: HostPaths, nvml: Nvml | None, errors: list[str]) -> tuple[list[Gpu], GpuStatus]:
     """GPUs through NVML; `nvml=None` opens the real library. A missing library is "no GPUs", not an error."""
     from agent.gpu.nvml import open_nvml
     from agent.inspect.gpu import inspect_gpus
@@ -42,7 +45,7 @@ def collect_gpus(paths: HostPaths, nvml: Any | None, errors: list[str]) -> tuple
         return [], GpuStatus(available=False, reason=f"GPU inspection failed: {type(e).__name__}: {e}")
 
 
-def collect(paths: HostPaths, nvml: Any | None = None) -> HostFacts:
+def collect(paths: HostPaths, nvml: Nvml | None = None) -> HostFacts:
     """Every fact about the host under `paths`. Raises InputError for a missing root or a malformed file."""
     paths.check()
     values: dict[str, Any] = {}
