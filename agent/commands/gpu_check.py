@@ -73,7 +73,9 @@ def nvidia_smi_gpus() -> list[tuple[int, str, str]]:
     except sh.CommandNotFound:
         raise NvidiaSmiMissing("nvidia-smi not found on PATH (the NVIDIA driver utilities are not installed)") from None
     try:
-        text = str(smi(*NVIDIA_SMI_QUERY, _timeout=NVIDIA_SMI_TIMEOUT_S))
+        text = str(smi(*NVIDIA_SMI_QUERY, _timeout=NVIDIA_SMI_TIMEOUT_S, _tty_out=False))
+    except sh.ForkException as e:
+        raise HostError(f"nvidia-smi could not be started: {e}") from None
     except sh.ErrorReturnCode as e:
         said = (e.stderr or e.stdout or b"").decode(errors="replace").strip().splitlines()
         raise HostError(f"nvidia-smi exited with status {e.exit_code}"
@@ -82,9 +84,9 @@ def nvidia_smi_gpus() -> list[tuple[int, str, str]]:
         raise HostError(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S} s") from None
     gpus = []
     for line in text.splitlines():
-        if line.strip():
-            index, uuid, name = (part.strip() for part in line.split(",", 2))
-            gpus.append((int(index), uuid, name))
+        parts = [part.strip() for part in line.split(",", 2)]
+        if len(parts) == 3 and parts[0].isdigit():  # anything else (a driver warning) is not a GPU row
+            gpus.append((int(parts[0]), parts[1], parts[2]))
     return gpus
 
 

@@ -19,6 +19,7 @@ the running kernel's /sys, not a fixture tree.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -44,13 +45,14 @@ QUIET_S = 0.2
 RETRY_S = 1.0
 RETRIES = 5
 ACTIONS = ("add", "change", "remove")
+DISK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_:+-]{0,63}")  # a kernel disk name: one path component, no dots
 
 
 def disk_event(action: str | None, subsystem: str | None, devtype: str | None, name: str | None) -> str | None:
     """The disk a uevent is about, or None when it is not a block whole-disk add/change/remove."""
     if subsystem != "block" or devtype != "disk" or action not in ACTIONS or not name:
         return None
-    return name
+    return name if DISK_NAME_RE.fullmatch(name) else None
 
 
 class Debouncer:
@@ -207,6 +209,8 @@ class DiskFollower:
         if disk_present(host.paths, name):
             facts = host.host_facts()
             loaded = host.load_policy_ref(ref, facts)
+            if not loaded.policy.block:  # nothing to give a disk: no lock taken, no transaction
+                return
             nvml = host.nvml()
             result = self._mutate(lambda: tune_disk(loaded.policy, host.paths, state, name, facts=facts,
                                                     source=str(loaded.source), nvml=nvml))

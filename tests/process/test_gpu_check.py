@@ -89,7 +89,8 @@ def nvml_gpus() -> tuple[list[Gpu], GpuStatus]:
 
 
 def test_nvidia_smi_is_asked_read_only_and_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    args = fake_smi(tmp_path, monkeypatch, "0, GPU-aaaa, NVIDIA H100 80GB HBM3\n\n1, GPU-bbbb, NVIDIA H200, rev 2\n")
+    args = fake_smi(tmp_path, monkeypatch, "WARNING: infoROM is corrupted at gpu 0000:04:00.0\n"
+                    "0, GPU-aaaa, NVIDIA H100 80GB HBM3\n\n1, GPU-bbbb, NVIDIA H200, rev 2\n")
     assert gpu_check.nvidia_smi_gpus() == [(0, "GPU-aaaa", "NVIDIA H100 80GB HBM3"),
                                            (1, "GPU-bbbb", "NVIDIA H200, rev 2")]
     assert args.read_text().split() == ["--query-gpu=index,uuid,name", "--format=csv,noheader"]

@@ -26,6 +26,9 @@ from tests.unit.test_tuning_hotplug import attach_nvme, detach
     ("bind", "block", "disk", "sdb", None),
     (None, "block", "disk", "sdb", None),
     ("add", "block", "disk", "", None),
+    ("add", "block", "disk", "..", None),  # never a path: /sys/block/.. is /sys
+    ("add", "block", "disk", "a/b", None),
+    ("add", "block", "disk", "x" * 65, None),
 ])
 def test_only_block_whole_disk_events_count(action: str | None, subsystem: str, devtype: str | None, name: str,
                                             wanted: str | None) -> None:
@@ -119,6 +122,25 @@ def test_the_thread_acts_once_per_burst_and_stops() -> None:
 
 def test_fixture_trees_are_not_watched(host: HostPaths, tmp_path: Path) -> None:
     assert watch_block_devices(services_for(host, tmp_path).tuning) is None
+
+
+@pytest.mark.host("server")
+def test_a_policy_without_block_settings_takes_no_lock_for_a_new_disk(host: HostPaths, tmp_path: Path) -> None:
+    policy = tmp_path / "noblock.yaml"
+    policy.write_text("name: noblock\nsysctl:\n  vm.swappiness: 10\n")
+    services = services_for(host, tmp_path)
+    services.tuning.apply_loaded(services.tuning.load_policy_ref(str(policy)))
+    generation = services.events.generation
+    queue = attach_nvme(host)
+    mutations: list[object] = []
+
+    def refuse(fn: object) -> None:
+        mutations.append(fn)
+
+    services.tuning.run_mutation = refuse
+    DiskFollower(services.tuning)("nvme1n1")
+    assert mutations == [] and services.events.generation == generation
+    assert (queue / "read_ahead_kb").read_text() == "128\n"
 
 
 @pytest.mark.host("server")
