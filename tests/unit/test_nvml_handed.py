@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_fixtures import services_for
-from gpu_sim import SERVER_8GPU
 
 from agent.gpu import nvml
 from agent.gpu.nvml import open_nvml
@@ -23,6 +21,8 @@ from agent.tuning import api
 from agent.tuning.hotplug import tune_disk
 from agent.tuning.state import StateDir
 from agent.tuning.writer import HostWriter
+from tests.support.daemon_fixtures import services_for
+from tests.support.gpu_sim import SERVER_8GPU
 
 GPUS = 8  # the simulated GPUs of the server-2s-8gpu fixture host
 POLICY = Policy(name="gpu-handed", gpu=[GpuSpec(locked_clocks="max", power_limit_w="90%", persistence_mode=True)])
