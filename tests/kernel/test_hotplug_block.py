@@ -27,7 +27,7 @@ from tests.kernel.tuning_support import LOOP_CONTROL, LOOP_CTL_ADD, LOOP_CTL_REM
 
 pytestmark = [pytest.mark.kernel, pytest.mark.root]
 
-WAIT_S = 3.0
+WAIT_S = 5.0
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +97,11 @@ def test_attached_disk_gets_the_policy_and_a_removed_one_is_gone(tmp_path: Path)
                  lambda: (queue / "read_ahead_kb").read_text().strip() == str(read_ahead))
         wait_for(f"{name} scheduler {scheduler}", lambda: f"[{scheduler}]" in (queue / "scheduler").read_text())
         wait_for("the journal's originals", lambda: keys <= {r.key for r in journal(state).originals})
+
+        def committed() -> bool:  # originals are journaled before the writes, the commit after them
+            txn = journal(state).txn
+            return txn is not None and txn.status == "committed" and {w.key for w in txn.writes} >= keys
+        wait_for("the hot-plug transaction committed", committed)
         data = journal(state)
         assert data.txn is not None and data.txn.status == "committed"
         assert {w.key for w in data.txn.writes} >= keys
