@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,14 +28,10 @@ from typing import Any
 
 import httpx
 
+from agent.bench.llama_local import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "hosts" / "vm-1node"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def serve(root: Path, port: int) -> None:

@@ -27,11 +27,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +37,12 @@ from typing import Any
 
 import psutil
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # agent and the tests package, as the other benches
+
+from agent.bench.llama_local import free_port
+from tests.support.daemon_fixtures import NotifyListener
+from tests.support.trees import make_tree
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTTUNE = Path(sys.executable).parent / "hosttune"
@@ -52,35 +56,8 @@ def snapshot() -> dict[str, str]:
     return {p: Path(p).read_text() for p in WATCHED if Path(p).exists()}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Notify:
-    """A notify socket that timestamps each sd_notify message on arrival."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop:
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            t = time.monotonic()
-            self.messages.append((t, dict(ln.split("=", 1) for ln in data.decode().splitlines() if "=" in ln)))
+class Notify(NotifyListener):
+    """The tests' notify socket (it timestamps each sd_notify message on arrival), plus the first match's time."""
 
     def first(self, pred: Any, timeout_s: float) -> float:
         deadline = time.monotonic() + timeout_s
@@ -90,11 +67,6 @@ class Notify:
                     return t
             time.sleep(0.002)
         raise TimeoutError(f"no matching notify message; got {[m for _, m in self.messages]}")
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
-        self._thread.join(1)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -178,9 +150,6 @@ def measure_idle(pid: int, seconds: float) -> dict[str, float]:
 
 def fixture_host(dest: Path) -> dict[str, str]:
     """A copy of the unit tests' "server" tree (agent-independent: built by tests/support/trees.py)."""
-    sys.path.insert(0, str(REPO))  # the repository's tests package, as the other bench scripts do
-    from tests.support.trees import make_tree
-
     paths = make_tree("server", dest)
     # Keys the equivalent policy sets that the small tree lacks, with this kernel's defaults.
     for key, value in {"vm/dirty_background_ratio": "10\n", "vm/dirty_ratio": "20\n"}.items():

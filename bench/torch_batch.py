@@ -26,7 +26,6 @@ import concurrent.futures as cf
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,17 +37,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.bench.llama_local import free_port
 from agent.model_files import resolve_model
 from agent.worker.torch_control import TorchWorkerControl
 
 PROMPTS = ["Once upon a time", "The three primary colors are", "In 1492, Columbus", "My favorite food is",
            "The quick brown fox", "List three fruits:", "A haiku about rain:", "Why is the sky blue?"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class WorkerUnderTest:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 from pathlib import Path
@@ -19,17 +18,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.bench.llama_local import free_port
 from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.policy.model import WorkerSpec
 from agent.worker.prepare import prepare_worker
 from agent.worker.supervisor import RestartPolicy, Supervisor
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def one_start(spec: WorkerSpec, *, cold: bool, state_dir: Path) -> dict[str, Any]:

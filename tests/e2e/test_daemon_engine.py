@@ -29,8 +29,9 @@ import httpx
 import pytest
 
 from agent.bench.corpus import MixSpec
+from agent.bench.llama_local import free_port
 from agent.bench.rig import ClosedLoopLoad
-from tests.support.daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, write_config
+from tests.support.daemon_fixtures import DaemonProcess, no_gpu_sim, write_config
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

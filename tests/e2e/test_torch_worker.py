@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.gateway.sse import SSEParser, has_content, reported_tokens
 from agent.model_files import default_model_path
 from agent.worker.torch_control import TorchWorkerControl
@@ -39,12 +39,6 @@ def _require_torch() -> None:
         if tiers.on_ci():
             pytest.fail(f"the torch extra must be installed on CI: {e}", pytrace=False)
         pytest.skip(f"torch extra not installed ({e}); run `make setup`")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Worker:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.fsio import parse_cpu_list
 from tests.e2e.worker_run import REPO, WorkerRun, alive
-from tests.support.worker_fakes import free_port, write_fake_server
+from tests.support.worker_fakes import write_fake_server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
 

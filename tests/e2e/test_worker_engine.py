@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.fsio import parse_cpu_list
 from tests.e2e.worker_run import WorkerRun, alive, http
-from tests.support.worker_fakes import free_port
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

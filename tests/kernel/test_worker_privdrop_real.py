@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.policy.model import WorkerSpec
 from agent.worker.prepare import prepare_worker
 from agent.worker.privdrop import ENV_KEYS, resolve_run_as
 from agent.worker.supervisor import RestartPolicy, Supervisor
 from tests.support.worker_facts import one_node_vm
-from tests.support.worker_fakes import free_port, worker_python
+from tests.support.worker_fakes import worker_python
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")]
 

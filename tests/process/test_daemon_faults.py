@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.hostfs import HostPaths
 from agent.tuning.state import StateDir
-from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, DaemonProcess, free_port, no_gpu_sim, write_config
+from tests.support.daemon_fixtures import ROUND_TRIP_POLICY, DaemonProcess, no_gpu_sim, write_config
 from tests.support.trees import tree_state
 
 pytestmark = pytest.mark.slow

@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.hostfs import HostPaths
 from tests.support.daemon_fixtures import (
     HOSTTUNE,
     ROUND_TRIP_POLICY,
     DaemonProcess,
-    free_port,
     no_gpu_sim,
     write_config,
 )

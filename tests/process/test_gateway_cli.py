@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.metrics.prom import parse_text, sample_value
-from tests.support.gateway_fakes import FakeWorker, free_port
+from tests.support.gateway_fakes import FakeWorker
 
 HOSTTUNE = [sys.executable, "-m", "agent"]
 

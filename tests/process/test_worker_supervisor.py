@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.policy.model import WorkerSpec
 from agent.worker.engines import CommandEngine
 from agent.worker.launch import Launch
 from agent.worker.logs import RotatingLog
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
-from tests.support.worker_fakes import free_port, write_fake_server
+from tests.support.worker_fakes import write_fake_server
 
 FAST = RestartPolicy(backoff_initial_s=0.2, backoff_factor=2.0, backoff_max_s=2.0, crashloop_count=3,
                      crashloop_window_s=30.0, ready_timeout_s=10.0, startup_poll_s=0.05, liveness_interval_s=0.2,

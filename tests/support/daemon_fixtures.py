@@ -110,12 +110,6 @@ def main_thread_client(settings: DaemonSettings) -> Iterator[MainThreadClient]:
         loop.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class NotifyListener:
     """A stand-in for systemd's notify socket: a unix datagram socket that records every sd_notify message."""
 

@@ -4,13 +4,14 @@ out-of-memory message, ignores SIGTERM, turns unhealthy), for supervisor tests t
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 FAKE_SERVER = r'''
 import argparse, json, os, signal, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from agent.bench.llama_local import free_port
 
 p = argparse.ArgumentParser()
 p.add_argument("--port", type=int, required=True)
@@ -79,13 +80,6 @@ def worker_python() -> str:
         if os.access(candidate, os.X_OK) and (Path(candidate).resolve().stat().st_mode & 0o001):
             return candidate
     return sys.executable
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the kernel's choice for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_fake_server(directory: Path) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agent.bench.llama_local import free_port
 from agent.control.actuators import GateActuator, LiveActuator, RestartActuator, is_oom
 from agent.control.config import Axis, ControllerConfig, config_for
 from agent.control.controller import Controller, decisions_path
@@ -30,7 +31,7 @@ from agent.policy.model import SloSpec, WorkerSpec
 from agent.worker.engines import CommandEngine
 from agent.worker.launch import Launch
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
-from tests.support.worker_fakes import free_port, write_fake_server
+from tests.support.worker_fakes import write_fake_server
 
 
 class Clock:

@@ -31,10 +31,11 @@ from schemathesis.checks import content_type_conformance, response_schema_confor
 from agent.api import create_app
 from agent.api.app import v1_router
 from agent.api.routers import health
+from agent.bench.llama_local import free_port
 from agent.config import DaemonSettings
 from agent.daemon.services import Services
 from agent.hostfs import HostPaths
-from tests.support.daemon_fixtures import DaemonProcess, free_port, no_gpu_sim, settings_for, write_config
+from tests.support.daemon_fixtures import DaemonProcess, no_gpu_sim, settings_for, write_config
 from tests.support.trees import tree_state
 
 pytestmark = pytest.mark.slow
