@@ -60,7 +60,9 @@ def test_worker_run_places_serves_and_survives_kill_9(tmp_path: Path) -> None:
             cap = re.search(r"^CapEff:\s*(\w+)", status, re.M)
             assert uid is not None and int(uid.group(1)) != 0 and cap is not None and int(cap.group(1), 16) == 0
         assert st["binding"] in ("numactl", "bindexec")
-        assert st["resident_at_start"] == 1.0 and st["prewarm"]["bytes_read"] > 90_000_000
+        # prewarm read the whole file; the page cache may already have dropped a few pages again by spawn time when
+        # the CI host is under memory pressure (CI saw 0.99946), so "all but a sliver" is the claim
+        assert st["resident_at_start"] >= 0.99 and st["prewarm"]["bytes_read"] > 90_000_000
         assert complete(st["base_url"])
         # the fit advisor's KV size equals what llama-server allocated (-lv 4 logs its buffers)
         log = (run.state_dir / "worker" / "stderr.log").read_text()
