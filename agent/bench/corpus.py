@@ -103,12 +103,28 @@ KINDS = ("chat", "summarize", "generate")
 DEFAULT_MIX = {"chat": 0.6, "summarize": 0.2, "generate": 0.2}
 
 
+TOKENS_PER_WORD = 1.3   # client-side estimate of prompt tokens (English prose, BPE tokenizers)
+
+
+def estimate_tokens(text: str) -> int:
+    return round(len(text.split()) * TOKENS_PER_WORD)
+
+
 @dataclass(frozen=True)
 class BenchRequest:
     kind: str
     system: str | None
     prompt: str
     max_tokens: int
+    # a whole conversation ((role, content), ...) sent instead of system + prompt (multi-turn, replayed traffic)
+    messages: tuple[tuple[str, str], ...] | None = None
+    session: str | None = None       # sent as the X-Session-Id header (agent.bench.client.SESSION_HEADER)
+
+    @property
+    def tokens_est(self) -> int:
+        if self.messages is not None:
+            return sum(estimate_tokens(content) for _, content in self.messages)
+        return estimate_tokens(self.system or "") + estimate_tokens(self.prompt)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import httpx
 
 from agent.bench.client import RequestResult, send
-from agent.bench.corpus import MixSpec
+from agent.bench.corpus import BenchRequest
+
+
+class RequestSource(Protocol):
+    """Where a loop takes its next request (a MixSpec, a scenario, a replayed file)."""
+
+    def draw(self, rng: random.Random) -> BenchRequest: ...
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,15 @@ class LevelRun:
     results: list[RequestResult]
     wall_s: float
     dropped: int = 0          # open loop: arrivals not sent because --max-outstanding was reached
+    scenario: str | None = None   # `hosttune bench --scenario` name (or "requests-file"), None for a mix
+    seed: int | None = None
 
     @property
     def label(self) -> str:
-        return f"c={int(self.value)}" if self.mode == "closed" else f"rate={self.value:g}/s"
+        shape = f"c={int(self.value)}" if self.mode == "closed" else f"rate={self.value:g}/s"
+        if self.scenario == "requests-file" and self.mode == "open" and self.value == 0:
+            shape = "at_s"   # replayed at the file's own arrival times
+        return shape if self.scenario is None else f"{self.scenario} {shape}"
 
 
 class Progress:
@@ -92,18 +103,18 @@ class Progress:
             self.out.flush()
 
 
-def _client(target: Target, connections: int) -> httpx.AsyncClient:
+def http_client(target: Target, connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(target.timeout_s, connect=10.0),
                              limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
 
 
-async def closed_loop(target: Target, mix: MixSpec, concurrency: int, bounds: Bounds, rng: random.Random,
+async def closed_loop(target: Target, mix: RequestSource, concurrency: int, bounds: Bounds, rng: random.Random,
                       progress: Progress) -> LevelRun:
     results: list[RequestResult] = []
     issued = 0
     in_flight = 0
     label = f"c={concurrency}"
-    async with _client(target, concurrency) as client:
+    async with http_client(target, concurrency) as client:
         started = time.monotonic()
 
         async def user() -> None:
@@ -118,7 +129,7 @@ async def closed_loop(target: Target, mix: MixSpec, concurrency: int, bounds: Bo
                     in_flight -= 1
                 progress.update(label, started, bounds, results, in_flight)
 
-        ticker = asyncio.ensure_future(_tick(lambda: progress.update(label, started, bounds, results, in_flight)))
+        ticker = asyncio.ensure_future(tick(lambda: progress.update(label, started, bounds, results, in_flight)))
         try:
             await asyncio.gather(*(user() for _ in range(concurrency)))
         finally:
@@ -129,14 +140,14 @@ async def closed_loop(target: Target, mix: MixSpec, concurrency: int, bounds: Bo
     return LevelRun("closed", concurrency, results, wall)
 
 
-async def open_loop(target: Target, mix: MixSpec, rate: float, bounds: Bounds, rng: random.Random,
+async def open_loop(target: Target, mix: RequestSource, rate: float, bounds: Bounds, rng: random.Random,
                     progress: Progress, max_outstanding: int = 256) -> LevelRun:
     results: list[RequestResult] = []
     tasks: set[asyncio.Task[None]] = set()
     issued = 0
     dropped = 0
     label = f"rate={rate:g}/s"
-    async with _client(target, max_outstanding) as client:
+    async with http_client(target, max_outstanding) as client:
         started = time.monotonic()
         next_at = started
 
@@ -144,7 +155,7 @@ async def open_loop(target: Target, mix: MixSpec, rate: float, bounds: Bounds, r
             results.append(await send(client, target.url, target.api, mix.draw(rng), started, target.model,
                                       target.ignore_eos))
 
-        ticker = asyncio.ensure_future(_tick(lambda: progress.update(label, started, bounds, results, len(tasks))))
+        ticker = asyncio.ensure_future(tick(lambda: progress.update(label, started, bounds, results, len(tasks))))
         try:
             while True:
                 next_at += rng.expovariate(rate)
@@ -170,7 +181,7 @@ async def open_loop(target: Target, mix: MixSpec, rate: float, bounds: Bounds, r
     return LevelRun("open", rate, results, wall, dropped)
 
 
-async def _tick(fn: Callable[[], None], every_s: float = 0.5) -> None:
+async def tick(fn: Callable[[], None], every_s: float = 0.5) -> None:
     while True:
         await asyncio.sleep(every_s)
         fn()

@@ -7,9 +7,11 @@ gap of every successful request, so long generations weigh in proportion to thei
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.bench.goodput import goodput
 from agent.bench.load import LevelRun
 from agent.metrics.window import percentile
 from agent.render import table
@@ -22,7 +24,8 @@ def _pcts(values: list[float]) -> dict[str, float | None]:
     return {f"p{round(q * 100)}": percentile(ordered, q) for q in QS}
 
 
-def summarize_level(run: LevelRun) -> dict[str, Any]:
+def summarize_level(run: LevelRun, ttft_slo_s: float | None = None, itl_slo_s: float | None = None) -> dict[str, Any]:
+    """The level's figures; with an SLO given, also its goodput (agent.bench.goodput)."""
     ok = [r for r in run.results if r.ok]
     errors = Counter(r.error for r in run.results if not r.ok)
     if run.dropped:
@@ -31,11 +34,14 @@ def summarize_level(run: LevelRun) -> dict[str, Any]:
     wall = max(run.wall_s, 1e-9)
     itls = [g for r in ok for g in r.itl_s]
     by_kind = Counter(r.kind for r in run.results)
-    return {
+    summary: dict[str, Any] = {
+        "scenario": run.scenario, "seed": run.seed,
         "mode": run.mode, ("concurrency" if run.mode == "closed" else "rate"): run.value, "label": run.label,
         "wall_s": run.wall_s, "requests": len(run.results), "ok": len(ok),
         "errors": dict(sorted((str(k), v) for k, v in errors.items())),
         "output_tokens": tokens, "prompt_tokens": sum(r.tokens_in or 0 for r in ok),
+        "prompt_tokens_est": sum(r.tokens_in_est or 0 for r in ok),
+        "sessions": len({r.session for r in run.results if r.session}),
         "tokens_per_s": tokens / wall, "requests_per_s": len(ok) / wall,
         "ttft_s": _pcts([r.ttft_s for r in ok if r.ttft_s is not None]),
         "itl_s": _pcts(itls), "e2e_s": _pcts([r.e2e_s for r in ok]),
@@ -44,6 +50,10 @@ def summarize_level(run: LevelRun) -> dict[str, Any]:
         "stale_connection_retries": sum(1 for r in run.results if r.stale_retry),
         "error_examples": sorted({f"{r.error}: {r.detail}" for r in run.results if not r.ok and r.detail})[:5],
     }
+    if ttft_slo_s is not None or itl_slo_s is not None:
+        summary["goodput"] = {"ttft_slo_s": ttft_slo_s, "itl_slo_s": itl_slo_s,
+                              **asdict(goodput(run.results, wall, ttft_slo_s, itl_slo_s))}
+    return summary
 
 
 def _ms(v: float | None) -> str:
@@ -52,13 +62,18 @@ def _ms(v: float | None) -> str:
 
 def print_table(levels: list[dict[str, Any]], out: TextIO | None = None) -> None:
     rows = []
+    slo = any("goodput" in lv for lv in levels)
     for lv in levels:
         errs = sum(lv["errors"].values())
-        rows.append([lv["label"], lv["requests"], errs, f"{lv['tokens_per_s']:.1f}", f"{lv['requests_per_s']:.2f}",
-                     _ms(lv["ttft_s"]["p50"]), _ms(lv["ttft_s"]["p95"]), _ms(lv["ttft_s"]["p99"]),
-                     _ms(lv["itl_s"]["p50"]), _ms(lv["itl_s"]["p95"]), _ms(lv["itl_s"]["p99"])])
-    table(["level", "req", "err", "tok/s", "req/s", "ttft p50 ms", "p95", "p99", "itl p50 ms", "p95", "p99"],
-          rows, out)
+        row = [lv["label"], lv["requests"], errs, f"{lv['tokens_per_s']:.1f}", f"{lv['requests_per_s']:.2f}",
+               _ms(lv["ttft_s"]["p50"]), _ms(lv["ttft_s"]["p95"]), _ms(lv["ttft_s"]["p99"]),
+               _ms(lv["itl_s"]["p50"]), _ms(lv["itl_s"]["p95"]), _ms(lv["itl_s"]["p99"])]
+        if slo:
+            good = lv.get("goodput")
+            row += ["-", "-"] if good is None else [f"{good['met']}/{good['total']}", f"{good['requests_per_s']:.2f}"]
+        rows.append(row)
+    table(["level", "req", "err", "tok/s", "req/s", "ttft p50 ms", "p95", "p99", "itl p50 ms", "p95", "p99"]
+          + (["slo met", "good req/s"] if slo else []), rows, out)
 
 
 def plot(levels: list[dict[str, Any]], path: Path, title: str) -> str | None:

@@ -20,6 +20,11 @@ finished) and/or open loop (--rate 0.5,1,2: Poisson arrivals per second, regardl
 is). Each level ends after --duration seconds or --requests requests, whichever comes first; requests in flight
 then are awaited. A progress line goes to stderr.
 
+--scenario chat|multiturn|rag|burst sends a seeded workload shaped like real serving instead of the mix (shared
+system prompt; conversations resending their history; long retrieved-passage prompts; a burst above capacity),
+and --requests FILE.jsonl replays your own traffic (format: docs/bench.md). With --slo-ttft-ms / --slo-itl-ms
+each level also reports goodput: requests/s (and their output tokens/s) that met both SLOs.
+
 --sweep runs the grid over engine knobs that need a restart (one private llama-server per point, on the bundled
 or --model-file model) and reports the best point that meets --slo-ttft-p95-ms: the baseline for the controller.
 """
@@ -29,6 +34,8 @@ examples:
   hosttune bench --url http://127.0.0.1:8080 --concurrency 1,2,4 --duration 30
   hosttune bench --url http://127.0.0.1:8080 --rate 0.5,1,2 --requests 50 --json --out bench.json
   hosttune bench --url http://127.0.0.1:8080 --mix generate --max-tokens 128 --plot bench.png
+  hosttune bench --url http://127.0.0.1:8080 --scenario multiturn --duration 60 --slo-ttft-ms 2000 --slo-itl-ms 150
+  hosttune bench --url http://127.0.0.1:8080 --requests traffic.jsonl --json --out replay.json
   hosttune bench --sweep "np=1,2,4;ub=128,512" --concurrency 4 --duration 20 --slo-ttft-p95-ms 800
 """
 
@@ -43,7 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", metavar="N,N,...", help="closed-loop levels (default 1,2,4 if no --rate)")
     p.add_argument("--rate", metavar="R,R,...", help="open-loop levels: Poisson arrivals per second")
     p.add_argument("--duration", type=float, default=30.0, metavar="S", help="seconds per level (default 30)")
-    p.add_argument("--requests", type=int, metavar="N", help="requests per level (ends the level early)")
+    p.add_argument("--requests", type=_requests_value, metavar="N|FILE.jsonl",
+                   help="requests per level (ends the level early), or a FILE.jsonl of requests to replay")
+    p.add_argument("--scenario", metavar="NAME", help="chat, multiturn, rag or burst (instead of --mix)")
+    p.add_argument("--slo-ttft-ms", type=float, metavar="MS", help="TTFT SLO for goodput")
+    p.add_argument("--slo-itl-ms", type=float, metavar="MS", help="per-request ITL p95 SLO for goodput")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests first (default 1)")
     p.add_argument("--mix", metavar="KIND=W,...", help="chat/summarize/generate weights (default 6/2/2)")
     p.add_argument("--long-prompt-words", type=int, default=400, metavar="N",
@@ -65,6 +76,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--base-knobs", metavar="KNOB=V;...", help='knobs fixed for every point, e.g. "c=4096"')
     g.add_argument("--slo-ttft-p95-ms", type=float, metavar="MS", help="TTFT p95 the best point must meet")
     p.set_defaults(func=run)
+
+
+def _requests_value(text: str) -> int | Path:
+    """--requests N (requests per level) or --requests FILE.jsonl (a file to replay)."""
+    return int(text) if text.strip().lstrip("+-").isdigit() else Path(text)
 
 
 def _int_list(text: str | None, flag: str) -> list[int]:
@@ -94,7 +110,8 @@ def _float_list(text: str | None, flag: str) -> list[float]:
 def _check(args: argparse.Namespace) -> None:
     if args.duration is not None and args.duration <= 0:
         raise InputError("must be > 0", field="--duration")
-    for flag, value in (("--requests", args.requests), ("--max-tokens", args.max_tokens),
+    requests = args.requests if isinstance(args.requests, int) else None
+    for flag, value in (("--requests", requests), ("--max-tokens", args.max_tokens),
                         ("--long-prompt-words", args.long_prompt_words), ("--max-outstanding", args.max_outstanding)):
         if value is not None and value < 1:
             raise InputError("must be >= 1", field=flag)
@@ -102,6 +119,14 @@ def _check(args: argparse.Namespace) -> None:
         raise InputError("must be >= 0", field="--warmup")
     if args.timeout <= 0:
         raise InputError("must be > 0", field="--timeout")
+    for flag, ms in (("--slo-ttft-ms", args.slo_ttft_ms), ("--slo-itl-ms", args.slo_itl_ms)):
+        if ms is not None and not ms > 0:
+            raise InputError("must be > 0", field=flag)
+    if args.scenario and isinstance(args.requests, Path):
+        raise InputError("give --scenario or a requests file, not both", field="--scenario")
+    if args.mix and (args.scenario or isinstance(args.requests, Path)):
+        raise InputError("--mix shapes the built-in mix: leave it out with --scenario or a requests file",
+                         field="--mix")
     if args.url is None and not args.sweep:
         raise InputError("give the server to load (--url URL) or a --sweep grid", field="--url")
 
@@ -110,22 +135,35 @@ def run(args: argparse.Namespace) -> int:
     from agent.bench.corpus import MixSpec, parse_mix
     from agent.bench.load import Bounds, Progress, Target
     from agent.bench.report import plot, print_table
-    from agent.bench.runner import bench, preflight
+    from agent.bench.requests_file import load_requests
+    from agent.bench.runner import bench, bench_scenario, preflight
+    from agent.bench.scenarios import spec_of
 
     _check(args)
+    requests_file = args.requests if isinstance(args.requests, Path) else None
+    if args.scenario:
+        spec_of(args.scenario)
+    if requests_file is not None:
+        load_requests(requests_file)  # a bad file fails here, before the server is even asked
     concurrency = _int_list(args.concurrency, "--concurrency")
     rates = _float_list(args.rate, "--rate")
-    if not concurrency and not rates:
+    shaped = bool(args.scenario) or requests_file is not None
+    if not concurrency and not rates and not shaped:
         concurrency = [1, 2, 4]
     mix = MixSpec(parse_mix(args.mix), long_prompt_words=args.long_prompt_words, max_tokens=args.max_tokens)
-    bounds = Bounds(duration_s=args.duration, requests=args.requests)
+    bounds = Bounds(duration_s=args.duration, requests=None if requests_file else args.requests)
     progress = Progress(enabled=not args.quiet)
+    slo = (None if args.slo_ttft_ms is None else args.slo_ttft_ms / 1000,
+           None if args.slo_itl_ms is None else args.slo_itl_ms / 1000)
 
     def measure(url: str) -> dict[str, Any]:
         target = Target(url=url.rstrip("/"), api=args.api, model=args.model, ignore_eos=args.ignore_eos,
                         timeout_s=args.timeout)
+        if shaped:
+            return bench_scenario(target, args.scenario, requests_file, concurrency, rates, bounds, seed=args.seed,
+                                  warmup=args.warmup, progress=progress, slo=slo)
         return bench(target, mix, concurrency, rates, bounds, seed=args.seed, warmup=args.warmup,
-                     progress=progress)
+                     progress=progress, slo=slo)
 
     if args.sweep:
         report = _sweep(args, measure)

@@ -40,6 +40,8 @@ class FakeWorkerState:
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)   # request headers of each POST
     silent_close: bool = False     # like llama-server: close after a streamed reply without "connection: close"
+    bodies: list[dict[str, Any]] = field(default_factory=list)    # request JSON of each POST
+    tag_replies: bool = False      # reply words carry the request's number ("r3w0 r3w1 ..."): tell replies apart
 
 
 class FakeWorker:
@@ -105,6 +107,7 @@ class FakeWorker:
             return
         req = json.loads(body or b"{}")
         st.headers.append(headers)
+        st.bodies.append(req)
         fake = req.get("fake", {})
         st.requests += 1
         st.active += 1
@@ -150,6 +153,7 @@ class FakeWorker:
     async def _generate(self, path: str, req: dict[str, Any], fake: dict[str, Any],
                         reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         st = self.state
+        tag = f"r{st.requests}" if st.tag_replies else ""  # read before any await: this request's number
         if not st.ready:
             await self._reply(writer, 503, b'{"error":{"code":503,"message":"Loading model"}}')
             return
@@ -163,7 +167,7 @@ class FakeWorker:
         if die_after == 0:
             writer.transport.abort()
             return
-        words = [f"w{i} " for i in range(n)]
+        words = [f"{tag}w{i} " for i in range(n)]
         if not stream:
             await asyncio.sleep(itl * max(n - 1, 0))
             st.predicted_tokens_total += n
