@@ -155,7 +155,7 @@ def source_of(name: str) -> RequestSource:
     return BurstSource() if name == "burst" else ChatSource()
 
 
-def _check_level(name: str, duration_s: float | None, concurrency: int | None, rate: float | None) -> None:
+def check_level(name: str, duration_s: float | None, concurrency: int | None, rate: float | None) -> None:
     if duration_s is not None and duration_s <= 0:
         raise InputError("must be > 0", field="--duration")
     if concurrency is not None and rate is not None:
@@ -175,7 +175,7 @@ async def scenario_level(target: Target, name: str, *, seed: int, duration_s: fl
                          progress: Progress | None = None, requests: int | None = None,
                          max_outstanding: int = 256) -> LevelRun:
     spec = spec_of(name)
-    _check_level(name, duration_s, concurrency, rate)
+    check_level(name, duration_s, concurrency, rate)
     progress = progress or Progress(enabled=False)
     bounds = Bounds(duration_s=duration_s, requests=requests)
     rng = random.Random(seed)
@@ -212,7 +212,7 @@ async def file_level(target: Target, replay: FileReplay, *, seed: int = 1, durat
                      max_outstanding: int = 256) -> LevelRun:
     """Replay the file once: at its own `at_s` offsets when it has them, else Poisson at `rate`, else closed
     loop at `concurrency` (default 4), in file order; a level ends early at `duration_s`."""
-    _check_level("requests-file", duration_s, concurrency, rate)
+    check_level("requests-file", duration_s, concurrency, rate)
     if replay.timed and (concurrency is not None or rate is not None):
         raise InputError("the requests carry at_s arrival times: leave out --concurrency/--rate",
                          path=replay.path, field="--requests")

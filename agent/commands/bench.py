@@ -137,19 +137,25 @@ def run(args: argparse.Namespace) -> int:
     from agent.bench.report import plot, print_table
     from agent.bench.requests_file import load_requests
     from agent.bench.runner import bench, bench_scenario, preflight
-    from agent.bench.scenarios import spec_of
+    from agent.bench.scenarios import check_level, spec_of
 
     _check(args)
     requests_file = args.requests if isinstance(args.requests, Path) else None
     if args.scenario:
         spec_of(args.scenario)
-    if requests_file is not None:
-        load_requests(requests_file)  # a bad file fails here, before the server is even asked
     concurrency = _int_list(args.concurrency, "--concurrency")
     rates = _float_list(args.rate, "--rate")
+    if requests_file is not None:
+        replay = load_requests(requests_file)  # a bad file fails here, before the server is even asked
+        if replay.timed and (concurrency or rates):
+            raise InputError("the requests carry at_s arrival times: leave out --concurrency/--rate",
+                             path=requests_file, field="--requests")
     shaped = bool(args.scenario) or requests_file is not None
     if not concurrency and not rates and not shaped:
         concurrency = [1, 2, 4]
+    if args.scenario:
+        for c, r in [(c, None) for c in concurrency] + [(None, r) for r in rates]:
+            check_level(args.scenario, args.duration, c, r)
     mix = MixSpec(parse_mix(args.mix), long_prompt_words=args.long_prompt_words, max_tokens=args.max_tokens)
     bounds = Bounds(duration_s=args.duration, requests=None if requests_file else args.requests)
     progress = Progress(enabled=not args.quiet)
