@@ -1,13 +1,9 @@
-"""Two more load shapes next to agent/bench/load.py's closed and open loops:
-
-- **conversations** (closed loop of chat sessions): each of N users runs one conversation after another; every
-  turn resends the whole history (system prompt, every earlier user turn and the assistant's reply text as the
-  server sent it), the way chat clients do, under one stable session id (agent.bench.client.SESSION_HEADER).
-  A failed turn ends that conversation (its user gives up), the next one starts.
-- **timed arrivals** (open loop at given offsets): requests leave at fixed times after the start whatever the
-  server's speed: a replayed traffic log, or a precomputed Poisson schedule whose rate changes over time.
-
-The same rules as load.py: a level ends at its bounds; what is in flight then is awaited and counted.
+"""Conversations, one more load shape next to agent/bench/load.py's closed loop, open loop and timed arrivals:
+each of N users runs one conversation after another (a closed loop of chat sessions); every turn resends the whole
+history (system prompt, every earlier user turn and the assistant's reply text as the server sent it), the way
+chat clients do, under one stable session id (agent.bench.client.SESSION_HEADER). A failed turn ends that
+conversation (its user gives up) and the next one starts. As in load.py, a level ends at its bounds; what is in
+flight then is awaited and counted.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from dataclasses import dataclass
 
 from agent.bench.client import RequestResult, send
 from agent.bench.corpus import BenchRequest
-from agent.bench.load import Bounds, Progress, Target, http_client, tick
+from agent.bench.load import Bounds, Collected, Progress, Target, http_client, watch
 
 
 @dataclass(frozen=True)
@@ -43,13 +39,6 @@ def conversation_request(conv: Conversation, replies: Sequence[str]) -> BenchReq
     messages.append(("user", conv.user_turns[turn]))
     return BenchRequest(conv.kind, conv.system, conv.user_turns[turn], conv.max_tokens[turn],
                         messages=tuple(messages), session=conv.session)
-
-
-@dataclass
-class Collected:
-    results: list[RequestResult]
-    wall_s: float
-    dropped: int = 0
 
 
 async def conversations(target: Target, conversation: Callable[[int], Conversation], users: int, bounds: Bounds,
@@ -84,57 +73,6 @@ async def conversations(target: Target, conversation: Callable[[int], Conversati
                         break
                     replies.append(result.text or "")
 
-        ticker = asyncio.ensure_future(tick(lambda: progress.update(label, started, bounds, results, in_flight)))
-        try:
-            await asyncio.gather(*(user() for _ in range(users)))
-        finally:
-            ticker.cancel()
-        wall = time.monotonic() - started
-    progress.update(label, started, bounds, results, 0, force=True)
-    progress.done()
+        wall = await watch(asyncio.gather(*(user() for _ in range(users))), progress, label, started, bounds,
+                           results, lambda: in_flight)
     return Collected(results, wall)
-
-
-async def timed_arrivals(target: Target, timed: Sequence[tuple[float, BenchRequest]], bounds: Bounds,
-                         progress: Progress, label: str, max_outstanding: int = 256,
-                         span_s: float | None = None) -> Collected:
-    """Send each request at its offset (seconds after the start, ascending); arrivals beyond max_outstanding in
-    flight are dropped and counted, as in load.open_loop. With span_s the level lasts at least that long (a
-    schedule's quiet tail is part of its wall time, as an open loop's would be)."""
-    results: list[RequestResult] = []
-    tasks: set[asyncio.Task[None]] = set()
-    issued = 0
-    dropped = 0
-    async with http_client(target, max_outstanding) as client:
-        started = time.monotonic()
-
-        async def one(req: BenchRequest) -> None:
-            results.append(await send(client, target.url, target.api, req, started, target.model,
-                                      target.ignore_eos))
-
-        ticker = asyncio.ensure_future(tick(lambda: progress.update(label, started, bounds, results, len(tasks))))
-        try:
-            for at_s, req in timed:
-                delay = started + at_s - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if not bounds.open(started, issued + dropped):
-                    span_s = None  # ended by its bounds, not by the schedule
-                    break
-                if len(tasks) >= max_outstanding:
-                    dropped += 1
-                    continue
-                issued += 1
-                task = asyncio.ensure_future(one(req))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if span_s is not None:
-                await asyncio.sleep(max(0.0, started + span_s - time.monotonic()))
-            if tasks:
-                await asyncio.gather(*list(tasks))
-        finally:
-            ticker.cancel()
-        wall = time.monotonic() - started
-    progress.update(label, started, bounds, results, 0, force=True)
-    progress.done()
-    return Collected(results, wall, dropped)

@@ -12,7 +12,7 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
@@ -108,6 +108,20 @@ def http_client(target: Target, connections: int) -> httpx.AsyncClient:
                              limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
 
 
+async def watch(work: Awaitable[object], progress: Progress, label: str, started: float, bounds: Bounds,
+                results: list[RequestResult], in_flight: Callable[[], int]) -> float:
+    """Await a level's work with its progress line ticking; the level's wall time (its last reply included)."""
+    ticker = asyncio.ensure_future(tick(lambda: progress.update(label, started, bounds, results, in_flight())))
+    try:
+        await work
+    finally:
+        ticker.cancel()
+    wall = time.monotonic() - started
+    progress.update(label, started, bounds, results, 0, force=True)
+    progress.done()
+    return wall
+
+
 async def closed_loop(target: Target, mix: RequestSource, concurrency: int, bounds: Bounds, rng: random.Random,
                       progress: Progress) -> LevelRun:
     results: list[RequestResult] = []
@@ -129,56 +143,71 @@ async def closed_loop(target: Target, mix: RequestSource, concurrency: int, boun
                     in_flight -= 1
                 progress.update(label, started, bounds, results, in_flight)
 
-        ticker = asyncio.ensure_future(tick(lambda: progress.update(label, started, bounds, results, in_flight)))
-        try:
-            await asyncio.gather(*(user() for _ in range(concurrency)))
-        finally:
-            ticker.cancel()
-        wall = time.monotonic() - started
-    progress.update(label, started, bounds, results, 0, force=True)
-    progress.done()
+        wall = await watch(asyncio.gather(*(user() for _ in range(concurrency))), progress, label, started, bounds,
+                           results, lambda: in_flight)
     return LevelRun("closed", concurrency, results, wall)
 
 
 async def open_loop(target: Target, mix: RequestSource, rate: float, bounds: Bounds, rng: random.Random,
                     progress: Progress, max_outstanding: int = 256) -> LevelRun:
+    def poisson() -> Iterator[tuple[float, BenchRequest]]:
+        at_s = 0.0
+        while True:
+            at_s += rng.expovariate(rate)
+            yield at_s, mix.draw(rng)
+
+    got = await timed_arrivals(target, poisson(), bounds, progress, f"rate={rate:g}/s", max_outstanding)
+    return LevelRun("open", rate, got.results, got.wall_s, got.dropped)
+
+
+@dataclass
+class Collected:
+    results: list[RequestResult]
+    wall_s: float
+    dropped: int = 0
+
+
+async def timed_arrivals(target: Target, timed: Iterable[tuple[float, BenchRequest]], bounds: Bounds,
+                         progress: Progress, label: str, max_outstanding: int = 256,
+                         span_s: float | None = None) -> Collected:
+    """Open loop: send each request at its offset (seconds after the start, ascending), whatever the server's
+    speed; arrivals beyond max_outstanding in flight are dropped and counted. With span_s the level lasts at least
+    that long (a schedule's quiet tail is part of its wall time)."""
     results: list[RequestResult] = []
     tasks: set[asyncio.Task[None]] = set()
     issued = 0
     dropped = 0
-    label = f"rate={rate:g}/s"
     async with http_client(target, max_outstanding) as client:
         started = time.monotonic()
-        next_at = started
 
-        async def one() -> None:
-            results.append(await send(client, target.url, target.api, mix.draw(rng), started, target.model,
+        async def one(req: BenchRequest) -> None:
+            results.append(await send(client, target.url, target.api, req, started, target.model,
                                       target.ignore_eos))
 
-        ticker = asyncio.ensure_future(tick(lambda: progress.update(label, started, bounds, results, len(tasks))))
-        try:
-            while True:
-                next_at += rng.expovariate(rate)
-                delay = next_at - time.monotonic()
+        async def arrivals() -> None:
+            nonlocal issued, dropped
+            ended_by_bounds = False
+            for at_s, req in timed:
+                delay = started + at_s - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if not bounds.open(started, issued + dropped):
+                    ended_by_bounds = True
                     break
                 if len(tasks) >= max_outstanding:
                     dropped += 1
                     continue
                 issued += 1
-                task = asyncio.ensure_future(one())
+                task = asyncio.ensure_future(one(req))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+            if span_s is not None and not ended_by_bounds:
+                await asyncio.sleep(max(0.0, started + span_s - time.monotonic()))
             if tasks:
                 await asyncio.gather(*list(tasks))
-        finally:
-            ticker.cancel()
-        wall = time.monotonic() - started
-    progress.update(label, started, bounds, results, 0, force=True)
-    progress.done()
-    return LevelRun("open", rate, results, wall, dropped)
+
+        wall = await watch(arrivals(), progress, label, started, bounds, results, lambda: len(tasks))
+    return Collected(results, wall, dropped)
 
 
 async def tick(fn: Callable[[], None], every_s: float = 0.5) -> None:

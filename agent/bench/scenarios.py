@@ -15,13 +15,24 @@ Defaults suit a 2-core host serving the bundled 135M model; --concurrency / --ra
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.bench.corpus import PARAGRAPHS, QUESTIONS, BenchRequest, estimate_tokens
-from agent.bench.drivers import Collected, Conversation, conversation_request, conversations, timed_arrivals
-from agent.bench.load import Bounds, LevelRun, Progress, RequestSource, Target, closed_loop, open_loop
+from agent.bench.drivers import Conversation, conversation_request, conversations
+from agent.bench.load import (
+    Bounds,
+    Collected,
+    LevelRun,
+    Progress,
+    RequestSource,
+    Target,
+    closed_loop,
+    open_loop,
+    timed_arrivals,
+)
 from agent.bench.requests_file import FileReplay, load_requests
 from agent.bench.scenario_texts import EXTRA_QUESTIONS, FOLLOW_UPS, RAG_PREAMBLE, RAG_QUESTIONS, SYSTEM_PROMPT
 from agent.errors import InputError
@@ -218,16 +229,19 @@ async def file_level(target: Target, replay: FileReplay, *, seed: int = 1, durat
                          path=replay.path, field="--requests")
     progress = progress or Progress(enabled=False)
     bounds = Bounds(duration_s=duration_s, requests=len(replay.requests))
-    label = f"{replay.path.name}"
+    label = replay.path.name
+    got: Collected
     if replay.timed:
-        got: Collected = await timed_arrivals(target, replay.timeline(), bounds, progress, label, max_outstanding)
+        got = await timed_arrivals(target, replay.timeline(), bounds, progress, label, max_outstanding)
         return LevelRun("open", 0.0, got.results, got.wall_s, got.dropped, scenario="requests-file", seed=seed)
     rng = random.Random(seed)
-    if rate is not None:
-        run = await open_loop(target, replay.source(), rate, bounds, rng, progress, max_outstanding)
-    else:
-        run = await closed_loop(target, replay.source(), concurrency or DEFAULT_FILE_CONCURRENCY, bounds, rng,
-                                progress)
+    if rate is not None:  # a finite Poisson schedule: the file is replayed once
+        offsets = itertools.accumulate(rng.expovariate(rate) for _ in replay.requests)
+        got = await timed_arrivals(target, list(zip(offsets, replay.requests, strict=True)), bounds, progress,
+                                   label, max_outstanding)
+        return LevelRun("open", rate, got.results, got.wall_s, got.dropped, scenario="requests-file", seed=seed)
+    run = await closed_loop(target, replay.source(), concurrency or DEFAULT_FILE_CONCURRENCY, bounds, rng,
+                            progress)
     return replace(run, scenario="requests-file", seed=seed)
 
 

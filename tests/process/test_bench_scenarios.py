@@ -81,6 +81,9 @@ def test_a_requests_file_is_replayed_at_its_times_with_sessions(worker: FakeWork
     assert [b["prompt"].strip() for b in worker.state.bodies] == [f"q{i}" for i in range(6)]
     closed = run_requests_file(Target(worker.url), _untimed(path), concurrency=2)
     assert closed.mode == "closed" and len(closed.results) == 6
+    poisson = run_requests_file(Target(worker.url), _untimed(path), rate=50.0, seed=3)
+    assert poisson.mode == "open" and poisson.label == "requests-file rate=50/s"
+    assert len(poisson.results) == 6 and all(r.ok for r in poisson.results)
 
 
 def _untimed(path: Path) -> Path:
