@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,16 @@ def main() -> int:
             report = bench_scenario(Target(server.url), name, None, [], [], Bounds(duration_s=args.duration), seed=1,
                                     warmup=1, slo=slo)
             levels += report["levels"]
-            print(f"{name}: done (load average {os.getloadavg()[0]:.2f})", file=sys.stderr)
+            lv = report["levels"][-1]
+            # one line per scenario as it ends, so a run cut short still leaves its figures
+            print(f"{lv['label']}: prompt tokens est {lv['prompt_tokens_est']} / server {lv['prompt_tokens']}, "
+                  f"goodput {lv['goodput']['met']}/{lv['goodput']['total']} "
+                  f"({lv['goodput']['requests_per_s']:.2f} req/s, {lv['goodput']['tokens_per_s']:.1f} tok/s), "
+                  f"errors {lv['errors']}, load average {os.getloadavg()[0]:.2f}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps({"knobs": knobs, "levels": levels}, indent=2) + "\n")
     print_table(levels)
-    for lv in levels:
-        print(f"{lv['label']}: prompt tokens est {lv['prompt_tokens_est']} / server {lv['prompt_tokens']}, "
-              f"goodput {lv['goodput']['met']}/{lv['goodput']['total']} "
-              f"({lv['goodput']['requests_per_s']:.2f} req/s, {lv['goodput']['tokens_per_s']:.1f} tok/s), "
-              f"errors {lv['errors']}")
     print(f"load average (1, 5, 15 min): {os.getloadavg()}")
-    if args.json:
-        args.json.write_text(json.dumps({"knobs": knobs, "levels": levels}, indent=2) + "\n")
     return 0
 
 
