@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.bench.compare_cli import register_compare, run_compare
 from agent.errors import InputError
 
 HELP = """\
@@ -64,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=2, help="llama-server -t for --sweep (default 2)")
     g.add_argument("--base-knobs", metavar="KNOB=V;...", help='knobs fixed for every point, e.g. "c=4096"')
     g.add_argument("--slo-ttft-p95-ms", type=float, metavar="MS", help="TTFT p95 the best point must meet")
+    register_compare(p)
     p.set_defaults(func=run)
 
 
@@ -112,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from agent.bench.report import plot, print_table
     from agent.bench.runner import bench, preflight
 
+    if args.compare:
+        return run_compare(args)
     _check(args)
     concurrency = _int_list(args.concurrency, "--concurrency")
     rates = _float_list(args.rate, "--rate")
