@@ -103,7 +103,7 @@ def run_compare(args: argparse.Namespace) -> int:
         _restore(arm_b.state_dir, say)
 
     load_before = os.getloadavg()
-    report = run_compare_loop(spec, DefaultsArm(model, work), arm_b, _round_load(args, concurrency), precheck,
+    report = run_compare_loop(spec, DefaultsArm(model, work), arm_b, round_load(args, concurrency), precheck,
                               restore, say)
     report.update({"policy": policy_ref, "model": str(model), "concurrency": concurrency,
                    "slo": {"ttft_ms": ttft_ms, "itl_ms": itl_ms,
@@ -120,7 +120,7 @@ def _progress(quiet: bool) -> Any:
     return say
 
 
-def _round_load(args: argparse.Namespace, concurrency: int) -> Any:
+def round_load(args: argparse.Namespace, concurrency: int) -> Any:
     from agent.bench.corpus import MixSpec, parse_mix
     from agent.bench.load import Bounds, LevelRun, Progress, Target
     from agent.bench.runner import run_levels
