@@ -2,9 +2,9 @@
 
 Arm A is the untouched host running the engine at its own defaults; arm B is hosttune's policy with its controller
 converged (agent/bench/compare_arms.py builds both). The loop here knows neither: it converges B once, then runs
-`rounds` pairs A, B, A, B, ... Before every A round `precheck` must pass (the host as the compare found it, no open
-journal transaction); after the last B round it must pass too. Any failure stops both arms, calls `restore` and
-re-raises: a compare never leaves the host tuned nor a server running.
+`rounds` pairs A, B, A, B, ... `precheck` (the host as the compare found it, no open journal transaction) must
+pass at the start, before every A round and after the last B round. Any failure stops both arms, calls `restore`
+and re-raises: a compare never leaves the host tuned nor a server running.
 
 Each round's load is one call of a `RoundLoad` (url -> LevelRun): the same seeded requests in every round, on both
 arms, so rounds differ by the server and the host only.
@@ -14,6 +14,7 @@ and tokens/s with percentile-bootstrap intervals over rounds (agent/bench/stats.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -135,6 +136,8 @@ def run_compare_loop(spec: CompareSpec, arm_a: Arm, arm_b: ConvergingArm, load: 
     rounds: list[dict[str, Any]] = []
     events: list[str] = []
     try:
+        events.append("precheck start")
+        precheck()
         progress(f"converge: driving the load on B until its controller converges "
                  f"(at most {spec.converge_timeout_s:g} s)")
         events.append("converge")
@@ -152,9 +155,12 @@ def run_compare_loop(spec: CompareSpec, arm_a: Arm, arm_b: ConvergingArm, load: 
         events.append("precheck end")
         precheck()
     except BaseException:
-        for arm in (arm_a, arm_b):
-            arm.stop()
-        restore()
+        try:
+            for arm in (arm_a, arm_b):
+                with contextlib.suppress(Exception):
+                    arm.stop()
+        finally:
+            restore()
         raise
     return {"kind": "hosttune bench --compare", "started": started.isoformat(timespec="seconds"),
             "wall_s": round(time.monotonic() - t0, 1), "spec": asdict(spec),

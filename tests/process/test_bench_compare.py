@@ -83,7 +83,7 @@ def test_compare_loop_alternates_prechecks_and_reports(tmp_path: Path, monkeypat
     report = run_compare_loop(spec, FakeDefaultsArm(log), arm_b, round_load(args, 2),
                               lambda: log.append("precheck"), lambda: log.append("restore"))
     one = ["precheck", "A.start", "A.stop", "B.start", "B.stop"]
-    assert log == ["B.start", "B.stop", *one, *one, "precheck"]
+    assert log == ["precheck", "B.start", "B.stop", *one, *one, "precheck"]
 
     # the converge phase read the controller; both B rounds started with what it settled on, and got SIGTERM
     assert report["converge"]["converged"] is True and report["converge"]["knobs"] == {"parallel": 2}

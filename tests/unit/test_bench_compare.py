@@ -86,9 +86,9 @@ def test_rounds_alternate_after_one_converge_and_every_a_round_is_prechecked() -
     report, _ = run(log)
     steps = [e for e in log if not e.startswith(("converge", "round"))]
     one_round = ["precheck", "A.start", "load A", "A.stop", "B.start", "load B", "B.stop"]
-    assert steps == ["B.converge", "B.start", "load B", "B.stop", *one_round * 3, "precheck"]
-    assert report["order"] == ["converge", "precheck 1", "A1", "B1", "precheck 2", "A2", "B2", "precheck 3",
-                               "A3", "B3", "precheck end"]
+    assert steps == ["precheck", "B.converge", "B.start", "load B", "B.stop", *one_round * 3, "precheck"]
+    assert report["order"] == ["precheck start", "converge", "precheck 1", "A1", "B1", "precheck 2", "A2", "B2",
+                               "precheck 3", "A3", "B3", "precheck end"]
     assert [(r["arm"], r["round"]) for r in report["rounds"]] == [("A", 1), ("B", 1), ("A", 2), ("B", 2),
                                                                   ("A", 3), ("B", 3)]
     assert any(line.startswith("round 2/3 B: goodput") for line in log)   # progress lines
@@ -123,7 +123,7 @@ def test_a_touched_host_stops_everything_and_restores() -> None:
     def precheck() -> None:
         checks["n"] += 1
         log.append("precheck")
-        if checks["n"] == 2:
+        if checks["n"] == 3:
             raise InputError("sysctl:vm.swappiness: was '60', now '10'")
 
     with pytest.raises(InputError, match=r"vm\.swappiness"):
@@ -192,3 +192,19 @@ def test_register_compare_adds_its_flags_once() -> None:
     args = p.parse_args(["--compare", "--rounds", "7", "--converge-timeout", "0", "--slo-itl-ms", "80"])
     assert (args.compare, args.rounds, args.converge_timeout, args.slo_itl_ms, args.scenario) == (
         True, 7, 0.0, 80.0, "chat")
+
+
+def test_restore_runs_even_when_stopping_an_arm_fails() -> None:
+    log: list[str] = []
+
+    class BadStop(FakeArm):
+        def stop(self) -> None:
+            if self.running:
+                self.running = False
+                raise OSError("kill failed")
+
+    arms = {"A": BadStop("A", log), "B": FakeArm("B", log)}
+    with pytest.raises(OSError):
+        run_compare_loop(SPEC, arms["A"], arms["B"], make_load(log, arms), lambda: None,
+                         lambda: log.append("restore"))
+    assert log[-1] == "restore"
