@@ -1,13 +1,13 @@
-"""Goodput at SLO: the requests per second (and their output tokens per second) that users were served well.
+"""Goodput at an SLO: the requests (and their output tokens) per second that met the time-to-first-token and the
+inter-token-latency objectives — what a service level actually delivers, where tokens/s also counts late answers.
 
-A request counts when it succeeded, its time to first token met the TTFT SLO, and its own inter-token latency
-p95 met the ITL SLO (per request, not pooled: one user's stuttering reply fails that user however smooth the
-others were). A None SLO does not filter; a request with no gaps (one token) meets any ITL SLO; a request
-without a first token fails a TTFT SLO. One pure function, shared by `hosttune bench` and `bench --compare`.
+A request counts when it succeeded, its TTFT is at most `ttft_slo_s`, and the 95th percentile of its own gaps
+between tokens is at most `itl_slo_s`. A None SLO does not filter on that figure. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agent.bench.client import RequestResult
@@ -16,10 +16,10 @@ from agent.metrics.window import percentile
 
 @dataclass(frozen=True)
 class Goodput:
-    requests_per_s: float     # SLO-meeting requests per second of wall time
-    tokens_per_s: float       # their output tokens per second of wall time
-    met: int                  # requests that met every given SLO
-    total: int                # requests issued (failed ones included)
+    requests_per_s: float   # SLO-meeting requests per second of wall time
+    tokens_per_s: float     # their output tokens per second of wall time
+    met: int                # requests that met the SLO
+    total: int              # requests sent (ok or not)
 
 
 def meets_slo(r: RequestResult, ttft_slo_s: float | None, itl_slo_s: float | None) -> bool:
@@ -34,10 +34,10 @@ def meets_slo(r: RequestResult, ttft_slo_s: float | None, itl_slo_s: float | Non
     return True
 
 
-def goodput(results: list[RequestResult], wall_s: float, ttft_slo_s: float | None,
+def goodput(results: Sequence[RequestResult], wall_s: float, ttft_slo_s: float | None,
             itl_slo_s: float | None) -> Goodput:
     if wall_s <= 0:
-        raise ValueError(f"wall time must be > 0, got {wall_s}")
+        raise ValueError(f"wall_s must be > 0, got {wall_s}")
     met = [r for r in results if meets_slo(r, ttft_slo_s, itl_slo_s)]
     return Goodput(requests_per_s=len(met) / wall_s, tokens_per_s=sum(r.tokens_out for r in met) / wall_s,
                    met=len(met), total=len(results))

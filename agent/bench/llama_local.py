@@ -59,8 +59,9 @@ def knob_args(knobs: Mapping[str, object]) -> list[str]:
 
 class LocalLlamaServer:
     def __init__(self, model: Path, port: int | None = None, threads: int = 2,
-                 extra_args: Sequence[str] = (), log_path: Path | None = None) -> None:
+                 extra_args: Sequence[str] = (), log_path: Path | None = None, defaults: bool = False) -> None:
         self.binary = find_llama_server()
+        self.defaults = defaults  # llama-server's own defaults: -m, --host, --port and nothing else (bench --compare)
         self.model = model
         self.port = port or free_port()
         self.threads = threads
@@ -77,6 +78,8 @@ class LocalLlamaServer:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
     def argv(self) -> list[str]:
+        if self.defaults:
+            return [str(self.binary.path), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port)]
         args = [str(self.binary.path), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                 "--metrics", "-t", str(self.threads)]
         return args + self.extra_args

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.bench.compare_cli import register_compare, run_compare
 from agent.errors import InputError
 
 HELP = """\
@@ -75,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=2, help="llama-server -t for --sweep (default 2)")
     g.add_argument("--base-knobs", metavar="KNOB=V;...", help='knobs fixed for every point, e.g. "c=4096"')
     g.add_argument("--slo-ttft-p95-ms", type=float, metavar="MS", help="TTFT p95 the best point must meet")
+    register_compare(p)
     p.set_defaults(func=run)
 
 
@@ -139,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     from agent.bench.runner import bench, bench_scenario, preflight
     from agent.bench.scenarios import check_level, spec_of
 
+    if args.compare:
+        return run_compare(args)
     _check(args)
     requests_file = args.requests if isinstance(args.requests, Path) else None
     if args.scenario:
