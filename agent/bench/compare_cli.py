@@ -22,20 +22,16 @@ daemon` with --policy applied and its controller converged (a converge phase fir
 with the knobs it settled on). Reports goodput at the SLO, TTFT/ITL p50/p95, tokens/s and errors per round, and
 the B/A ratios with 95% bootstrap intervals. Needs root (B tunes the host; it is reverted after every B round).
 """
-SCENARIOS_TODAY = ("mix",)   # the mix bench (--mix, --concurrency); named scenarios arrive with `--scenario`
+MIX = "mix"   # the built-in request mix (--mix, --concurrency): the load when no --scenario is given
 
 
 def register_compare(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compare", COMPARE_HELP)
     g.add_argument("--compare", action="store_true", help="A/B: untouched host + llama-server defaults vs the policy")
-    if "--scenario" not in p._option_string_actions:   # the scenarios slice may define it for plain bench too
-        g.add_argument("--scenario", metavar="NAME", help="the load of each round (today: mix, the default)")
     g.add_argument("--rounds", type=int, default=5, metavar="N", help="rounds per arm (default 5, at least 2)")
     g.add_argument("--policy", metavar="P", help="policy name or path for B (default: the shipped default here)")
     g.add_argument("--converge-timeout", type=float, default=600.0, metavar="S",
                    help="longest converge phase before the B rounds (default 600; 0: skip, serve the policy)")
-    g.add_argument("--slo-ttft-ms", type=float, metavar="MS", help="goodput's TTFT bound (default: policy slo:)")
-    g.add_argument("--slo-itl-ms", type=float, metavar="MS", help="goodput's ITL p95 bound (default: policy slo:)")
     g.add_argument("--resamples", type=int, default=5000, metavar="N", help="bootstrap resamples (default 5000)")
     g.add_argument("--work-dir", type=Path, metavar="DIR", help="logs, the B daemon's state (default: a new tmp dir)")
 
@@ -52,22 +48,42 @@ def _one_int(text: str | None, default: int) -> int:
     return value
 
 
+def _one_rate(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--compare takes one arrival rate, got {text!r}", field="--rate") from None
+    if not 0 < value <= 1000:
+        raise InputError("must be within (0, 1000]", field="--rate")
+    return value
+
+
 def run_compare(args: argparse.Namespace) -> int:
     from agent.bench.compare import CompareSpec, run_compare_loop
     from agent.bench.compare_arms import DaemonArm, DefaultsArm
     from agent.bench.hostsnap import check_untouched, take_snapshot
+    from agent.bench.scenarios import check_level, spec_of
     from agent.config import DEFAULT_STATE_DIR
     from agent.hostfs import HostPaths
     from agent.inspect import collect
     from agent.model_files import resolve_model
     from agent.policy.loader import default_policy_name, find_policy, load_policy
 
-    scenario = getattr(args, "scenario", None) or "mix"
-    if scenario not in SCENARIOS_TODAY:
-        raise InputError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS_TODAY)})", field="--scenario")
-    concurrency = _one_int(args.concurrency, 8)
-    if args.rate:
-        raise InputError("--compare runs closed-loop rounds at one --concurrency", field="--rate")
+    scenario = args.scenario or MIX
+    if isinstance(args.requests, Path):
+        raise InputError("--compare runs a named --scenario (or the mix), not a requests file", field="--requests")
+    if scenario == MIX:
+        if args.rate:
+            raise InputError("--compare runs the mix closed loop at one --concurrency", field="--rate")
+        concurrency: int | None = _one_int(args.concurrency, 8)
+        rate: float | None = None
+    else:
+        spec_of(scenario)
+        concurrency = _one_int(args.concurrency, 1) if args.concurrency else None
+        rate = _one_rate(args.rate)
+        check_level(scenario, args.duration, concurrency, rate)
     if args.resamples < 2000 or args.resamples > 200000:
         raise InputError("must be within [2000, 200000]", field="--resamples")
     paths = HostPaths.live()
@@ -103,9 +119,9 @@ def run_compare(args: argparse.Namespace) -> int:
         _restore(arm_b.state_dir, say)
 
     load_before = os.getloadavg()
-    report = run_compare_loop(spec, DefaultsArm(model, work), arm_b, round_load(args, concurrency), precheck,
-                              restore, say)
-    report.update({"policy": policy_ref, "model": str(model), "concurrency": concurrency,
+    load = round_load(args, scenario, concurrency, rate)
+    report = run_compare_loop(spec, DefaultsArm(model, work), arm_b, load, precheck, restore, say)
+    report.update({"policy": policy_ref, "model": str(model), "concurrency": concurrency, "rate": rate,
                    "slo": {"ttft_ms": ttft_ms, "itl_ms": itl_ms,
                            "source": "flags" if args.slo_ttft_ms or args.slo_itl_ms else "policy slo:"},
                    "snapshot": snapshot, "work_dir": str(work),
@@ -120,10 +136,20 @@ def _progress(quiet: bool) -> Any:
     return say
 
 
-def round_load(args: argparse.Namespace, concurrency: int) -> Any:
+def round_load(args: argparse.Namespace, scenario: str, concurrency: int | None, rate: float | None) -> Any:
     from agent.bench.corpus import MixSpec, parse_mix
     from agent.bench.load import Bounds, LevelRun, Progress, Target
     from agent.bench.runner import run_levels
+    from agent.bench.scenarios import run_scenario
+
+    if scenario != MIX:
+        def scenario_load(url: str) -> LevelRun:
+            target = Target(url=url.rstrip("/"), api=args.api, model=args.model, ignore_eos=args.ignore_eos,
+                            timeout_s=args.timeout)
+            return run_scenario(target, scenario, seed=args.seed, duration_s=args.duration,
+                                concurrency=concurrency, rate=rate)
+        return scenario_load
+    assert concurrency is not None
 
     mix = MixSpec(parse_mix(args.mix), long_prompt_words=args.long_prompt_words, max_tokens=args.max_tokens)
     bounds = Bounds(duration_s=args.duration, requests=args.requests)

@@ -73,14 +73,16 @@ def args_for(tmp_path: Path, *extra: str) -> argparse.Namespace:
                               "--max-tokens", "4", "--long-prompt-words", "40", *extra])
 
 
-def test_compare_loop_alternates_prechecks_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("scenario", ["mix", "multiturn"])
+def test_compare_loop_alternates_prechecks_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       scenario: str) -> None:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     log: list[str] = []
     args = args_for(tmp_path, "--json", "--out", str(tmp_path / "c.json"))
-    spec = CompareSpec(scenario="mix", rounds=2, duration_s=2.0, ttft_slo_s=2.0, itl_slo_s=None,
+    spec = CompareSpec(scenario=scenario, rounds=2, duration_s=2.0, ttft_slo_s=2.0, itl_slo_s=None,
                        converge_timeout_s=30.0, resamples=2000)
     arm_b = FakeDaemonArm(log, tmp_path / "work")
-    report = run_compare_loop(spec, FakeDefaultsArm(log), arm_b, round_load(args, 2),
+    report = run_compare_loop(spec, FakeDefaultsArm(log), arm_b, round_load(args, scenario, 2, None),
                               lambda: log.append("precheck"), lambda: log.append("restore"))
     one = ["precheck", "A.start", "A.stop", "B.start", "B.stop"]
     assert log == ["precheck", "B.start", "B.stop", *one, *one, "precheck"]

@@ -14,7 +14,6 @@ import yaml
 from agent.bench.client import RequestResult
 from agent.bench.compare import CompareSpec, RoundLoad, run_compare_loop
 from agent.bench.compare_arms import DaemonArm, settled_knobs
-from agent.bench.compare_cli import register_compare
 from agent.bench.compare_table import print_compare
 from agent.bench.load import LevelRun
 from agent.errors import InputError
@@ -185,11 +184,13 @@ def test_daemon_arm_files_extend_the_policy_with_the_converged_knobs(host: HostP
     assert arm.argv(Path("c.yaml"))[-4:] == ["agent", "daemon", "--config", "c.yaml"]
 
 
-def test_register_compare_adds_its_flags_once() -> None:
+def test_the_bench_parser_takes_the_compare_flags_beside_the_scenario_and_slo_flags() -> None:
+    from agent.commands import bench as bench_command
+
     p = argparse.ArgumentParser()
-    p.add_argument("--scenario", default="chat")        # another slice's flag of the same name is kept
-    register_compare(p)
-    args = p.parse_args(["--compare", "--rounds", "7", "--converge-timeout", "0", "--slo-itl-ms", "80"])
+    bench_command.register(p.add_subparsers())
+    args = p.parse_args(["bench", "--compare", "--scenario", "chat", "--rounds", "7", "--converge-timeout", "0",
+                         "--slo-itl-ms", "80"])
     assert (args.compare, args.rounds, args.converge_timeout, args.slo_itl_ms, args.scenario) == (
         True, 7, 0.0, 80.0, "chat")
 
