@@ -39,6 +39,7 @@ class FakeWorkerState:
     predicted_tokens_total: int = 0
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)   # request headers of each POST
+    bodies: list[dict[str, Any]] = field(default_factory=list)    # request body of each POST, as the worker got it
     silent_close: bool = False     # like llama-server: close after a streamed reply without "connection: close"
 
 
@@ -105,6 +106,7 @@ class FakeWorker:
             return
         req = json.loads(body or b"{}")
         st.headers.append(headers)
+        st.bodies.append(req)
         fake = req.get("fake", {})
         st.requests += 1
         st.active += 1
