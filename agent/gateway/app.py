@@ -93,7 +93,11 @@ class Gateway:
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     async def stats_json(self, request: Request) -> Response:
-        return JSONResponse(snapshot_dict(self.stats))
+        lv = self.levers
+        return JSONResponse({**snapshot_dict(self.stats), "levers": {
+            "slots": lv.shaping.slots, "slot_affinity": lv.shaping.affinity, "cache_prompt": lv.shaping.cache_prompt,
+            "sessions": len(lv.slot_map), "shed_budget_s": lv.shed_budget_s, "shed_total": lv.shed_total,
+            "service_s": lv.service.estimate()}})
 
     def app(self) -> Starlette:
         routes = [Route(p, self.completion, methods=["POST"]) for p in COMPLETION_ROUTES]

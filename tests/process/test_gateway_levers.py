@@ -67,9 +67,10 @@ def test_overload_is_shed_with_retry_after(worker: FakeWorker) -> None:
             t.start()
         for t in threads:
             t.join()
+        levers = c.get(served.url + "/gateway/stats").json()["levers"]
     shed = [r for r in replies if r.status_code == 503]
     # one in service, one queued behind it waits ~0.4 s (under 0.5 s); a third would wait ~0.8 s: refused
     assert 1 <= len([r for r in replies if r.status_code == 200]) <= 3 and len(shed) >= 3
     assert all(r.json()["error"]["reason"] == "shed" and int(r.headers["retry-after"]) >= 1 for r in shed)
-    assert gw.levers.shed_total == len(shed)
+    assert gw.levers.shed_total == len(shed) == levers["shed_total"] and levers["shed_budget_s"] == 0.5
     assert worker.state.requests == MIN_SAMPLES + 6 - len(shed)
