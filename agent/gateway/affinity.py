@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 SESSION_HEADER = "x-session-id"
@@ -51,7 +52,7 @@ def _text(content: object) -> str:
     return ""
 
 
-def conversation_key(session_id: str | None, body: dict[str, object]) -> bytes | None:
+def conversation_key(session_id: str | None, body: Mapping[str, object]) -> bytes | None:
     """16 bytes naming the conversation, or None when the request gives nothing to key on."""
     if session_id:
         return hashlib.blake2b(b"s\0" + session_id.encode("utf-8", "replace"), digest_size=16).digest()

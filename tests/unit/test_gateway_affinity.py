@@ -80,7 +80,8 @@ def test_rewrite_sets_id_slot_and_cache_prompt() -> None:
     m = SlotMap(4)
     out = rewrite(json.dumps(chat("hi")).encode(), "sess-1", Shaping(slots=4, affinity=True, cache_prompt=True), m)
     body = json.loads(out.body)
-    assert body["cache_prompt"] is True and body["id_slot"] == out.slot and 0 <= out.slot < 4
+    assert out.slot is not None and 0 <= out.slot < 4
+    assert body["cache_prompt"] is True and body["id_slot"] == out.slot
     again = rewrite(json.dumps(chat("hi", "more")).encode(), "sess-1", Shaping(slots=4, affinity=True), m)
     assert again.slot == out.slot and "cache_prompt" not in json.loads(again.body)
 
