@@ -15,16 +15,15 @@ from agent.gateway.app import create_app
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.shedding import MIN_SAMPLES
 from agent.gateway.upstream import StaticUpstream
-from tests.support.gateway_fakes import FakeWorker, ServedApp
+from tests.support.gateway_fakes import FakeWorker, ServedApp, fake_worker
 
 CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
 def worker() -> Iterator[FakeWorker]:
-    w = FakeWorker().start()
-    yield w
-    w.close()
+    with fake_worker() as w:
+        yield w
 
 
 def turn(*users: str, **fake: float) -> dict[str, object]:
