@@ -200,6 +200,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=4.0, help="shed: arrivals per second")
     ap.add_argument("--seconds", type=float, default=20.0, help="shed: length of the arrivals in a round")
     ap.add_argument("--slo-ms", type=float, default=2000.0)
+    ap.add_argument("--order", choices=["AB", "BA"], default="AB", help="which side runs first in each pair")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     parts = set(args.part.split(","))
@@ -214,7 +215,7 @@ def main() -> int:
             b = serve(server, limit, Shaping(slots=SLOTS, affinity=True, cache_prompt=True), None)
             rounds: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
             for r in range(args.rounds):
-                for side, gw in (("A", a), ("B", b)):
+                for side, gw in sorted((("A", a), ("B", b)), reverse=args.order == "BA"):
                     m = multiturn_round(gw.url, args.sessions, args.turns, args.max_tokens, seed=r)
                     rounds[side].append({"ttft_p50_ms": pct(m.ttft, 0.5) * 1000, "ttft_p95_ms": pct(m.ttft, 0.95)
                                          * 1000, "tok_per_s": m.tokens / m.seconds, "prompt_n": m.prompt_n,
@@ -230,7 +231,7 @@ def main() -> int:
             rounds = {"A": [], "B": []}
             slo_s = args.slo_ms / 1000
             for r in range(args.rounds):
-                for side, gw in (("A", a), ("B", b)):
+                for side, gw in sorted((("A", a), ("B", b)), reverse=args.order == "BA"):
                     m = shed_round(gw.url, args.rate, args.seconds, slo_s, args.max_tokens, seed=r)
                     rounds[side].append({"goodput_rps": m.good / args.seconds, "round_s": m.seconds, "ok": m.ok,
                                          "good": m.good, "refused": m.refused, "ttft_p50_ms": pct(m.ttft, 0.5) * 1000,

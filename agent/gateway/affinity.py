@@ -74,8 +74,9 @@ class SlotMap:
     """Conversation key -> slot, least-loaded assignment, LRU-bounded.
 
     A new conversation takes the slot with the fewest requests in flight, then the fewest conversations mapped
-    to it; a known one keeps its slot. When the slot count changes (the controller moved `parallel`), the map
-    starts over: old slot ids may no longer exist and the engine's caches were emptied by its restart anyway."""
+    to it; a known one keeps its slot unless that slot is busy and another has fewer requests in flight. When
+    the slot count changes (the controller moved `parallel`), the map starts over: old slot ids may no longer
+    exist and the engine's caches were emptied by its restart anyway."""
 
     def __init__(self, slots: int, cap: int = MAX_SESSIONS) -> None:
         if slots < 1 or cap < 1:
@@ -104,12 +105,17 @@ class SlotMap:
 
     def assign(self, key: bytes) -> int:
         """The slot for `key` (taking one for a new key, evicting the least recently used past the cap)."""
+        least = min(range(self.slots), key=lambda s: (self._in_flight[s], self._sessions[s], s))
         slot = self._map.get(key)
         if slot is not None:
             self._map.move_to_end(key)
-            return slot
-        slot = min(range(self.slots), key=lambda s: (self._in_flight[s], self._sessions[s], s))
-        self._map[key] = slot
+            if self._in_flight[slot] == 0 or self._in_flight[least] >= self._in_flight[slot]:
+                return slot
+            # Its slot is busy: a chat client waits for its reply, so this is not the next turn of the request in
+            # flight but another user sending the same opening ("Hello"): pinning it would queue it behind that
+            # one while a slot idles. It moves, and the conversation follows it.
+            self._sessions[slot] -= 1
+        slot = self._map[key] = least
         self._sessions[slot] += 1
         while len(self._map) > self.cap:
             _, old = self._map.popitem(last=False)

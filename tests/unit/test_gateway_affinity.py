@@ -45,11 +45,24 @@ def test_slot_map_assigns_least_loaded_and_keeps_a_conversation_on_its_slot() ->
     m.begin(a)
     m.begin(b)
     assert m.assign(b"d") == c  # the slot with nothing in flight
-    assert m.assign(b"a") == a  # a known conversation keeps its slot even while it is busy
+    m.begin(c)
+    assert m.assign(b"b") == b  # every slot busy: a known conversation keeps its slot
     m.end(a)
     m.end(a)
     m.end(a)  # one too many is ignored, never negative
     assert m.loads()[a][0] == 0 and m.loads()[b][0] == 1
+    assert m.assign(b"a") == a  # its slot is idle again: it stays
+
+
+def test_a_conversation_whose_slot_is_busy_moves_to_an_idle_one() -> None:
+    """Many users sending the same opening share a key: they must not queue behind each other on one slot."""
+    m = SlotMap(2)
+    first = m.assign(b"hello")
+    m.begin(first)
+    second = m.assign(b"hello")
+    assert second != first
+    assert m.assign(b"hello") == second  # the conversation followed it
+    assert sorted(sessions for _, sessions in m.loads()) == [0, 1]
 
 
 def test_slot_map_is_bounded_lru() -> None:
