@@ -50,6 +50,9 @@ class Rung(Model):
         return self
 
 
+# The KV cache type is a fallback rung, not a ladder axis: the ladder keeps a step only when tokens/s rise, and a
+# q8_0 cache alone serves the same slots and context (llama-server splits -c across slots) while it adds the
+# quantize/dequantize work to attention; what it buys is memory, which is what the fallback ladder spends.
 LLAMACPP_LADDER = [Axis(knob="parallel", values=[1, 2, 4, 8, 16]), Axis(knob="ubatch", values=[128, 256, 512])]
 LLAMACPP_FALLBACK = [
     Rung(op="halve", knob="parallel", minimum=1),
