@@ -124,6 +124,9 @@ def show_plan(prepared: PreparedWorker) -> None:
     for note in prepared.notes:
         print(f"  note:    {note}")
     print(f"command:   {' '.join(launch.argv)}")
+    if prepared.spec.slot_affinity or prepared.spec.cache_prompt is not None:
+        print(f"gateway:   slot_affinity {'on' if prepared.spec.slot_affinity else 'off'}, cache_prompt "
+              f"{'(client decides)' if prepared.spec.cache_prompt is None else prepared.spec.cache_prompt}")
     sys.stdout.flush()
 
 

@@ -26,7 +26,7 @@ from agent.worker.exits import OOM_HINT
 log = logging.getLogger(__name__)
 
 LLAMACPP_KNOBS: tuple[str, ...] = ("parallel", "ubatch", "batch", "ctx", "cache_type_k", "cache_type_v",
-                                   "gpu_layers")
+                                   "gpu_layers", "threads_batch")
 TORCH_KNOBS: tuple[str, ...] = ("max_batch", "kv_budget_tokens")
 OOM_KILLER = re.compile(r"OOM killer", re.IGNORECASE)
 

@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.errors import InputError
 from agent.policy.model import SloSpec
+from agent.worker.engines import LLAMACPP_AUTO_SLOTS
 
 # What llama-server does with a knob left unset (llama.cpp's own defaults: -ub 512, -b 2048, -np -1 = auto,
 # which serves 4 slots), so the ladder can step from "unset" to a neighbour.
-LLAMACPP_DEFAULTS: dict[str, int | str] = {"parallel": 4, "ubatch": 512, "batch": 2048, "cache_type_k": "f16",
-                                           "cache_type_v": "f16"}
+LLAMACPP_DEFAULTS: dict[str, int | str] = {"parallel": LLAMACPP_AUTO_SLOTS, "ubatch": 512, "batch": 2048,
+                                           "cache_type_k": "f16", "cache_type_v": "f16"}
 
 
 class Model(BaseModel):
@@ -49,6 +50,9 @@ class Rung(Model):
         return self
 
 
+# The KV cache type is a fallback rung, not a ladder axis: the ladder keeps a step only when tokens/s rise, and a
+# q8_0 cache alone serves the same slots and context (llama-server splits -c across slots) while it adds the
+# quantize/dequantize work to attention; what it buys is memory, which is what the fallback ladder spends.
 LLAMACPP_LADDER = [Axis(knob="parallel", values=[1, 2, 4, 8, 16]), Axis(knob="ubatch", values=[128, 256, 512])]
 LLAMACPP_FALLBACK = [
     Rung(op="halve", knob="parallel", minimum=1),
@@ -56,6 +60,19 @@ LLAMACPP_FALLBACK = [
     Rung(op="set", values={"cache_type_k": "q8_0", "cache_type_v": "q8_0"}),
     Rung(op="scale", knob="gpu_layers", factor=0.75, minimum=0),
 ]
+
+
+def threads_batch_axis(threads: int, cpus: int, most: int) -> Axis | None:
+    """The threads_batch (prefill) rungs the slow lever may try: from the decode threads up to `most`, never past
+    the worker's CPUs (more threads than CPUs only contend). Powers of two in between, so the walk up takes few
+    restarts. None when there is nothing above `threads` to try."""
+    top = min(most, cpus)
+    if top <= threads:
+        return None
+    values = sorted({threads, top, *(1 << i for i in range(1, 13) if threads < 1 << i < top)})
+    return Axis(knob="threads_batch", values=list(values))
+
+
 TORCH_LADDER = [Axis(knob="max_batch", values=[1, 2, 4, 8, 16, 32, 64])]
 TORCH_FALLBACK = [Rung(op="halve", knob="max_batch", minimum=1),
                   Rung(op="halve", knob="kv_budget_tokens", minimum=256)]

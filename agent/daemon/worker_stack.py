@@ -162,6 +162,9 @@ class WorkerStack:
         g = self.settings.gateway
         self.drain = Drain()  # a controller restart drains replies in progress first
         app = Gateway(self.drain.wrap(self.endpoint), g.settings())
+        # slot affinity, cache_prompt and shedding follow the running worker's spec and the policy's SLO
+        app.levers.follow(lambda: (self.supervisor.spec if self.supervisor else None,
+                                   self.policy.slo if self.policy else None))
         server = GatewayServer(app.app(), host=g.host, port=g.port, allow_remote=g.allow_remote,
                                limits=g.server_limits(g.host))
         server.start()
@@ -222,7 +225,8 @@ class WorkerStack:
                 torch_control = self.engine.control_client(spec)
         ctl = build_controller(policy.slo, gateway.app, engine=spec.engine, telemetry=self.telemetry,
                                supervisor=restartable, torch_control=torch_control, state_dir=self.tuning.state_dir,
-                               drain=self.drain, watch_gpu=spec.gpu_layers != 0)
+                               drain=self.drain, watch_gpu=spec.gpu_layers != 0, worker=spec,
+                               placement=sup.status().placement)
         ctl.register_jobs(scheduler, interval_s=self.settings.controller_interval_s)
         self.controller = ctl
         self._torch_control = torch_control

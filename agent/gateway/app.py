@@ -17,6 +17,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent.gateway.admission import AdmissionGate
+from agent.gateway.affinity import Shaping
+from agent.gateway.levers import Levers
 from agent.gateway.proxy import Proxy
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.stats import GatewayStats
@@ -40,10 +42,15 @@ class Gateway:
         self.stats.gauges = self.gate.gauges
         self.stats.worker_ready = endpoint.is_ready
         self.metrics_text = metrics_text
+        self.levers = Levers()
         self.proxy: Proxy | None = None
 
     def set_limit(self, limit: int) -> None:
         self.gate.set_limit(limit)
+
+    def configure_worker(self, shaping: Shaping, shed_budget_s: float | None) -> None:
+        """The request levers for the worker now behind the gateway (agent/gateway/levers.py)."""
+        self.levers.configure(shaping, shed_budget_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -52,7 +59,7 @@ class Gateway:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
         watcher = asyncio.ensure_future(self.endpoint.watch()) if isinstance(self.endpoint, Watched) else None
         async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            self.proxy = Proxy(self.endpoint, self.gate, self.stats, self.settings, client)
+            self.proxy = Proxy(self.endpoint, self.gate, self.stats, self.settings, client, self.levers)
             try:
                 yield
             finally:
@@ -86,7 +93,11 @@ class Gateway:
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     async def stats_json(self, request: Request) -> Response:
-        return JSONResponse(snapshot_dict(self.stats))
+        lv = self.levers
+        return JSONResponse({**snapshot_dict(self.stats), "levers": {
+            "slots": lv.shaping.slots, "slot_affinity": lv.shaping.affinity, "cache_prompt": lv.shaping.cache_prompt,
+            "sessions": len(lv.slot_map), "shed_budget_s": lv.shed_budget_s, "shed_total": lv.shed_total,
+            "service_s": lv.service.estimate()}})
 
     def app(self) -> Starlette:
         routes = [Route(p, self.completion, methods=["POST"]) for p in COMPLETION_ROUTES]

@@ -27,7 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from agent.gateway.admission import AdmissionGate, Rejected
+from agent.gateway.affinity import SESSION_HEADER
 from agent.gateway.body import BodyTimeout, BodyTooLarge, ClientBody, ClientGone
+from agent.gateway.levers import Levers
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.sse import StreamTally
 from agent.gateway.stats import GatewayStats, RequestRecord
@@ -99,8 +101,9 @@ async def _until_disconnect(receive: Receive) -> None:
 
 class Proxy:
     def __init__(self, endpoint: WorkerEndpoint, gate: AdmissionGate, stats: GatewayStats,
-                 settings: GatewaySettings, client: httpx.AsyncClient) -> None:
+                 settings: GatewaySettings, client: httpx.AsyncClient, levers: Levers | None = None) -> None:
         self.endpoint = endpoint
+        self.levers = levers or Levers()
         self.gate = gate
         self.stats = stats
         self.settings = settings
@@ -108,14 +111,16 @@ class Proxy:
 
     # --- replies that never reached the worker --------------------------------------------------------------
 
-    def _reject(self, rec: RequestRecord, reason: str) -> Response:
+    def _reject(self, rec: RequestRecord, reason: str, retry_after_s: int | None = None) -> Response:
         rec.outcome, rec.status, rec.reject_reason = "rejected", 503, reason
         rec.queue_wait_s = time.monotonic() - rec.started
         self.stats.finish(rec)
         text = {"queue_full": "admission queue is full", "queue_timeout": "timed out waiting for admission",
-                "not_ready": "worker is not ready (starting or restarting)"}.get(reason, reason)
+                "not_ready": "worker is not ready (starting or restarting)",
+                "shed": "overloaded: the predicted wait exceeds the TTFT SLO"}.get(reason, reason)
+        retry = self.settings.retry_after_s if retry_after_s is None else retry_after_s
         return JSONResponse({"error": {"message": text, "type": "unavailable", "code": 503, "reason": reason}},
-                            status_code=503, headers={"Retry-After": str(self.settings.retry_after_s)})
+                            status_code=503, headers={"Retry-After": str(retry)})
 
     def _fail(self, rec: RequestRecord, status: int, outcome: str, message: str,
               retry_after: bool = False) -> Response:
@@ -165,11 +170,14 @@ class Proxy:
 
     async def _admit_and_open(self, request: Request, client: ClientBody, rec: RequestRecord) -> Response:
         deadline = rec.started + self.settings.queue_timeout_s
+        if (retry := self.levers.shed(self.gate)) is not None:
+            return self._reject(rec, "shed", retry)
         try:
             await self.gate.acquire(deadline)
         except Rejected as r:
             return self._reject(rec, r.reason)
         handed_off = False
+        slot: int | None = None
         try:
             try:
                 body = await client.read(time.monotonic() + self.settings.body_timeout_s)
@@ -185,15 +193,18 @@ class Proxy:
                                                f"{self.settings.body_timeout_s:g} s", "type": "invalid_request_error",
                                                "code": 408}}, status_code=408)
             rec.stream = wants_stream(body)
-            opened = await self._open(request, body, rec, deadline)
+            shaped = self.levers.rewrite(body, request.headers.get(SESSION_HEADER))
+            slot = shaped.slot
+            opened = await self._open(request, shaped.body, rec, deadline)
             if isinstance(opened, Response):
                 return opened
             upstream, first, rest = opened
             handed_off = True
-            return Forwarded(self, rec, upstream, first, rest)
+            return Forwarded(self, rec, upstream, first, rest, slot)
         finally:
             if not handed_off:
                 self.gate.release()
+                self.levers.done(slot, None)
 
     async def _open(self, request: Request, body: bytes, rec: RequestRecord, deadline: float
                     ) -> Response | tuple[UpstreamReply, bytes, AsyncIterator[bytes]]:
@@ -295,8 +306,9 @@ class Forwarded(Response):
     """The client's response: the worker's status and headers, then its body chunk by chunk, measured."""
 
     def __init__(self, proxy: Proxy, rec: RequestRecord, upstream: UpstreamReply, first: bytes,
-                 rest: AsyncIterator[bytes]) -> None:
+                 rest: AsyncIterator[bytes], slot: int | None = None) -> None:
         self.proxy = proxy
+        self.slot = slot
         self.rec = rec
         self.upstream = upstream
         self.first = first
@@ -373,3 +385,5 @@ class Forwarded(Response):
         rec.tokens_in, rec.tokens_out, rec.tokens_source = tally.tokens_in, tally.tokens_out, tally.source
         rec.content_chunks = tally.content_chunks
         self.proxy.stats.finish(rec)
+        # the service time (admission to the last byte) of a served request teaches the shedding estimate
+        self.proxy.levers.done(self.slot, rec.e2e_s - (rec.queue_wait_s or 0.0) if rec.outcome == "ok" else None)

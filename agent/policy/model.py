@@ -23,6 +23,9 @@ MAX_HUGEPAGES = 1 << 24
 MAX_NUMA_NODE = 1023  # the kernel's MAX_NUMNODES is at most 1024
 MAX_GPU_WATTS = 100_000  # far above any GPU's limit; bounds the arithmetic done on the value
 MAX_GPU_MHZ = 100_000
+MAX_THREADS = 4096  # more than any host's CPUs; bounds what reaches llama-server's argv
+MAX_CACHE_REUSE = 1 << 20  # tokens; a chunk longer than any context disables reuse, no need for more
+MAX_CACHE_RAM_MIB = 1 << 24  # 16 TiB
 DEFAULT_HUGEPAGE_MEMORY_PCT = 90.0
 # A hostname (RFC 1123 labels) or an IPv4/IPv6 literal: never a space, never a leading '-' that argv would
 # read as a flag. Whether a remote address is allowed is the daemon config's call (worker.allow_remote).
@@ -121,8 +124,8 @@ class WorkerSpec(Section):
                       "sets worker.allow_remote: true")
     port: int = Field(8081, ge=1, le=65535)
     binary: str | None = Field(None, description="llama-server path (default: the venv's, then PATH)")
-    threads: int | None = Field(None, ge=1)
-    threads_batch: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)
+    threads_batch: int | None = Field(None, ge=1, le=MAX_THREADS)
     ctx: int | None = Field(None, ge=64)
     parallel: int | None = Field(None, ge=1, le=512)
     batch: int | None = Field(None, ge=1)
@@ -132,7 +135,19 @@ class WorkerSpec(Section):
     gpu_layers: int | None = Field(None, ge=0)
     gpu: int | None = Field(None, ge=0, description="GPU index the worker offloads to (made the only visible "
                             "device, by UUID); default GPU 0 when gpu_layers is not 0")
-    flash_attn: bool | None = None
+    flash_attn: bool | None = Field(None, description="llama.cpp -fa on/off (unset: auto); a quantized V cache "
+                                    "needs it on, so it is turned on for one unless set to false (then refused)")
+    cache_reuse: int | None = Field(None, ge=0, le=MAX_CACHE_REUSE, description="llama.cpp --cache-reuse N: "
+                                    "smallest chunk (tokens) reused from a slot's cache by KV shifting")
+    cache_ram_mib: int | None = Field(None, ge=-1, le=MAX_CACHE_RAM_MIB, description="llama.cpp --cache-ram: "
+                                      "host-memory prompt cache across slots, MiB (0 off, -1 no limit)")
+    cache_prompt: bool | None = Field(None, description="gateway: set cache_prompt on completion requests that do "
+                                      "not say (llama.cpp reuses the slot's cached prefix)")
+    slot_affinity: bool = Field(False, description="gateway: keep a conversation (X-Session-Id, else its system "
+                                "prompt + first user message) on one llama.cpp slot via id_slot")
+    threads_batch_max: int | None = Field(None, ge=1, le=MAX_THREADS, description="let the controller move "
+                                          "threads_batch (prefill) apart from threads, up to this many (and the "
+                                          "worker's CPUs)")
     dtype: Literal["fp32", "bf16", "fp16"] | None = Field(None, description="torch engine only")
     extra_args: list[str] = Field(default_factory=list)
     placement: WorkerPlacement = Field(default_factory=WorkerPlacement)
@@ -164,6 +179,14 @@ class SloSpec(Section):
     ttft_p95_ms: float | None = Field(None, gt=0)
     itl_p95_ms: float | None = Field(None, gt=0)
     memory_headroom_pct: float = Field(10.0, ge=0, le=90)
+    shed: bool = Field(False, description="gateway: answer 503 + Retry-After at once when a new request's predicted "
+                       "wait for admission (queued x recent service time / limit) exceeds ttft_p95_ms")
+
+    @model_validator(mode="after")
+    def _shed_needs_ttft(self) -> SloSpec:
+        if self.shed and self.ttft_p95_ms is None:
+            raise ValueError("shed needs ttft_p95_ms (the wait it sheds above)")
+        return self
 
 
 class Policy(Section):

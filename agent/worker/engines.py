@@ -22,10 +22,15 @@ from agent.worker.torch_engine import TorchEngine  # imports no torch; the worke
 
 # Fields of WorkerSpec that are engine knobs (the controller may change them; each needs a restart here).
 KNOBS: tuple[str, ...] = ("threads", "threads_batch", "ctx", "parallel", "batch", "ubatch", "cache_type_k",
-                          "cache_type_v", "gpu_layers", "flash_attn", "extra_args")
+                          "cache_type_v", "gpu_layers", "flash_attn", "cache_reuse", "cache_ram_mib", "extra_args")
+# Slots llama-server serves with -np left unset ("auto"), in the llama.cpp hosttune installs.
+LLAMACPP_AUTO_SLOTS = 4
 # Flags hosttune owns: a user passing them in extra_args would contradict the spec or the placement.
 RESERVED_FLAGS = {"-m", "--model", "--host", "--port", "--metrics", "-t", "--threads", "-tb", "--threads-batch",
-                  "-c", "--ctx-size", "-np", "--parallel", "--numa"}
+                  "-c", "--ctx-size", "-np", "--parallel", "--numa", "-fa", "--flash-attn", "--cache-reuse",
+                  "-cram", "--cache-ram", "-ctk", "--cache-type-k", "-ctv", "--cache-type-v"}
+# Cache types llama.cpp stores as f32/f16/bf16 rows; every other (quantized) V cache needs flash attention.
+FLOAT_CACHE_TYPES = frozenset({"f32", "f16", "bf16"})
 
 
 def _gpu_env(env: dict[str, str], placement: Placement | None) -> dict[str, str]:
@@ -75,12 +80,22 @@ class LlamaCppEngine:
             args += ["-ub", str(spec.ubatch)]
         if spec.cache_type_k is not None:
             args += ["-ctk", check_cache_type(spec.cache_type_k, "worker.cache_type_k")]
+        flash_attn = spec.flash_attn
         if spec.cache_type_v is not None:
             args += ["-ctv", check_cache_type(spec.cache_type_v, "worker.cache_type_v")]
+            if spec.cache_type_v not in FLOAT_CACHE_TYPES:
+                if flash_attn is False:
+                    raise InputError(f"a {spec.cache_type_v} V cache needs flash attention: leave flash_attn unset "
+                                     "or true", field="worker.flash_attn")
+                flash_attn = True  # "auto" may resolve to off (some GPU back-ends) and llama-server then refuses
         if spec.gpu_layers is not None:
             args += ["-ngl", str(spec.gpu_layers)]
-        if spec.flash_attn is not None:
-            args += ["-fa", "on" if spec.flash_attn else "off"]
+        if flash_attn is not None:
+            args += ["-fa", "on" if flash_attn else "off"]
+        if spec.cache_reuse is not None:
+            args += ["--cache-reuse", str(spec.cache_reuse)]
+        if spec.cache_ram_mib is not None:
+            args += ["--cache-ram", str(spec.cache_ram_mib)]
         if placement is not None and placement.bound:
             # Use the CPU map the binding gives the process instead of llama.cpp's own NUMA guesses.
             args += ["--numa", "numactl"]

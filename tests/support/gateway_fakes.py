@@ -39,6 +39,7 @@ class FakeWorkerState:
     predicted_tokens_total: int = 0
     paths: list[str] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)   # request headers of each POST
+    bodies: list[dict[str, Any]] = field(default_factory=list)    # request body of each POST, as the worker got it
     silent_close: bool = False     # like llama-server: close after a streamed reply without "connection: close"
     bodies: list[dict[str, Any]] = field(default_factory=list)    # request JSON of each POST
     tag_replies: bool = False      # reply words carry the request's number ("r3w0 r3w1 ..."): tell replies apart
