@@ -7,17 +7,21 @@ change is on. Expected outcomes follow from those two numbers and the dead band,
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.api.replies import ControllerReply
+from agent.commands.controller import run_decisions
 from agent.control.actions import SetKnobs, WorkerEvent
 from agent.control.config import Axis, ControllerConfig
 from agent.control.controller import Controller
 from agent.control.core import ControlCore
-from agent.control.decisions import Decision
+from agent.control.decisions import Decision, DecisionLog
 from agent.control.observe import Finished, Tick
 from agent.control.os_trials import OsStep, OsTrial, os_trials_for
 from agent.errors import InputError
@@ -337,3 +341,31 @@ def test_the_controller_section_refuses_hostile_input_naming_the_field(tmp_path:
 def test_the_controller_section_loads() -> None:
     spec = ControllerSpec.model_validate({"os_trials": ["thp", "governor"], "required": ["thp"]})
     assert spec.os_trials == ["thp", "governor"] and spec.required == ["thp"]
+
+
+# ----- where OS trials show: `hosttune controller decisions`, GET /v1/controller's reply -----------------------
+
+def test_os_decisions_round_trip_through_the_log_the_cli_and_the_api_reply(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+
+    def main(argv: list[str]) -> int:   # the command's own entry (agent.cli's main probes NVML: a process)
+        file, lever = Path(argv[argv.index("--file") + 1]), argv[argv.index("--lever") + 1]
+        return run_decisions(argparse.Namespace(file=file, lever=lever, last=None, json="--json" in argv,
+                                                state_dir=str(tmp_path)))
+
+    log = DecisionLog(tmp_path / "decisions.jsonl")
+    ctl, _world = controller_run(set(), factor=1.25)
+    for d in ctl.decisions():
+        log.record(d)
+    log.close()
+    assert main(["controller", "decisions", "--file", str(tmp_path / "decisions.jsonl"), "--lever", "os",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(d["lever"], d["outcome"], d["after"]) for d in out] == [("os", "kept", {"thp.enabled": "always"})]
+    assert out[0]["measured_before"]["tokens_per_s"] < out[0]["measured_after"]["tokens_per_s"]
+    assert main(["controller", "decisions", "--file", str(tmp_path / "decisions.jsonl"), "--lever", "os"]) == 0
+    table = capsys.readouterr().out
+    assert "thp.enabled=madvise -> thp.enabled=always" in table and "kept" in table
+    reply = ControllerReply(enabled=True, status=ctl.status(), decisions=ctl.decisions())
+    assert reply.status is not None and reply.status["os_trials"] == {"thp": "kept"}
+    assert any(d.lever == "os" for d in reply.decisions)
