@@ -60,30 +60,25 @@ class OsStep:
     reason: str
 
 
+Builder = Callable[[HostFacts], OsTrial | str]
+
+
 def _fragment(name: str, **sections: object) -> Policy:
     return Policy.model_validate({"name": f"os-trial-{name.replace('_', '-')}", **sections})
 
 
-def _thp(facts: HostFacts) -> OsTrial | str:
-    thp = facts.thp
-    if not thp.available or thp.enabled is None:
-        return "no transparent hugepages on this kernel"
-    to = "madvise" if thp.enabled == "always" else "always"
-    if to not in thp.enabled_choices:
-        return f"THP enabled {to!r} is not offered here"
-    return OsTrial(name="thp", before={"thp.enabled": thp.enabled}, after={"thp.enabled": to},
-                   fragment=_fragment("thp", thp=ThpSpec(enabled=to)))
-
-
-def _thp_defrag(facts: HostFacts) -> OsTrial | str:
-    thp = facts.thp
-    if not thp.available or thp.defrag is None:
-        return "no transparent hugepages on this kernel"
-    to = "madvise" if thp.defrag == "defer+madvise" else "defer+madvise"
-    if to not in thp.defrag_choices:
-        return f"THP defrag {to!r} is not offered here"
-    return OsTrial(name="thp_defrag", before={"thp.defrag": thp.defrag}, after={"thp.defrag": to},
-                   fragment=_fragment("thp_defrag", thp=ThpSpec(defrag=to)))
+def _thp(setting: Literal["enabled", "defrag"], name: str, flip: Callable[[str], str]) -> Builder:
+    """THP `setting` from what the host holds to flip(it), where the kernel offers that choice."""
+    def build(facts: HostFacts) -> OsTrial | str:
+        now = getattr(facts.thp, setting)
+        if not facts.thp.available or now is None:
+            return "no transparent hugepages on this kernel"
+        to = flip(now)
+        if to not in getattr(facts.thp, f"{setting}_choices"):
+            return f"THP {setting} {to!r} is not offered here"
+        return OsTrial(name=name, before={f"thp.{setting}": now}, after={f"thp.{setting}": to},
+                       fragment=_fragment(name, thp=ThpSpec.model_validate({setting: to})))
+    return build
 
 
 def _numa_balancing(facts: HostFacts) -> OsTrial | str:
@@ -112,8 +107,10 @@ def _governor(facts: HostFacts) -> OsTrial | str:
                    fragment=_fragment("governor", cpu=CpuSpec(governor="performance")))
 
 
-BUILDERS: dict[str, Callable[[HostFacts], OsTrial | str]] = {
-    "thp": _thp, "thp_defrag": _thp_defrag, "numa_balancing": _numa_balancing, "governor": _governor}
+BUILDERS: dict[str, Builder] = {
+    "thp": _thp("enabled", "thp", lambda now: "madvise" if now == "always" else "always"),
+    "thp_defrag": _thp("defrag", "thp_defrag", lambda now: "madvise" if now == "defer+madvise" else "defer+madvise"),
+    "numa_balancing": _numa_balancing, "governor": _governor}
 
 
 def os_trials_for(spec: ControllerSpec | None, facts: HostFacts) -> tuple[list[OsTrial], dict[str, str]]:

@@ -4,10 +4,6 @@ fixture server tree; the real kernel's THP file is tests/kernel/test_os_trial_re
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +13,10 @@ from agent.hostfs import HostPaths
 from agent.tuning.state import StateDir
 from agent.tuning.trial import open_trial
 from tests.support.daemon_fixtures import DaemonProcess, no_gpu_sim, write_config
+from tests.support.os_trial_holder import trial_held_open
 from tests.support.trees import tree_state
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
 
 
 def thp(host: HostPaths) -> str:
@@ -43,20 +39,11 @@ def test_kill_9_during_an_os_trial_then_the_next_start_restores_the_host(host: H
     tuned = tree_state(root)   # the policy applied (an installed daemon keeps it on stop)
     assert "[madvise]" in thp(host)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HOSTTUNE_")}
-    holder = subprocess.Popen([sys.executable, "-m", "tests.support.os_trial_holder", str(config), "thp"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert holder.stdout is not None
-        line = holder.stdout.readline()
-        assert line.startswith("open"), line + holder.stdout.read()
+    with trial_held_open(config, "thp"):
         assert "[always]" in thp(host)
         journal = StateDir(tmp_path / "state").journal()
         assert open_trial(journal) == "thp" and journal.open_txn is not None
         assert [w.target for w in journal.open_txn.writes] == ["thp.enabled"]
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)   # our own child, by PID
-        assert holder.wait(30) == -signal.SIGKILL
     assert tree_state(root) != tuned
 
     (tmp_path / "second").mkdir()

@@ -29,6 +29,7 @@ from agent.policy.controller_spec import ControllerSpec
 from agent.policy.loader import load_policy_text
 from agent.policy.model import Policy, ThpSpec
 from tests.support.policy_hosts import ci_vm, gpu_server
+from tests.unit.test_control_law import final
 
 TOKENS = 32  # per request
 
@@ -88,13 +89,6 @@ def run(core: ControlCore, world: OsWorld, seconds: int,
         if each is not None:
             each(core, world)
     return final(core.pending)
-
-
-def final(decisions: list[Decision]) -> list[Decision]:
-    latest: dict[int, Decision] = {}
-    for d in decisions:
-        latest[d.id] = d
-    return [latest[k] for k in sorted(latest)]
 
 
 def os_decisions(ds: list[Decision]) -> list[Decision]:
