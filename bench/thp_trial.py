@@ -7,7 +7,9 @@ cache, which THP does not back), rounds alternate THP modes (always, madvise, al
 private llama-server (-np 1 -c 2048), sends one warm-up and `--requests` completions of a fixed ~500-token prompt
 and 128 tokens (cache_prompt off, ignore_eos), and reads llama-server's own timings (prompt_per_second,
 predicted_per_second), the load time (spawn to /health 200) and the worker's /proc/PID/smaps_rollup (Rss,
-AnonHugePages). THP's `enabled` file is restored to what it was on exit (finally), whatever happens.
+AnonHugePages). The summary gives mean and standard deviation per arm and, robust to a load that drifts over
+the run, the always/madvise ratio within each round. THP's `enabled` file is restored to what it was on exit
+(finally), whatever happens.
 """
 
 from __future__ import annotations
@@ -92,6 +94,15 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
                          f"{statistics.mean(r['load_s'] for r in mine):6.2f}  "
                          f"{statistics.mean(r['rss_mib'] for r in mine):7.1f}  "
                          f"{statistics.mean(r['anon_huge_mib'] for r in mine):7.1f}")
+    for mode in ("none", "mmap"):
+        pairs = [(a, b) for a in rows for b in rows if a["load_mode"] == b["load_mode"] == mode
+                 and a.get("round") == b.get("round") and a["thp"] == "always" and b["thp"] == "madvise"]
+        if not pairs:
+            continue
+        for k in ("prefill_tps", "decode_tps"):
+            ratios = [a[k] / b[k] for a, b in pairs if b[k]]
+            lines.append(f"{mode:9} always/madvise {k}: paired ratio mean {statistics.mean(ratios):.3f} "
+                         f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
     return lines
 
 
@@ -102,7 +113,11 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=4)
     ap.add_argument("--load-modes", default="none,mmap")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--summarize", type=Path, help="print the summary of a saved --json output (runs nothing)")
     args = ap.parse_args()
+    if args.summarize is not None:
+        print("\n".join(summary(json.loads(args.summarize.read_text()))))
+        return 0
     paths = HostPaths.live()
     model = resolve_model(args.model)
     original = thp_mode(thp_file(paths))
@@ -112,7 +127,7 @@ def main() -> int:
             for r in range(args.rounds):
                 order = ("always", "madvise") if r % 2 == 0 else ("madvise", "always")
                 for thp in order:
-                    rows.append(one_run(model, mode, thp, args.requests, paths))
+                    rows.append({"round": r, **one_run(model, mode, thp, args.requests, paths)})
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         thp_file(paths).write_text(original)
