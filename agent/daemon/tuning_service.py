@@ -30,7 +30,7 @@ from agent.policy.model import Policy
 from agent.tuning import api as engine
 from agent.tuning.state import StateDir, StateLocked
 from agent.tuning.transaction import ApplyResult
-from agent.tuning.trial import begin_trial, end_trial, keep_trial
+from agent.tuning.trial import begin_trial, end_trial, keep_trial, open_trial
 
 T = TypeVar("T")
 
@@ -280,3 +280,12 @@ class TuningService:
         finally:
             self.events.bump()
         self.events.record("os_trial", op=op, trial=name)
+
+    def end_os_trial(self) -> str | None:
+        """Roll back an OS trial left open (the controller stopped mid-trial: reload, daemon stop). Returns its name,
+        or None when none was open."""
+        name = open_trial(self._state().journal())
+        if name is None:
+            return None
+        self.os_trial("undo", name, Policy(name="os-trial"))
+        return name

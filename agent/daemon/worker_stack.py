@@ -256,6 +256,8 @@ class WorkerStack:
         if self.scheduler is not None and self.scheduler.get_job("controller") is not None:
             self.scheduler.remove_job("controller")
         ctl.close()
+        if (trial := self.tuning.end_os_trial()) is not None:   # its measurement stopped with it
+            self.events.record("os_trial_undone", trial=trial, reason="the controller stopped during the trial")
         control, self._torch_control = self._torch_control, None
         if control is not None:
             control.close()

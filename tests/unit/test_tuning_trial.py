@@ -14,6 +14,7 @@ from agent.policy.model import Policy
 from agent.tuning import api
 from agent.tuning.state import StateDir
 from agent.tuning.trial import begin_trial, end_trial, keep_trial, open_trial
+from tests.support.daemon_fixtures import services_for
 from tests.support.trees import tree_state
 
 THP_ALWAYS = Policy.model_validate({"name": "os-trial-thp", "thp": {"enabled": "always"}})
@@ -102,3 +103,27 @@ def test_a_fragment_this_host_cannot_take_writes_nothing(host: HostPaths, state_
     with pytest.raises(InputError, match="not a change an OS trial can make"):
         begin_trial("thp", bad, host, state)
     assert tree_state(root_of(host)) == before and open_trial(state.journal()) is None
+
+
+def test_the_daemon_runs_trials_as_mutations_and_a_stopped_controller_ends_its_open_trial(host: HostPaths,
+                                                                                         tmp_path: Path) -> None:
+    """TuningService.os_trial is what the controller's OS actuator calls; WorkerStack.stop_controller (reload,
+    daemon stop) rolls back a trial whose measurement stopped with the controller."""
+    services = services_for(host, tmp_path)
+    before = tree_state(root_of(host))
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    assert "[always]" in thp(host) and [e["kind"] for e in services.events.recent(1)] == ["os_trial"]
+
+    class StoppedController:
+        def close(self) -> None:
+            pass
+
+    services.stack.controller = StoppedController()  # type: ignore[assignment]
+    services.stack.stop_controller()
+    assert tree_state(root_of(host)) == before
+    assert services.events.recent(1)[0]["kind"] == "os_trial_undone"
+    assert services.tuning.end_os_trial() is None   # nothing open any more
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    services.tuning.os_trial("keep", "thp", THP_ALWAYS)
+    assert services.tuning.end_os_trial() is None and "[always]" in thp(host)
+    assert services.tuning.verify()["ok"]
