@@ -16,6 +16,7 @@ EPILOG = """\
 examples:
   hosttune controller decisions                     the daemon's decisions (state dir's controller/decisions.jsonl)
   hosttune controller decisions --lever knobs --json
+  hosttune controller decisions --lever os          OS trials (THP, numa_balancing, governor): kept or undone
   hosttune controller replay tests/fixtures/traces/synthetic-knobs.json --ttft-p95-ms 1000 \\
       --knobs parallel=1,ubatch=512 --seconds 600
 """
@@ -28,7 +29,8 @@ def register(sub: Any) -> None:
     d = cmds.add_parser("decisions", parents=[state_dir_options()], help="decisions with their measurements",
                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--file", type=Path, help="a decisions.jsonl (default: STATE_DIR/controller/decisions.jsonl)")
-    d.add_argument("--lever", choices=["admission", "knobs"], help="only this lever's decisions")
+    d.add_argument("--lever", choices=["admission", "knobs", "os"], help="only this lever's decisions (os: OS "
+                   "trials)")
     d.add_argument("--last", type=int, metavar="N", help="only the last N")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=run_decisions)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agent.control.os_trials import OsTrial
 from agent.errors import InputError
 from agent.policy.model import SloSpec
 from agent.worker.engines import LLAMACPP_AUTO_SLOTS
@@ -131,6 +132,9 @@ class ControllerConfig(Model):
     fallback: list[Rung] = Field(default_factory=lambda: [r.model_copy() for r in LLAMACPP_FALLBACK])
     fallback_hold_s: float = Field(15.0, ge=0, description="after a fallback, wait this long before another one "
                                    "for low headroom (memory takes time to be released)")
+
+    # OS trials (agent/control/os_trials.py): tried like knob steps once no knob step is left
+    os_trials: list[OsTrial] = Field(default_factory=list, description="OS levers the slow lever may try")
 
     max_decisions: int = Field(500, ge=1, description="decisions kept in memory (all go to the JSONL file)")
 

@@ -20,6 +20,7 @@ from agent.control.config import ControllerConfig
 from agent.control.core import Action, ControlCore, SetKnobs, SetLimit, WorkerEvent
 from agent.control.decisions import Decision, DecisionLog
 from agent.control.observe import Tick
+from agent.control.os_trials import OsStep
 
 log = logging.getLogger(__name__)
 JOB_ID = "controller"   # the daemon reschedules this id when controller_interval_s changes
@@ -29,14 +30,22 @@ class TickSource(Protocol):
     def read(self) -> Tick: ...
 
 
+class OsActuator(Protocol):
+    """Runs an OS trial step through the journaled tuning engine (the daemon's: agent/daemon/os_actuator.py).
+    Returns when done; raises when the step could not be made (the law then undoes the trial)."""
+
+    def run(self, step: OsStep) -> None: ...
+
+
 class Controller:
     def __init__(self, cfg: ControllerConfig, feed: TickSource, limit: LimitActuator,
                  knobs: KnobActuator | None = None, decision_log: DecisionLog | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, os_actuator: OsActuator | None = None) -> None:
         self.cfg = cfg
         self.feed = feed
         self.limit = limit
         self.knob_actuator = knobs
+        self.os_actuator = os_actuator
         self.log = decision_log or DecisionLog(keep=cfg.max_decisions)
         self.clock = clock
         self._lock = threading.RLock()
@@ -46,12 +55,15 @@ class Controller:
             # command worker's is not llama-server's default — so the fast lever does not assume one.
             cfg = cfg.model_copy(update={"slow_enabled": False, "concurrency_knob": None})
             self.cfg = cfg
+        if os_actuator is None and cfg.os_trials:
+            cfg = self.cfg = cfg.model_copy(update={"os_trials": []})  # nobody to apply them
         self.core = ControlCore(cfg, initial, max(cfg.min_limit, min(cfg.max_limit, limit.limit)), clock(),
                                 next_id=self.log.last_id + 1)
         if self.core.limit != limit.limit:
             limit.set_limit(self.core.limit)
         self.ticks = 0
         self.last_tick: Tick | None = None
+        self.os_skipped: dict[str, str] = {}   # OS trials the policy allows that do not apply here, and why
         if knobs is not None:
             knobs.subscribe(self._on_event)
 
@@ -97,6 +109,16 @@ class Controller:
                 except Exception as e:
                     log.exception("could not apply knobs %s", a.knobs)
                     return [*actions, *self._run(self.core.apply_failed(f"{type(e).__name__}: {e}"))]
+            elif isinstance(a, OsStep):
+                assert self.os_actuator is not None
+                try:
+                    self.os_actuator.run(a)
+                except Exception as e:
+                    log.exception("could not %s OS trial %s", a.op, a.trial.name)
+                    if a.op == "keep":  # the law already settled it as kept: say it is gone
+                        self.core.os_lost(a.trial, f"{type(e).__name__}: {e}")
+                        return actions
+                    return [*actions, *self._run(self.core.apply_failed(f"{type(e).__name__}: {e}"))]
         return actions
 
     def _flush(self) -> None:
@@ -117,7 +139,7 @@ class Controller:
             out.update(ticks=self.ticks, engine_live=getattr(self.knob_actuator, "live", None),
                        slo={"ttft_p95_ms": self.cfg.ttft_p95_ms, "itl_p95_ms": self.cfg.itl_p95_ms,
                             "memory_headroom_pct": self.cfg.memory_headroom_pct},
-                       log=str(self.log.path) if self.log.path else None)
+                       log=str(self.log.path) if self.log.path else None, os_trials_skipped=dict(self.os_skipped))
             return out
 
     def register_jobs(self, scheduler: Any, interval_s: float | None = None) -> Any:

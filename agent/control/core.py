@@ -6,7 +6,8 @@ Two levers share it:
 - slow: engine knobs, one step at a time along the ladder. A step is tried only from a steady, saturated baseline
   (measure_s of ready ticks with a queue), measured after the worker is ready again and has settled, and kept only
   if tokens/s rose by more than the dead band with the SLO held; otherwise the previous knobs come back and the
-  step is tabu for tabu_s. A cooldown separates steps.
+  step is tabu for tabu_s. A cooldown separates steps. Then OS trials (os_trials.py), one at a time and never with
+  a knob step (confounded effects); a neutral one the policy marks required is kept; a kept one is not retried.
 - out of memory (a worker crash that says so, or headroom under the floor) overrides both: a trial in progress is
   undone, otherwise the next rung of the fallback ladder is taken at once, without waiting for the cooldown.
 """
@@ -17,37 +18,15 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from agent.control.actions import Action, SetKnobs, SetLimit, WorkerEvent
 from agent.control.admission import AdmissionState, LimitProposal, accept, breach, propose_limit
 from agent.control.config import ControllerConfig
 from agent.control.decisions import Decision, Outcome
 from agent.control.ladder import Knobs, candidates, concurrency_ratio, key, step_down, value
 from agent.control.observe import Measurement, Tick, measure
-
-
-@dataclass(frozen=True)
-class SetLimit:
-    limit: int
-
-
-@dataclass(frozen=True)
-class SetKnobs:
-    knobs: Knobs
-    reason: str
-
-
-Action = SetLimit | SetKnobs
-
-
-@dataclass(frozen=True)
-class WorkerEvent:
-    """Something the worker did on its own: ran out of memory, crashed, or gave up (crash loop, bad config).
-    `knobs` is set when the worker changed its own knobs (the torch worker shrinks its batch on OOM)."""
-
-    kind: Literal["oom", "crash", "failed"]
-    reason: str
-    knobs: Knobs | None = None
+from agent.control.os_trials import OsStep, OsTrial, next_os_trial
 
 
 class Phase(enum.StrEnum):
@@ -65,6 +44,11 @@ class Trial:
     applied_t: float
     limit: int = 1
     ready_t: float | None = None
+    os: OsTrial | None = None   # an OS trial: knobs stay as they are
+
+    @property
+    def key(self) -> str:
+        return self.os.key if self.os is not None else _step_key(self.from_knobs, self.to_knobs)
 
 
 def _diff(a: Knobs, b: Knobs) -> str:
@@ -73,6 +57,10 @@ def _diff(a: Knobs, b: Knobs) -> str:
 
 def _step_key(a: Knobs, b: Knobs) -> str:
     return f"{key(a)} > {key(b)}"
+
+
+def _undo_os(tr: Trial | None, why: str) -> list[Action]:
+    return [OsStep(tr.os, "undo", f"controller: undo decision {tr.decision.id} ({why})")] if tr and tr.os else []
 
 
 @dataclass
@@ -103,6 +91,7 @@ class ControlCore:
         self.last_baseline: tuple[Knobs, int, Measurement] | None = None
         self.serving_since = self.now        # when the worker last became ready (restart transients end here)
         self._was_ready = True
+        self.os_kept: set[str] = set()       # OS trials kept: not tried again
 
     # ----- inputs -------------------------------------------------------------------------------------------------
 
@@ -140,9 +129,11 @@ class ControlCore:
     def status(self) -> dict[str, Any]:
         return {"phase": self.phase.value, "knobs": dict(self.knobs), "limit": self.adm.limit,
                 "cooldown_left_s": round(max(0.0, self.cooldown_until - self.now), 1),
-                "trial": None if self.trial is None else {"decision": self.trial.decision.id,
-                                                          "from": self.trial.from_knobs, "to": self.trial.to_knobs},
+                "trial": None if (tr := self.trial) is None else {
+                    "decision": tr.decision.id, "os": tr.os and tr.os.name,
+                    "from": tr.os.before if tr.os else tr.from_knobs, "to": tr.os.after if tr.os else tr.to_knobs},
                 "tabu": {k: round(v - self.now, 1) for k, v in self.tabu.items() if v > self.now},
+                "os_trials": {t.name: "kept" if t.name in self.os_kept else "pending" for t in self.cfg.os_trials},
                 "converged": self.converged_tps is not None, "slow_lever": self.slow_note}
 
     # ----- decisions ----------------------------------------------------------------------------------------------
@@ -223,7 +214,8 @@ class ControlCore:
             self.slow_note = f"cooldown, {self.cooldown_until - now:.0f} s left"
             return []
         options = [c for c in candidates(self.knobs, cfg) if self.tabu.get(_step_key(self.knobs, c), -1e18) <= now]
-        if not options:
+        os_pick = None if options else next_os_trial(cfg.os_trials, self.tabu, self.os_kept, now)
+        if not options and os_pick is None:
             self.pinned_since = None
             self._converged(tick)
             return []
@@ -232,6 +224,8 @@ class ControlCore:
         if m is None:
             return []
         self.pinned_since = None
+        if os_pick is not None:
+            return self._start_os(os_pick, m)
         target = options[0]
         d = self._new(lever="knobs", action="step", before=dict(self.knobs), after=dict(target), outcome="trial",
                       reason=f"try {_diff(self.knobs, target)} from {m.tokens_per_s:.1f} tok/s at limit "
@@ -242,6 +236,17 @@ class ControlCore:
         self.phase = Phase.TRIAL
         self.slow_note = f"trial of decision {d.id}"
         return self._set_knobs(target, f"controller: try {_diff(self.knobs, target)} (decision {d.id})")
+
+    def _start_os(self, t: OsTrial, m: Measurement) -> list[Action]:
+        change = ", ".join(f"{k} {t.before.get(k)} -> {v}" for k, v in t.after.items())
+        d = self._new(lever="os", action="step", before=dict(t.before), after=dict(t.after), outcome="trial",
+                      reason=f"try {change} from {m.tokens_per_s:.1f} tok/s at limit {self.adm.limit}"
+                             f"{' (required: kept when neutral)' if t.required else ''}", measured_before=m.as_dict())
+        self.trial = Trial(decision=d, from_knobs=dict(self.knobs), to_knobs=dict(self.knobs), before=m,
+                           applied_t=self.now, limit=self.adm.limit, os=t)
+        self.phase = Phase.TRIAL
+        self.slow_note = f"OS trial {t.name} (decision {d.id})"
+        return [OsStep(t, "apply", f"controller: try {change} (decision {d.id})")]
 
     def _baseline(self) -> Measurement | None:
         """The measurement a step is judged against: the knobs as they are, at the admission limit as it is.
@@ -346,28 +351,36 @@ class ControlCore:
         before = tr.before.tokens_per_s
         gain = (m.tokens_per_s / before - 1) * 100 if before > 0 else math.inf
         verdict = f"{before:.1f} -> {m.tokens_per_s:.1f} tok/s ({gain:+.1f}%)"
-        if gain < cfg.dead_band_pct:
-            why = "within the dead band" if abs(gain) < cfg.dead_band_pct else "did not pay"
+        neutral = abs(gain) < cfg.dead_band_pct
+        if gain < cfg.dead_band_pct and not (neutral and tr.os is not None and tr.os.required):
+            why = "within the dead band" if neutral else "did not pay"
             return self._rollback(f"{why}: {verdict}, needs +{cfg.dead_band_pct:g}%", m)
-        self._settle(tr.decision, "kept", f"paid: {verdict}, SLO held", m)
+        paid = "neutral, kept as the policy requires it" if gain < cfg.dead_band_pct else "paid"
+        self._settle(tr.decision, "kept", f"{paid}: {verdict}, SLO held", m)
         # Going straight back is known to be worse: no need to measure it again soon.
         self.tabu[_step_key(tr.to_knobs, tr.from_knobs)] = now + cfg.tabu_s
+        actions: list[Action] = []
+        if tr.os is not None:
+            self.os_kept.add(tr.os.name)
+            actions.append(OsStep(tr.os, "keep", f"controller: keep decision {tr.decision.id}"))
         self.trial = None
         self.phase = Phase.BASELINE
         self.regime_t = tr.ready_t
         self.cooldown_until = now + cfg.cooldown_s
         self.slow_note = f"kept decision {tr.decision.id} ({verdict})"
-        return []
+        return actions
 
     def _rollback(self, why: str, after: Measurement | None = None, outcome: Outcome = "rolled_back") -> list[Action]:
         tr = self.trial
         assert tr is not None
         self._settle(tr.decision, outcome, why, after)
-        self.tabu[_step_key(tr.from_knobs, tr.to_knobs)] = self.now + self.cfg.tabu_s
+        self.tabu[tr.key] = self.now + self.cfg.tabu_s
         self.trial = None
         self.phase = Phase.RECOVER
         self.recover_since = self.now
         self.slow_note = f"rolled back decision {tr.decision.id} ({why})"
+        if tr.os is not None:
+            return [OsStep(tr.os, "undo", f"controller: roll back decision {tr.decision.id} ({why})")]
         return self._set_knobs(tr.from_knobs, f"controller: roll back decision {tr.decision.id} ({why})",
                                limit=tr.limit)
 
@@ -391,9 +404,10 @@ class ControlCore:
         recent = measure(self.ticks, now - cfg.fast_window_s, now).as_dict()
         if worker_knobs is not None and worker_knobs != self.knobs:
             # The worker already stepped down by itself (torch: smaller batch); record it and follow.
+            undo = _undo_os(self.trial, why)
             if self.trial is not None:
                 self._settle(self.trial.decision, "fallback", why, None)
-                self.tabu[_step_key(self.trial.from_knobs, self.trial.to_knobs)] = now + cfg.tabu_s
+                self.tabu[self.trial.key] = now + cfg.tabu_s
                 self.trial = None
             self._new(lever="knobs", action="fallback", before=dict(self.knobs), after=dict(worker_knobs),
                       outcome="fallback", reason=f"{why}; the worker changed {_diff(self.knobs, worker_knobs)}",
@@ -401,15 +415,16 @@ class ControlCore:
             self.tabu[_step_key(worker_knobs, self.knobs)] = now + cfg.tabu_s
             self.phase = Phase.BASELINE
             self.regime_t = now
-            return [a for a in self._set_knobs(worker_knobs, why) if isinstance(a, SetLimit)]
+            return undo + [a for a in self._set_knobs(worker_knobs, why) if isinstance(a, SetLimit)]
         if self.trial is not None:
             tr = self.trial
+            undo = _undo_os(self.trial, why)
             self._settle(tr.decision, "fallback", why, None)
-            self.tabu[_step_key(tr.from_knobs, tr.to_knobs)] = now + cfg.tabu_s
+            self.tabu[tr.key] = now + cfg.tabu_s
             self.trial = None
             self.phase = Phase.RECOVER
             self.recover_since = now
-            return self._set_knobs(tr.from_knobs, f"controller: undo decision {tr.decision.id} ({why})",
+            return undo or self._set_knobs(tr.from_knobs, f"controller: undo decision {tr.decision.id} ({why})",
                                    limit=tr.limit)
         down = step_down(self.knobs, cfg.fallback, cfg.knob_defaults)
         if down is None:
@@ -426,3 +441,10 @@ class ControlCore:
         self.phase = Phase.RECOVER
         self.recover_since = now
         return self._set_knobs(new, f"controller: fallback {what} ({why})")
+
+    def os_lost(self, t: OsTrial, why: str) -> None:
+        """Keeping OS trial `t` failed (another apply, revert or restart ended it): the host holds `before` again."""
+        self.os_kept.discard(t.name)
+        self.tabu[t.key] = self.now + self.cfg.tabu_s
+        self._new(lever="os", action="rollback", before=dict(t.after), after=dict(t.before), outcome="aborted",
+                  reason=f"could not keep OS trial {t.name}: {why}")

@@ -20,7 +20,7 @@ from agent.errors import InputError
 from agent.fsio import read_text_capped
 from agent.worker.logs import RotatingLog
 
-Lever = Literal["admission", "knobs"]
+Lever = Literal["admission", "knobs", "os"]   # os: an OS trial (agent/control/os_trials.py)
 Action = Literal["increase", "decrease", "step", "rollback", "fallback"]
 Outcome = Literal["applied", "trial", "kept", "rolled_back", "fallback", "aborted"]
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.control.actuators import GateActuator, KnobActuator, LiveActuator, RestartActuator
 from agent.control.config import LLAMACPP_DEFAULTS, LLAMACPP_LADDER, config_for, threads_batch_axis
-from agent.control.controller import Controller, decisions_path
+from agent.control.controller import Controller, OsActuator, decisions_path
 from agent.control.decisions import DecisionLog
 from agent.control.drain import Drain
 from agent.control.feed import GatewayFeed
@@ -47,15 +47,16 @@ def build_controller(slo: SloSpec | None, gateway: Gateway, *, engine: str = "ll
                      torch_control: TorchWorkerControl | None = None, state_dir: Path | None = None,
                      gpu_index: int | None = None, watch_gpu: bool = True, drain: Drain | None = None,
                      worker: WorkerSpec | None = None, placement: Placement | None = None,
-                     **overrides: Any) -> Controller:
+                     os_actuator: OsActuator | None = None, **overrides: Any) -> Controller:
     """A controller for the worker behind `gateway` (agent.gateway.app.Gateway).
 
     supervisor: the Supervisor, or a zero-argument callable returning the current one (a reload may replace it);
     torch_control: a TorchWorkerControl for engine "torch" (then the supervisor is not used for knobs);
     neither: the fast lever only. drain: the Drain whose DrainingEndpoint the gateway uses, so restarts wait for
     the worker's replies in progress. worker/placement: the running llama.cpp worker's spec and placement (a
-    threads_batch axis, agent.control.wiring.worker_overrides). Raises InputError when the SLO has no
-    ttft_p95_ms."""
+    threads_batch axis, agent.control.wiring.worker_overrides). os_actuator: runs the OS trials given in
+    overrides (`os_trials`, from agent.control.os_trials.os_trials_for) through the tuning engine. Raises
+    InputError when the SLO has no ttft_p95_ms."""
     cfg = config_for(engine, slo, **{**worker_overrides(worker, placement), **overrides})
     knobs: KnobActuator | None = None
     if engine == "torch" and torch_control is not None:
@@ -64,4 +65,4 @@ def build_controller(slo: SloSpec | None, gateway: Gateway, *, engine: str = "ll
         knobs = RestartActuator(supervisor, drain=drain)
     log = DecisionLog(decisions_path(state_dir) if state_dir is not None else None, keep=cfg.max_decisions)
     feed = GatewayFeed(gateway.stats, telemetry=telemetry, gpu_index=gpu_index, watch_gpu=watch_gpu)
-    return Controller(cfg, feed, GateActuator(gateway.gate), knobs, log)
+    return Controller(cfg, feed, GateActuator(gateway.gate), knobs, log, os_actuator=os_actuator)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from agent.api.exceptions import Conflict, NotFound
 from agent.api.schemas import PolicyRequest
@@ -26,9 +26,11 @@ from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, list_policies, load_policy, load_policy_text
+from agent.policy.model import Policy
 from agent.tuning import api as engine
 from agent.tuning.state import StateDir, StateLocked
 from agent.tuning.transaction import ApplyResult
+from agent.tuning.trial import begin_trial, end_trial, keep_trial, open_trial
 
 T = TypeVar("T")
 
@@ -256,3 +258,34 @@ class TuningService:
                 facts = self.host_facts()
                 self.apply_loaded(self.load_policy_ref(self.applied_ref, facts), facts)
         return self.last_drift
+
+    def os_trial(self, op: Literal["apply", "keep", "undo"], name: str, fragment: Policy) -> None:
+        """The controller's OS trial steps (agent/tuning/trial.py): apply opens a transaction of the fragment's
+        changes, keep commits it into the applied policy, undo rolls it back. A mutation like any other: on the
+        main loop, under the lock; a crash while it is open is rolled back at the next start."""
+        state, nvml = self._state(), self.nvml()
+
+        def mutation() -> None:
+            if op == "apply":
+                begin_trial(name, fragment, self.paths, state, nvml=nvml)
+            elif op == "keep":
+                keep_trial(name, fragment, self.paths, state, nvml=nvml)
+            else:
+                end_trial(name, state, nvml=nvml)
+
+        try:
+            self._mutate(mutation)
+        except HostError as e:
+            raise self._conflict(e) from None
+        finally:
+            self.events.bump()
+        self.events.record("os_trial", op=op, trial=name)
+
+    def end_os_trial(self) -> str | None:
+        """Roll back an OS trial left open (the controller stopped mid-trial: reload, daemon stop). Returns its name,
+        or None when none was open."""
+        name = open_trial(self._state().journal())
+        if name is None:
+            return None
+        self.os_trial("undo", name, Policy(name="os-trial"))
+        return name

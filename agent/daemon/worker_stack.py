@@ -203,7 +203,9 @@ class WorkerStack:
     # -- controller -----------------------------------------------------------------------------------------------
     def start_controller(self) -> str:
         """Build the controller for the running worker and add its job; says why not when it cannot run."""
+        from agent.control.os_trials import os_trials_for
         from agent.control.wiring import build_controller
+        from agent.daemon.os_actuator import TuningOsActuator
 
         why_not = self.controller_blocker()
         if why_not is not None:
@@ -223,10 +225,13 @@ class WorkerStack:
 
             if isinstance(self.engine, TorchEngine):
                 torch_control = self.engine.control_client(spec)
+        os_trials, os_skipped = os_trials_for(policy.controller, self.tuning.host_facts())
         ctl = build_controller(policy.slo, gateway.app, engine=spec.engine, telemetry=self.telemetry,
                                supervisor=restartable, torch_control=torch_control, state_dir=self.tuning.state_dir,
                                drain=self.drain, watch_gpu=spec.gpu_layers != 0, worker=spec,
-                               placement=sup.status().placement)
+                               placement=sup.status().placement, os_trials=os_trials,
+                               os_actuator=TuningOsActuator(self.tuning))
+        ctl.os_skipped = os_skipped
         ctl.register_jobs(scheduler, interval_s=self.settings.controller_interval_s)
         self.controller = ctl
         self._torch_control = torch_control
@@ -255,6 +260,8 @@ class WorkerStack:
         if self.scheduler is not None and self.scheduler.get_job("controller") is not None:
             self.scheduler.remove_job("controller")
         ctl.close()
+        if (trial := self.tuning.end_os_trial()) is not None:   # its measurement stopped with it
+            self.events.record("os_trial_undone", trial=trial, reason="the controller stopped during the trial")
         control, self._torch_control = self._torch_control, None
         if control is not None:
             control.close()

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from agent.policy.controller_spec import ControllerSpec
 from agent.policy.shapes import DeviceGlob, ModelRegex, NameGlob, Token
 from agent.policy.sysctl_rules import sysctl_entry_problem, sysctl_value_problem
 
@@ -205,6 +206,7 @@ class Policy(Section):
         default_factory=dict, description="boot parameters advised (reboot required, never applied)")
     worker: WorkerSpec | None = None
     slo: SloSpec | None = None
+    controller: ControllerSpec | None = None
 
     @field_validator("sysctl", mode="before")
     @classmethod

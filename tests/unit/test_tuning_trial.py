@@ -1,0 +1,129 @@
+"""OS trials in the tuning engine (agent/tuning/trial.py) on fixture host trees: a trial is an apply transaction left
+open; keeping commits it into the applied policy, ending it restores the host byte for byte, and a crash while it
+is open is rolled back by the next recover (the daemon's start) like any interrupted apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.errors import HostError, InputError
+from agent.hostfs import HostPaths
+from agent.policy.model import Policy
+from agent.tuning import api
+from agent.tuning.state import StateDir
+from agent.tuning.trial import begin_trial, end_trial, keep_trial, open_trial
+from tests.support.daemon_fixtures import services_for
+from tests.support.trees import tree_state
+
+THP_ALWAYS = Policy.model_validate({"name": "os-trial-thp", "thp": {"enabled": "always"}})
+NUMA_OFF = Policy.model_validate({"name": "os-trial-numa", "sysctl": {"kernel.numa_balancing": 0}})
+
+
+def root_of(paths: HostPaths) -> Path:
+    return paths.procfs.parent
+
+
+def thp(paths: HostPaths) -> str:
+    return paths.sys("kernel/mm/transparent_hugepage/enabled").read_text()
+
+
+def test_a_trial_is_an_open_transaction_and_ending_it_restores_the_host_byte_for_byte(host: HostPaths,
+                                                                                        state_dir: Path) -> None:
+    state = StateDir(state_dir)
+    before = tree_state(root_of(host))
+    assert "[madvise]" in thp(host)
+    changes = begin_trial("thp", THP_ALWAYS, host, state)
+    assert [(c.target, c.action) for c in changes] == [("thp.enabled", "change")]
+    assert "[always]" in thp(host)
+    journal = state.journal()
+    assert open_trial(journal) == "thp" and api.status(state).interrupted
+    assert end_trial("thp", state) is True
+    assert tree_state(root_of(host)) == before
+    assert open_trial(state.journal()) is None and state.journal().data.originals == []
+    assert state.journal().data.txn is not None and state.journal().data.txn.status == "rolled_back"
+    assert end_trial("thp", state) is False   # nothing open: nothing to undo
+
+
+def test_a_kept_trial_joins_the_applied_policy_and_revert_restores_its_original(host: HostPaths,
+                                                                               state_dir: Path) -> None:
+    state = StateDir(state_dir)
+    before = tree_state(root_of(host))
+    api.apply_policy(Policy.model_validate({"name": "base", "sysctl": {"vm.swappiness": 10}}), host, state)
+    begin_trial("thp", THP_ALWAYS, host, state)
+    keep_trial("thp", THP_ALWAYS, host, state)
+    data = state.journal().data
+    assert data.txn is not None and data.txn.status == "committed" and open_trial(state.journal()) is None
+    assert data.applied is not None and data.applied.policy == "base"
+    assert {c.target: c.value for c in data.applied.changes} == {"vm.swappiness": "10", "thp.enabled": "always"}
+    assert api.verify(state).ok
+    api.revert(state)
+    assert tree_state(root_of(host)) == before
+
+
+def test_a_crash_during_a_trial_is_rolled_back_by_the_next_recover(host: HostPaths, state_dir: Path) -> None:
+    """What the daemon's start does (rollback_interrupted -> recover_only) after a kill -9 mid-trial."""
+    state = StateDir(state_dir)
+    before = tree_state(root_of(host))
+    begin_trial("numa_balancing", NUMA_OFF, host, state)
+    assert host.sysctl("kernel.numa_balancing").read_text().strip() == "0"
+    # the process dies here: nothing else runs; a new one starts
+    note = api.recover_only(StateDir(state_dir))
+    assert note is not None and "trial:numa_balancing" in note
+    assert tree_state(root_of(host)) == before
+    assert open_trial(state.journal()) is None
+
+
+def test_another_apply_ends_the_trial_and_keep_then_says_so(host: HostPaths, state_dir: Path) -> None:
+    state = StateDir(state_dir)
+    begin_trial("thp", THP_ALWAYS, host, state)
+    api.apply_policy(Policy.model_validate({"name": "other", "sysctl": {"vm.swappiness": 10}}), host, state)
+    assert "[madvise]" in thp(host)
+    with pytest.raises(HostError, match="not open any more"):
+        keep_trial("thp", THP_ALWAYS, host, state)
+    assert "[madvise]" in thp(host)
+
+
+def test_one_trial_at_a_time_a_second_begin_ends_the_first(host: HostPaths, state_dir: Path) -> None:
+    state = StateDir(state_dir)
+    before = tree_state(root_of(host))
+    begin_trial("thp", THP_ALWAYS, host, state)
+    begin_trial("numa_balancing", NUMA_OFF, host, state)
+    assert "[madvise]" in thp(host) and open_trial(state.journal()) == "numa_balancing"
+    end_trial("numa_balancing", state)
+    assert tree_state(root_of(host)) == before
+
+
+def test_a_fragment_this_host_cannot_take_writes_nothing(host: HostPaths, state_dir: Path) -> None:
+    state = StateDir(state_dir)
+    before = tree_state(root_of(host))
+    bad = Policy.model_validate({"name": "x", "thp": {"enabled": "always", "defrag": "always"},
+                                 "kernel_cmdline": {"isolcpus": "1"}})
+    with pytest.raises(InputError, match="not a change an OS trial can make"):
+        begin_trial("thp", bad, host, state)
+    assert tree_state(root_of(host)) == before and open_trial(state.journal()) is None
+
+
+def test_the_daemon_runs_trials_as_mutations_and_a_stopped_controller_ends_its_open_trial(host: HostPaths,
+                                                                                         tmp_path: Path) -> None:
+    """TuningService.os_trial is what the controller's OS actuator calls; WorkerStack.stop_controller (reload,
+    daemon stop) rolls back a trial whose measurement stopped with the controller."""
+    services = services_for(host, tmp_path)
+    before = tree_state(root_of(host))
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    assert "[always]" in thp(host) and [e["kind"] for e in services.events.recent(1)] == ["os_trial"]
+
+    class StoppedController:
+        def close(self) -> None:
+            pass
+
+    services.stack.controller = StoppedController()  # type: ignore[assignment]
+    services.stack.stop_controller()
+    assert tree_state(root_of(host)) == before
+    assert services.events.recent(1)[0]["kind"] == "os_trial_undone"
+    assert services.tuning.end_os_trial() is None   # nothing open any more
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    services.tuning.os_trial("keep", "thp", THP_ALWAYS)
+    assert services.tuning.end_os_trial() is None and "[always]" in thp(host)
+    assert services.tuning.verify()["ok"]
