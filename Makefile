@@ -11,7 +11,7 @@ CACHE ?= $(HOME)/.cache/hosttune
 export HOSTTUNE_CACHE := $(CACHE)
 
 .PHONY: run test setup setup-run venv venv-test engine model system-deps-run system-deps rootfs fleet-rootfs \
-	install lint test-unit test-process clean
+	install lint test-unit test-process clean test-models
 
 run: setup-run
 	HOSTTUNE_STATE_DIR=$${HOSTTUNE_STATE_DIR:-$(CACHE)/run-state} $(VENV)/bin/hosttune daemon --config systemd/daemon-run.yaml
@@ -23,7 +23,7 @@ test: setup
 setup-run: venv engine model system-deps-run
 
 # Everything: running's set-up plus what the test tiers need.
-setup: setup-run venv-test system-deps rootfs fleet-rootfs
+setup: setup-run venv-test system-deps rootfs fleet-rootfs test-models
 
 venv: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ engine: venv
 
 model: venv
 	scripts/install-model.sh $(PY)
+
+# The extra GGUF models (other attention layouts) the engine tier holds `hosttune fit` against; cached by version.
+test-models: venv
+	$(PY) scripts/install_test_models.py
 
 system-deps-run:
 	scripts/install-system-deps.sh run

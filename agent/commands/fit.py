@@ -49,6 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--parallel", type=int, metavar="N", help="slots (-np) to size for")
     p.add_argument("-ctk", "--cache-type-k", default="f16", choices=list(CACHE_TYPES), help="K cache type")
     p.add_argument("-ctv", "--cache-type-v", default="f16", choices=list(CACHE_TYPES), help="V cache type")
+    p.add_argument("-ub", "--ubatch-size", type=int, default=512, metavar="N",
+                   help="micro-batch (-ub): part of the sliding-window cache's size (512)")
+    p.add_argument("--swa-full", action="store_true", help="size sliding-window layers' cache as full (--swa-full)")
     p.add_argument("--headroom", type=float, default=10.0, metavar="PCT", help="free memory kept spare (10)")
     p.add_argument("--json", action="store_true", help="the full report as JSON")
     p.set_defaults(func=run)
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     info = read_gguf(path)
     device = device_memory(host_facts(args), args.device)
     report = plan_fit(info, device, headroom_pct=args.headroom, ctx=args.ctx, parallel=args.parallel,
-                      cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v)
+                      cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v, ubatch=args.ubatch_size,
+                      swa_full=args.swa_full)
     if args.json:
         print_json(report)
     else:
@@ -77,8 +81,12 @@ def show(r: FitReport) -> None:
           f" after {r.headroom_pct:g}% headroom; buffers ~{human_bytes(r.overhead_bytes)}; "
           f"KV budget {human_bytes(r.kv_budget_bytes)}")
     print(f"seed rule:  free >= 1.5x weights: {'yes' if r.seed_rule_ok else 'NO'}")
+    lay = m.layout
+    print(f"layout:     {r.layout}" + (f" (window {lay.sliding_window}, {sum(lay.swa_layers)} of {m.n_layer} layers "
+                                       "slide)" if lay.sliding_window else "")
+          + (f" ({sum(lay.recurrent_layers)} recurrent layers)" if any(lay.recurrent_layers) else ""))
     print()
-    table(["cache type", "KV bytes/token", "tokens that fit"],
+    table(["cache type", "KV bytes/token (growing layers)", "tokens that fit"],
           [(t, r.kv_bytes_per_token[t], r.max_tokens.get(t)) for t in CACHE_TYPES])
     print()
     print(f"options (K {r.cache_type_k}, V {r.cache_type_v}: {r.kv_bytes_per_token_selected} bytes/token):")
@@ -92,5 +100,11 @@ def show(r: FitReport) -> None:
         q = r.requested
         print(f"requested:   -c {q.ctx_total} -np {q.parallel}: needs {human_bytes(q.total_bytes)} -> "
               f"{'fits' if q.fits else 'does NOT fit'}")
+    if r.context_memory is not None:
+        cm = r.context_memory
+        print(f"\ncontext memory of -c {cm.n_ctx} -np {cm.parallel} ({cm.n_ctx_seq} per slot), as llama.cpp "
+              f"allocates it:")
+        table(["kind", "layers", "cells", "streams", "bytes"],
+              [(p.kind, p.layers, p.cells, p.streams, human_bytes(p.bytes)) for p in cm.parts])
     for note in r.notes:
         print(f"note: {note}")

@@ -17,22 +17,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.errors import InputError
 from agent.inspect.models import HostFacts
 from agent.worker.gguf_meta import GgufInfo
+from agent.worker.kv_memory import (
+    CACHE_TYPES,
+    CTX_GRANULE,
+    DEFAULT_UBATCH,
+    ContextMemory,
+    context_memory,
+    full_bytes_per_token,
+)
 
-# cache type -> (values per block, bytes per block), from ggml's type traits.
-CACHE_TYPES: dict[str, tuple[int, int]] = {
-    "f32": (1, 4),
-    "f16": (1, 2),
-    "bf16": (1, 2),
-    "q8_0": (32, 34),
-    "q4_0": (32, 18),
-    "q4_1": (32, 20),
-    "iq4_nl": (32, 18),
-    "q5_0": (32, 22),
-    "q5_1": (32, 24),
-}
+__all__ = ["CACHE_TYPES", "FitReport", "device_memory", "kv_bytes_per_token", "plan_fit"]
+
 HUGEPAGE_2M = 2 * 1024 * 1024
 SEED_WEIGHT_FACTOR = 1.5
-CTX_GRANULE = 256  # llama.cpp pads each slot's context to a multiple of 256
+MAX_UBATCH = 1 << 16
+MAX_PARALLEL = 4096
+MAX_TOKENS_CAP = 1 << 26  # a layout whose memory does not grow with context (recurrent) fits "any" context
 DEFAULT_MAX_CTX_PER_SLOT = 32768  # beyond this a default wastes memory the controller could give to slots
 PARALLEL_CHOICES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_PARALLEL = 4
@@ -78,12 +78,17 @@ class FitReport(Model):
     seed_rule_ok: bool = Field(description=f"free memory >= {SEED_WEIGHT_FACTOR}x the weights' bytes")
     cache_type_k: str
     cache_type_v: str
-    kv_bytes_per_token: dict[str, int] = Field(description="per cache type, K and V of the same type")
+    kv_bytes_per_token: dict[str, int] = Field(description="per cache type, K and V of the same type: what one "
+                                                           "more token of context costs (full-attention layers)")
     kv_bytes_per_token_selected: int
     max_tokens: dict[str, int] = Field(description="total context that fits, per cache type")
     options: list[FitOption]
     recommended: FitOption | None
     requested: FitCheck | None = None
+    layout: str = Field("full", description="full, swa, recurrent, hybrid or hybrid-swa (per-layer memory kinds)")
+    context_memory: ContextMemory | None = Field(
+        None, description="KV and state memory of the requested (else recommended) -c/-np, per layer kind, as "
+                          "llama.cpp allocates it")
     hugepages_2m: int = Field(description="2 MiB pages that would back the weights")
     notes: list[str] = Field(default_factory=list)
 
@@ -94,16 +99,10 @@ def check_cache_type(value: str, field: str) -> str:
     return value
 
 
-def row_bytes(cache_type: str, n_values: int) -> int:
-    """Bytes ggml uses to store a row of n_values in cache_type (whole blocks)."""
-    per_block, block_bytes = CACHE_TYPES[cache_type]
-    return -(-n_values // per_block) * block_bytes
-
-
 def kv_bytes_per_token(info: GgufInfo, cache_type_k: str = "f16", cache_type_v: str = "f16") -> int:
-    """K and V bytes one token occupies across all layers."""
-    return sum(row_bytes(cache_type_k, n_kv * info.head_dim_k) + row_bytes(cache_type_v, n_kv * info.head_dim_v)
-               for n_kv in info.n_head_kv_per_layer if n_kv > 0)
+    """K and V bytes one more token of context costs: the full-attention layers (SWA and recurrent layers keep
+    a cache that does not grow with the context)."""
+    return full_bytes_per_token(info, cache_type_k, cache_type_v)
 
 
 def overhead_bytes(info: GgufInfo, device: FitDevice, parallel: int, ubatch: int = 512) -> int:
@@ -143,57 +142,90 @@ def device_memory(facts: HostFacts, device: str) -> FitDevice:
     raise InputError(f"device must be cpu, cpu:NODE or gpu:INDEX, not {device!r}", field="--device")
 
 
-def _option(info: GgufInfo, device: FitDevice, parallel: int, ctx_per_slot: int, per_token: int) -> FitOption:
+class _Sizing:
+    """One model + cache types + engine options: context memory of any -c/-np, and the largest -c that fits."""
+
+    def __init__(self, info: GgufInfo, cache_type_k: str, cache_type_v: str, ubatch: int, swa_full: bool) -> None:
+        self.info, self.k, self.v, self.ubatch, self.swa_full = info, cache_type_k, cache_type_v, ubatch, swa_full
+
+    def memory(self, ctx: int, parallel: int) -> ContextMemory:
+        return context_memory(self.info, ctx, parallel, self.k, self.v, ubatch=self.ubatch, swa_full=self.swa_full)
+
+    def max_per_slot(self, budget: int, parallel: int, cap: int) -> int:
+        """The largest context per slot (a multiple of 256, at most cap) whose memory fits budget; 0 if none."""
+        lo, hi = 0, cap // CTX_GRANULE  # in granules; memory grows with the context
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.memory(mid * CTX_GRANULE * parallel, parallel).bytes <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * CTX_GRANULE
+
+
+def _option(info: GgufInfo, device: FitDevice, sizing: _Sizing, parallel: int, ctx_per_slot: int) -> FitOption:
     ctx_total = ctx_per_slot * parallel
-    kv = ctx_total * per_token
+    kv = sizing.memory(ctx_total, parallel).bytes
     return FitOption(parallel=parallel, ctx_per_slot=ctx_per_slot, ctx_total=ctx_total, kv_bytes=kv,
                      total_bytes=info.weight_bytes + overhead_bytes(info, device, parallel) + kv)
 
 
 def plan_fit(info: GgufInfo, device: FitDevice, *, headroom_pct: float = 10.0, ctx: int | None = None,
              parallel: int | None = None, cache_type_k: str = "f16", cache_type_v: str = "f16",
-             max_ctx_per_slot: int = DEFAULT_MAX_CTX_PER_SLOT) -> FitReport:
+             max_ctx_per_slot: int = DEFAULT_MAX_CTX_PER_SLOT, ubatch: int = DEFAULT_UBATCH,
+             swa_full: bool = False) -> FitReport:
     """Size the model against the device. ctx is the total context (-c), as llama-server takes it."""
     check_cache_type(cache_type_k, "cache_type_k")
     check_cache_type(cache_type_v, "cache_type_v")
+    if not 1 <= ubatch <= MAX_UBATCH:
+        raise InputError(f"ubatch must be 1..{MAX_UBATCH}, not {ubatch}", field="ubatch")
+    if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
+        raise InputError(f"parallel must be 1..{MAX_PARALLEL}, not {parallel}", field="parallel")
+    if ctx is not None and not 1 <= ctx <= MAX_TOKENS_CAP:
+        raise InputError(f"ctx must be 1..{MAX_TOKENS_CAP}, not {ctx}", field="ctx")
     notes: list[str] = []
     budget = int(device.free_bytes * (1 - headroom_pct / 100))
     per_token = {t: kv_bytes_per_token(info, t, t) for t in CACHE_TYPES}
     selected = kv_bytes_per_token(info, cache_type_k, cache_type_v)
+    sizing = _Sizing(info, cache_type_k, cache_type_v, ubatch, swa_full)
     slots_for_overhead = parallel or DEFAULT_PARALLEL
     overhead = overhead_bytes(info, device, slots_for_overhead)
     kv_budget = max(0, budget - info.weight_bytes - overhead)
-    max_tokens = {t: kv_budget // b for t, b in per_token.items() if b > 0}
+    max_tokens = {t: _Sizing(info, t, t, ubatch, swa_full).max_per_slot(kv_budget, 1, MAX_TOKENS_CAP)
+                  for t in CACHE_TYPES}
     slot_cap = min(info.context_length or max_ctx_per_slot, max_ctx_per_slot)
 
     options: list[FitOption] = []
-    tokens = kv_budget // selected if selected else 0
     for p in PARALLEL_CHOICES:
-        per_slot = min(slot_cap, (tokens // p) // CTX_GRANULE * CTX_GRANULE)
+        per_slot = sizing.max_per_slot(kv_budget, p, slot_cap)
         if per_slot < CTX_GRANULE:
             break
-        options.append(_option(info, device, p, per_slot, selected))
+        options.append(_option(info, device, sizing, p, per_slot))
 
     recommended: FitOption | None = None
     want_slot = min(slot_cap, MIN_USEFUL_CTX_PER_SLOT)
     if parallel is not None:
         recommended = next((o for o in options if o.parallel == parallel), None)
         if recommended is None and ctx is None:
-            per_slot = min(slot_cap, (tokens // parallel) // CTX_GRANULE * CTX_GRANULE)
+            per_slot = sizing.max_per_slot(kv_budget, parallel, slot_cap)
             if per_slot >= CTX_GRANULE:
-                recommended = _option(info, device, parallel, per_slot, selected)
+                recommended = _option(info, device, sizing, parallel, per_slot)
     else:
         good = [o for o in options if o.parallel <= DEFAULT_PARALLEL and o.ctx_per_slot >= want_slot]
         recommended = good[-1] if good else (options[0] if options else None)
 
     requested: FitCheck | None = None
+    memory: ContextMemory | None = None
     if ctx is not None:
         p = parallel or 1
-        kv = ctx * selected
-        total = info.weight_bytes + overhead_bytes(info, device, p) + kv
-        requested = FitCheck(ctx_total=ctx, parallel=p, kv_bytes=kv, total_bytes=total, fits=total <= budget)
+        memory = sizing.memory(ctx, p)
+        total = info.weight_bytes + overhead_bytes(info, device, p) + memory.bytes
+        requested = FitCheck(ctx_total=ctx, parallel=p, kv_bytes=memory.bytes, total_bytes=total,
+                             fits=total <= budget)
         if not requested.fits:
             notes.append(f"ctx {ctx} x parallel {p} needs {total} bytes; the budget is {budget}")
+    elif recommended is not None:
+        memory = sizing.memory(recommended.ctx_total, recommended.parallel)
 
     seed_ok = device.free_bytes >= SEED_WEIGHT_FACTOR * info.weight_bytes
     if not seed_ok:
@@ -206,5 +238,6 @@ def plan_fit(info: GgufInfo, device: FitDevice, *, headroom_pct: float = 10.0, c
         weight_bytes=info.weight_bytes, overhead_bytes=overhead, kv_budget_bytes=kv_budget, seed_rule_ok=seed_ok,
         cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_bytes_per_token=per_token,
         kv_bytes_per_token_selected=selected, max_tokens=max_tokens, options=options, recommended=recommended,
-        requested=requested, hugepages_2m=math.ceil(info.weight_bytes / HUGEPAGE_2M), notes=notes,
+        requested=requested, layout=info.layout.name, context_memory=memory,
+        hugepages_2m=math.ceil(info.weight_bytes / HUGEPAGE_2M), notes=notes,
     )

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.errors import InputError
+from agent.worker.gguf_layout import RECURRENT_ARCHS, LayerLayout, read_layout
 
 # A model file is input like any other: sizes no real model has are refused before anything is built from them
 # (block_count = 2**33 made the per-layer list below 64 GiB). The largest real models are far inside these.
@@ -43,6 +44,7 @@ class GgufInfo(BaseModel):
     head_dim_v: int
     context_length: int | None = Field(None, description="training context length")
     vocab_size: int | None = None
+    layout: LayerLayout = Field(default_factory=LayerLayout, description="full / SWA / recurrent layers")
 
 
 def _value(field: Any) -> Any:
@@ -96,7 +98,11 @@ def read_gguf(path: Path) -> GgufInfo:
     n_layer = _bounded(need("block_count"), f"{arch}.block_count", MAX_LAYERS, path)
     n_embd = _bounded(need("embedding_length"), f"{arch}.embedding_length", MAX_DIM, path)
     heads_key = f"{arch}.attention.head_count"
-    n_head_raw = need("attention.head_count")
+    n_head_raw = _arch_key(fields, arch, "attention.head_count")
+    if n_head_raw is None and arch not in RECURRENT_ARCHS:
+        n_head_raw = need("attention.head_count")
+    if n_head_raw is None:  # a recurrent model has no attention heads
+        n_head_raw = 0
     n_head = max((_bounded(v, heads_key, MAX_HEADS, path) for v in n_head_raw), default=0) \
         if isinstance(n_head_raw, list) else _bounded(n_head_raw, heads_key, MAX_HEADS, path)
     kv_key = f"{arch}.attention.head_count_kv"
@@ -105,21 +111,23 @@ def read_gguf(path: Path) -> GgufInfo:
         kv_raw, kv_key = n_head_raw, heads_key  # no GQA: every head has its own K and V
     per_layer = [_bounded(v, kv_key, MAX_HEADS, path) for v in kv_raw] if isinstance(kv_raw, list) \
         else [_bounded(kv_raw, kv_key, MAX_HEADS, path)] * n_layer
-    if len(per_layer) != n_layer or n_head <= 0:
+    if len(per_layer) != n_layer or (n_head <= 0 and arch not in RECURRENT_ARCHS):
         raise InputError(f"GGUF attention metadata inconsistent ({len(per_layer)} KV entries, {n_layer} layers)",
                          path=path)
     key_len = _arch_key(fields, arch, "attention.key_length")
     value_len = _arch_key(fields, arch, "attention.value_length")
     head_dim_k = _bounded(key_len, f"{arch}.attention.key_length", MAX_DIM, path) if key_len is not None \
-        else n_embd // n_head
+        else n_embd // max(n_head, 1)
     head_dim_v = _bounded(value_len, f"{arch}.attention.value_length", MAX_DIM, path) if value_len is not None \
-        else n_embd // n_head
+        else n_embd // max(n_head, 1)
     ctx_raw = _arch_key(fields, arch, "context_length")
     ctx = _bounded(ctx_raw, f"{arch}.context_length", MAX_CONTEXT, path) if ctx_raw is not None else None
     vocab_raw = _arch_key(fields, arch, "vocab_size")
     if vocab_raw is None and "tokenizer.ggml.tokens" in fields:
         vocab_raw = len(fields["tokenizer.ggml.tokens"].data)
     vocab = _bounded(vocab_raw, f"{arch}.vocab_size", MAX_VOCAB, path) if vocab_raw is not None else None
+    layout = read_layout(arch, n_layer, per_layer, lambda key: _arch_key(fields, arch, key),
+                         lambda value, key, limit: _bounded(value, key, limit, path), path)
     name = fields.get("general.name")
     ftype = fields.get("general.file_type")
     return GgufInfo(
@@ -134,10 +142,11 @@ def read_gguf(path: Path) -> GgufInfo:
         n_layer=n_layer,
         n_embd=n_embd,
         n_head=n_head,
-        n_head_kv=max(per_layer),
+        n_head_kv=max(per_layer, default=0),
         n_head_kv_per_layer=per_layer,
         head_dim_k=head_dim_k,
         head_dim_v=head_dim_v,
         context_length=ctx,
         vocab_size=vocab,
+        layout=layout,
     )
