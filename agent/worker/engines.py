@@ -25,7 +25,12 @@ KNOBS: tuple[str, ...] = ("threads", "threads_batch", "ctx", "parallel", "batch"
                           "cache_type_v", "gpu_layers", "flash_attn", "extra_args")
 # Flags hosttune owns: a user passing them in extra_args would contradict the spec or the placement.
 RESERVED_FLAGS = {"-m", "--model", "--host", "--port", "--metrics", "-t", "--threads", "-tb", "--threads-batch",
-                  "-c", "--ctx-size", "-np", "--parallel", "--numa"}
+                  "-c", "--ctx-size", "-np", "--parallel", "--numa", "-lm", "--load-mode", "--mlock", "--no-mmap"}
+# worker.weights (backing, mlock) -> llama-server --load-mode; None: llama.cpp's default (auto: mmap)
+LOAD_MODES: dict[tuple[str, bool], str | None] = {
+    ("page_cache", False): None, ("page_cache", True): "mmap+mlock",
+    ("hugetlbfs", False): "mmap", ("hugetlbfs", True): "mmap",  # hugetlb pages are never swapped: nothing to lock
+    ("anon", False): "none", ("anon", True): "mlock"}
 
 
 def _gpu_env(env: dict[str, str], placement: Placement | None) -> dict[str, str]:
@@ -81,6 +86,9 @@ class LlamaCppEngine:
             args += ["-ngl", str(spec.gpu_layers)]
         if spec.flash_attn is not None:
             args += ["-fa", "on" if spec.flash_attn else "off"]
+        load_mode = LOAD_MODES[(spec.weights.backing, spec.weights.mlock)]
+        if load_mode is not None:
+            args += ["--load-mode", load_mode]
         if placement is not None and placement.bound:
             # Use the CPU map the binding gives the process instead of llama.cpp's own NUMA guesses.
             args += ["--numa", "numactl"]
