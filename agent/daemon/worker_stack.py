@@ -110,7 +110,7 @@ class WorkerStack:
         """worker.weights.backing hugetlbfs, and `plan` found the policy's weights pool usable: stage the model in
         it and launch on the copy. Otherwise (plan said why) or when staging fails, the engine maps the GGUF from
         the page cache, as without the setting."""
-        from agent.tuners.weights_pool import weights_pool_blocker
+        from agent.tunable.weights_pool import weights_pool_blocker
 
         spec = prepared.spec
         if spec.engine != "llamacpp" or spec.weights.backing != "hugetlbfs" or prepared.model is None:

@@ -16,9 +16,9 @@ counts already computed) are checked against memory: all of them against the hos
 each node against that node's (the host's where the node's is unknown). The limit is 90% unless a pool of that
 scope says `max_memory_pct` (below 100, with a `why`). Over the limit is bad input, refused at plan time.
 
-A pool marked `for_weights` is planned only when the worker can put its weights in it (weights_pool.py says
-why not otherwise: then it is `not_applicable` and reserves nothing); a `worker.weights.mlock` the memlock
-limit cannot honour is shown as an `unsupported` row.
+A pool marked `for_weights` is planned only when the worker can put its weights in it (otherwise it is
+`not_applicable`, reserves nothing, and agent/tunable/weights_pool.py says why); a `worker.weights.mlock` the
+memlock limit cannot honour is shown as an `unsupported` row.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from agent.inspect.models import HostFacts
 from agent.policy.model import DEFAULT_HUGEPAGE_MEMORY_PCT, HugepageSpec, Policy
 from agent.tunable.change import Change, change
 from agent.tunable.tuner import Tuner
+from agent.tunable.weights_pool import mlock_problem, model_bytes, staged_pages, weights_pool_blocker
 from agent.tuners.registration import register
-from agent.tuners.weights_pool import mlock_problem, model_bytes, staged_pages, weights_pool_blocker
 
 SIZE_KB = {"2M": 2048, "1G": 1048576}
 GIB = 1 << 30

@@ -12,7 +12,7 @@ unstage_weights remove the file, unmount (lazily when a worker still maps it: th
 The copy is padded with zeros to a whole number of 2 MiB pages; llama-server (0.3.36 build) reads the GGUF by
 its own offsets and serves from the padded file unchanged (checked on this kernel; it logs a harmless
 "munmap failed" when it trims unused fragments, which hugetlbfs cannot do at 4 KiB granularity).
-Whether a pool can hold the copy at all is decided at plan time (agent/tuners/weights_pool.py).
+Whether a pool can hold the copy at all is decided at plan time (agent/tunable/weights_pool.py).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from agent.inspect.models import HostFacts
 from agent.model_files import default_model_path
 from agent.policy.model import HugepageSpec, Policy, WeightsSpec, WorkerSpec
 from agent.tunable.change import Change
+from agent.tunable.weights_pool import staged_pages
 from agent.tuners.hugepages import HugepagesTuner
-from agent.tuners.weights_pool import staged_pages
 from agent.tuning.plan import make_plan
 from agent.worker.engines import LlamaCppEngine
 

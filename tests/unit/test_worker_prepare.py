@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from agent.policy.model import WorkerPlacement, WorkerSpec
+from agent.policy.model import WeightsSpec, WorkerPlacement, WorkerSpec
 from agent.worker.prepare import prepare_worker
 from tests.support.worker_facts import GiB, one_node_vm, two_socket_server
 
@@ -107,6 +107,8 @@ def test_the_engine_opens_the_staged_copy_while_the_spec_names_the_staged_model(
     assert model_arg(argv) == str(staged) and argv[argv.index("--load-mode") + 1] == "mmap"
     changed = prepared.build(spec.model_copy(update={"model": str(other)})).argv  # a reload to another model
     assert model_arg(changed) == str(other)
+    unstaged = prepared.build(spec.model_copy(update={"weights": WeightsSpec(backing="page_cache")})).argv
+    assert model_arg(unstaged) == str(model)
 
 
 def test_mlock_above_the_memlock_limit_loads_unlocked_with_a_note(tmp_path: Path) -> None:
