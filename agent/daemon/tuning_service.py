@@ -26,7 +26,7 @@ from agent.hostfs import HostPaths
 from agent.inspect import collect
 from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, list_policies, load_policy, load_policy_text
-from agent.policy.model import Policy
+from agent.policy.model import Policy, WorkerSpec
 from agent.tuning import api as engine
 from agent.tuning.state import StateDir, StateLocked
 from agent.tuning.transaction import ApplyResult
@@ -210,7 +210,8 @@ class TuningService:
         """Restore the originals; targets someone else changed are skipped (listed in `skipped`) unless `force`."""
         state, nvml = self._state(), self.nvml()
         try:
-            result = self._mutate(lambda: engine.revert(state, force=force, nvml=nvml))
+            result = self._mutate(lambda: engine.revert(state, force=force, nvml=nvml,
+                                                                paths=self.paths))
         except HostError as e:
             raise self._conflict(e) from None
         finally:
@@ -225,10 +226,19 @@ class TuningService:
 
     def rollback_interrupted(self) -> str | None:
         state, nvml = self._state(), self.nvml()
-        note = self._mutate(lambda: engine.recover_only(state, nvml=nvml))
+        note = self._mutate(lambda: engine.recover_only(state, nvml=nvml, paths=self.paths))
         if note:
             self.events.record("rollback", note=note)
         return note
+
+    def stage_weights(self, worker: WorkerSpec, model: Path, gid: int | None) -> Path:
+        """The worker's weights staged in the hugepage pool (journaled); the path to launch the engine on."""
+        staged = self._mutate(lambda: engine.stage_weights(self._state(), worker, self.paths, gid=gid, model=model))
+        self.events.record("weights_staged", file=staged.file, pages=staged.pages)
+        return Path(staged.file)
+
+    def unstage_weights(self) -> list[str]:
+        return self._mutate(lambda: engine.unstage_weights(self._state(), self.paths))
 
     def status(self) -> dict[str, Any]:
         return dict(jsonable(engine.status(self._state())))

@@ -8,6 +8,7 @@ imported when they start: a daemon without a worker carries none of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy
 from agent.policy.model import Policy, WorkerSpec
 
+log = logging.getLogger("hosttune.daemon")
+
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from agent.gateway.server import GatewayServer
     from agent.telemetry.collector import Telemetry
     from agent.worker.engines import Engine
+    from agent.worker.prepare import PreparedWorker
     from agent.worker.supervisor import Supervisor
     from agent.worker.torch_control import TorchWorkerControl
 
@@ -84,6 +88,7 @@ class WorkerStack:
             prepared.build(prepared.spec)  # argv errors surface now, with the policy's file:line
         except InputError as e:
             raise self.tuning.located(loaded, e) from None
+        self._stage_weights(loaded, prepared, facts)
         policy = RestartPolicy(
             ready_timeout_s=ws.ready_timeout_s, stop_timeout_s=ws.stop_timeout_s,
             backoff_initial_s=ws.backoff_initial_s, backoff_max_s=ws.backoff_max_s,
@@ -100,6 +105,29 @@ class WorkerStack:
             status = sup.status()
             raise HostError(f"the worker did not become ready: state {status.state}, "
                             f"{status.last_exit_reason or status.reason or 'no reason given'}")
+
+    def _stage_weights(self, loaded: LoadedPolicy, prepared: PreparedWorker, facts: HostFacts | None) -> None:
+        """worker.weights.backing hugetlbfs, and `plan` found the policy's weights pool usable: stage the model in
+        it and launch on the copy. Otherwise (plan said why) or when staging fails, the engine maps the GGUF from
+        the page cache, as without the setting."""
+        from agent.tunable.weights_pool import weights_pool_blocker
+
+        spec = prepared.spec
+        if spec.engine != "llamacpp" or spec.weights.backing != "hugetlbfs" or prepared.model is None:
+            return
+        pools = [p for p in loaded.policy.hugepages if p.for_weights]
+        why = "no hugepages entry has for_weights: true" if not pools else weights_pool_blocker(
+            loaded.policy, pools[0], facts, self.tuning.paths)
+        if why is None:
+            try:
+                prepared.staged_model = self.tuning.stage_weights(
+                    spec, prepared.model, prepared.run_as.gid if prepared.run_as else None)
+                prepared.build(prepared.spec)
+                return
+            except (HostError, InputError) as e:
+                why = str(e)
+        log.warning("weights stay in the page cache: %s", why)
+        self.events.record("weights_not_staged", reason=why)
 
     def respawn_worker(self, loaded: LoadedPolicy) -> str:
         """A reload changed the worker section: start, restart or stop the worker to match it."""
@@ -139,6 +167,9 @@ class WorkerStack:
             self.events.record("worker_stop", state=str(status.state), last_exit=status.last_exit)
             self.supervisor = None
             self.policy = None
+        problems = self.tuning.unstage_weights()  # the worker is gone: its staged weights go back to the pool
+        if problems:
+            log.warning("staged weights left behind: %s", "; ".join(problems))
 
     def worker(self) -> dict[str, Any]:
         if self.supervisor is None:

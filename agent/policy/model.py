@@ -47,6 +47,9 @@ class HugepageSpec(Section):
     max_memory_pct: float | None = Field(
         None, gt=0, lt=100, description=f"the pools of this scope (the node, or the host) may take at most this "
         f"share of its memory (default {DEFAULT_HUGEPAGE_MEMORY_PCT:g}); needs `why`")
+    for_weights: bool = Field(False, description="this pool holds the worker's weights (worker.weights.backing: "
+                              "hugetlbfs): planned only when the worker can map them from it, else plan says why "
+                              "and reserves nothing")
     why: str | None = None
 
     @model_validator(mode="after")
@@ -118,6 +121,15 @@ class WorkerPlacement(Section):
     numa_node: int | None = Field(None, ge=0)
 
 
+class WeightsSpec(Section):
+    backing: Literal["page_cache", "hugetlbfs", "anon"] = Field(
+        "page_cache", description="where the worker's weights live: page_cache (llama-server maps the GGUF), "
+        "hugetlbfs (the daemon stages the GGUF in a hugetlbfs mount backed by the policy's `for_weights` pool and "
+        "the worker maps the copy), anon (llama-server reads them into its own memory: --load-mode none)")
+    mlock: bool = Field(False, description="lock the weights in RAM (llama-server --load-mode mlock/mmap+mlock) "
+                        "where the memlock limit allows; hugetlbfs pages are never swapped and need no lock")
+
+
 class WorkerSpec(Section):
     engine: Literal["llamacpp", "torch", "command"] = "llamacpp"
     model: str = Field("default", description="a GGUF path, or `default` for the bundled SmolLM2-135M")
@@ -156,6 +168,7 @@ class WorkerSpec(Section):
     health_url: str | None = None
     metrics_url: str | None = None
     prewarm: bool = Field(False, description="read the model into the page cache before start")
+    weights: WeightsSpec = Field(default_factory=WeightsSpec)
 
     @field_validator("host")
     @classmethod

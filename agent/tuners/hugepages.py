@@ -15,6 +15,10 @@ free page and leaves the rest to the OOM killer. Before anything else, the polic
 counts already computed) are checked against memory: all of them against the host's MemTotal, and the pools of
 each node against that node's (the host's where the node's is unknown). The limit is 90% unless a pool of that
 scope says `max_memory_pct` (below 100, with a `why`). Over the limit is bad input, refused at plan time.
+
+A pool marked `for_weights` is planned only when the worker can put its weights in it (otherwise it is
+`not_applicable`, reserves nothing, and agent/tunable/weights_pool.py says why); a `worker.weights.mlock` the
+memlock limit cannot honour is shown as an `unsupported` row.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from agent.inspect.models import HostFacts
 from agent.policy.model import DEFAULT_HUGEPAGE_MEMORY_PCT, HugepageSpec, Policy
 from agent.tunable.change import Change, change
 from agent.tunable.tuner import Tuner
+from agent.tunable.weights_pool import mlock_problem, model_bytes, staged_pages, weights_pool_blocker
 from agent.tuners.registration import register
 
 SIZE_KB = {"2M": 2048, "1G": 1048576}
@@ -109,8 +114,31 @@ class HugepagesTuner(Tuner):
 
     def plan(self, policy: Policy, facts: HostFacts | None, paths: HostPaths) -> list[Change]:
         self._check_pools(policy.hugepages)
-        check_memory(policy.hugepages, *memory_totals(facts, paths))
-        return [self._plan_one(i, spec, paths) for i, spec in enumerate(policy.hugepages)]
+        blockers = {i: weights_pool_blocker(policy, spec, facts, paths)
+                    for i, spec in enumerate(policy.hugepages) if spec.for_weights}
+        # A weights pool that will not be reserved takes no memory: counted as empty (indexes kept for the field)
+        check_memory([s.model_copy(update={"count": 0}) if blockers.get(i) else s
+                      for i, s in enumerate(policy.hugepages)], *memory_totals(facts, paths))
+        out = [self._plan_one(i, spec, paths) if not spec.for_weights
+               else self._plan_weights(i, spec, blockers[i], policy, paths) for i, spec in enumerate(policy.hugepages)]
+        mlock = mlock_problem(policy.worker, facts) if policy.worker is not None else None
+        if mlock:
+            out.append(Change(tuner=self.name, target="worker-weights/mlock", desired="true", action="unsupported",
+                              reason=mlock, field="worker.weights.mlock"))
+        return out
+
+    def _plan_weights(self, i: int, spec: HugepageSpec, blocker: str | None, policy: Policy,
+                      paths: HostPaths) -> Change:
+        if blocker is not None:
+            return Change(tuner=self.name, target=f"hugepages-{SIZE_KB[spec.size]}kB/weights",
+                          desired=str(spec.count), action="not_applicable",
+                          reason=f"reserves nothing for the weights: {blocker}", field=f"hugepages.{i}.count")
+        planned = self._plan_one(i, spec, paths)
+        size = model_bytes(policy.worker) if policy.worker is not None else None
+        if size is not None:
+            note = f"holds the staged weights ({staged_pages(size)} pages)"
+            planned.reason = f"{planned.reason}; {note}" if planned.reason else note
+        return planned
 
     @staticmethod
     def _check_pools(specs: list[HugepageSpec]) -> None:

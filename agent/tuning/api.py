@@ -3,7 +3,8 @@
 plan_policy   read-only: the plan, including stale originals an earlier apply left (when a state dir is given)
 apply_policy  lock -> recover an interrupted transaction -> plan -> one transaction (see transaction.py)
 revert        lock -> recover -> restore every original (see revert.py)
-recover_only  lock -> recover (the daemon calls this at start)
+recover_only  lock -> recover, and remove weights a killed daemon left staged (the daemon calls this at start)
+stage_weights / unstage_weights   lock -> the worker's weights into / out of a hugetlbfs mount (weights.py)
 verify        read-only drift check of the applied policy
 status        read-only: applied policy, when, journal state
 
@@ -14,17 +15,20 @@ Each operation builds its tuners once (TunerSet): planning, writing, rolling bac
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from agent.hostfs import HostPaths
 from agent.inspect.models import HostFacts
-from agent.policy.model import Policy
+from agent.model_files import resolve_model
+from agent.policy.model import Policy, WorkerSpec
 from agent.tuners.registry import TunerSet
-from agent.tuning.journal import Applied, HistoryEntry, Txn
+from agent.tuning import weights
+from agent.tuning.journal import Applied, HistoryEntry, StagedWeights, Txn
 from agent.tuning.plan import Plan, make_plan
-from agent.tuning.revert import RevertResult, revert_all
+from agent.tuning.revert import RevertResult, revert_with_weights
 from agent.tuning.state import StateDir
 from agent.tuning.transaction import ApplyResult, apply_plan, recover
 from agent.tuning.verify import VerifyResult, verify_applied
@@ -50,15 +54,41 @@ def apply_policy(policy: Policy, paths: HostPaths, state: StateDir, *, facts: Ho
         return apply_plan(plan, journal, writer, recovered=recovered, tuner_set=tuner_set)
 
 
-def revert(state: StateDir, *, force: bool = False, nvml: Nvml | None = None) -> RevertResult:
+def revert(state: StateDir, *, force: bool = False, nvml: Nvml | None = None,
+           paths: HostPaths | None = None) -> RevertResult:
+    """Every original back, and weights staged in the pool removed."""
     with state.locked() as journal:
-        return revert_all(journal, HostWriter(journal, crash_after=crash_after_from_env()), force=force,
-                          tuner_set=TunerSet(nvml))
+        return revert_with_weights(journal, HostWriter(journal, crash_after=crash_after_from_env()),
+                                   paths if paths is not None else HostPaths.live(), force=force,
+                                   tuner_set=TunerSet(nvml))
 
 
-def recover_only(state: StateDir, *, nvml: Nvml | None = None) -> str | None:
+def recover_only(state: StateDir, *, nvml: Nvml | None = None, paths: HostPaths | None = None) -> str | None:
+    """At daemon start: no worker runs yet, so weights still staged are an orphan of a killed daemon."""
     with state.locked() as journal:
-        return recover(journal, HostWriter(journal, crash_after=crash_after_from_env()), TunerSet(nvml))
+        note = recover(journal, HostWriter(journal, crash_after=crash_after_from_env()), TunerSet(nvml))
+        orphan = journal.data.staged
+        if orphan is None:
+            return note
+        problems = weights.unstage_weights(journal, paths if paths is not None else HostPaths.live())
+        what = f"removed orphaned staged weights {orphan.file}" if not problems else \
+            f"could not remove orphaned staged weights: {'; '.join(problems)}"
+        return f"{note}; {what}" if note else what
+
+
+def stage_weights(state: StateDir, worker: WorkerSpec, paths: HostPaths, *, gid: int | None,
+                  model: Path | None = None, mount_dir: Path | None = None) -> StagedWeights:
+    """Stage `worker`'s model (`model`: already resolved) in a new hugetlbfs mount, journaled; the pool must hold
+    it (plan checked that). Replaces an earlier staging."""
+    with state.locked() as journal:
+        return weights.stage_weights(journal, model if model is not None else resolve_model(worker.model), paths,
+                                     gid=gid, mount_dir=mount_dir)
+
+
+def unstage_weights(state: StateDir, paths: HostPaths) -> list[str]:
+    """Remove the staged weights and their mount (problems met; empty: gone or nothing staged)."""
+    with state.locked() as journal:
+        return weights.unstage_weights(journal, paths)
 
 
 def verify(state: StateDir, *, nvml: Nvml | None = None) -> VerifyResult:

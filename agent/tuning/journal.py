@@ -11,6 +11,8 @@ before or after one step — never half of one. It keeps:
              An `open` txn found at start means the last process died mid-way: it is rolled back first.
   applied    the policy last committed and its changes (for verify and status). Committing the txn and
              recording `applied` is one atomic rewrite, so the two cannot disagree.
+  staged     the worker's weights staged in a hugetlbfs mount (agent/tuning/weights.py): recorded before the
+             mount and the file are made, dropped once both are gone, so a crash leaves a record to clean up by.
 """
 
 from __future__ import annotations
@@ -74,11 +76,23 @@ class HistoryEntry(BaseModel):
     error: str | None = None
 
 
+class StagedWeights(BaseModel):
+    """A copy of the model in a hugetlbfs mount hosttune made: the mount point, the file, and what it copies."""
+
+    source: str
+    mount: str
+    file: str
+    size_bytes: int = Field(description="the GGUF's own size (the staged file is padded to whole pages)")
+    pages: int = Field(description="2 MiB pages the staged file holds")
+    at: float = Field(default_factory=time.time)
+
+
 class JournalData(BaseModel):
     version: int = JOURNAL_VERSION
     originals: list[Record] = Field(default_factory=list)
     txn: Txn | None = None
     applied: Applied | None = None
+    staged: StagedWeights | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
 
 

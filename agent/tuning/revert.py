@@ -15,10 +15,12 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from agent.errors import HostError, HostTuneError, TargetGone
+from agent.hostfs import HostPaths
 from agent.tuners.registry import TunerSet
 from agent.tuning.journal import Journal
 from agent.tuning.ownership import Drift, drift_of, forget_gone
 from agent.tuning.transaction import recover
+from agent.tuning.weights import unstage_weights
 from agent.tuning.writer import HostWriter
 
 
@@ -81,4 +83,17 @@ def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False,
                    error="; ".join(result.failed) or (f"left {len(result.skipped)} target(s) someone else changed"
                                                        if result.skipped else None))
     result.writes = writer.writes
+    return result
+
+
+def revert_with_weights(journal: Journal, writer: HostWriter, paths: HostPaths, *, force: bool = False,
+                        tuner_set: TunerSet | None = None) -> RevertResult:
+    """revert_all, then remove weights staged in the pool (a worker still mapping them keeps its pages until it
+    exits: the mount is detached lazily)."""
+    result = revert_all(journal, writer, force=force, tuner_set=tuner_set)
+    if journal.data.staged is not None:
+        staged = journal.data.staged.file
+        problems = unstage_weights(journal, paths)
+        (result.failed.extend(f"staged weights: {p}" for p in problems) if problems
+         else result.restored.append(f"staged weights {staged}"))
     return result

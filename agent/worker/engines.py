@@ -28,9 +28,15 @@ LLAMACPP_AUTO_SLOTS = 4
 # Flags hosttune owns: a user passing them in extra_args would contradict the spec or the placement.
 RESERVED_FLAGS = {"-m", "--model", "--host", "--port", "--metrics", "-t", "--threads", "-tb", "--threads-batch",
                   "-c", "--ctx-size", "-np", "--parallel", "--numa", "-fa", "--flash-attn", "--cache-reuse",
-                  "-cram", "--cache-ram", "-ctk", "--cache-type-k", "-ctv", "--cache-type-v"}
+                  "-cram", "--cache-ram", "-ctk", "--cache-type-k", "-ctv", "--cache-type-v", "-lm",
+                  "--load-mode", "--mlock", "--no-mmap"}
 # Cache types llama.cpp stores as f32/f16/bf16 rows; every other (quantized) V cache needs flash attention.
 FLOAT_CACHE_TYPES = frozenset({"f32", "f16", "bf16"})
+# worker.weights (backing, mlock) -> llama-server --load-mode; None: llama.cpp's default (auto: mmap)
+LOAD_MODES: dict[tuple[str, bool], str | None] = {
+    ("page_cache", False): None, ("page_cache", True): "mmap+mlock",
+    ("hugetlbfs", False): "mmap", ("hugetlbfs", True): "mmap",  # hugetlb pages are never swapped: nothing to lock
+    ("anon", False): "none", ("anon", True): "mlock"}
 
 
 def _gpu_env(env: dict[str, str], placement: Placement | None) -> dict[str, str]:
@@ -96,6 +102,9 @@ class LlamaCppEngine:
             args += ["--cache-reuse", str(spec.cache_reuse)]
         if spec.cache_ram_mib is not None:
             args += ["--cache-ram", str(spec.cache_ram_mib)]
+        load_mode = LOAD_MODES[(spec.weights.backing, spec.weights.mlock)]
+        if load_mode is not None:
+            args += ["--load-mode", load_mode]
         if placement is not None and placement.bound:
             # Use the CPU map the binding gives the process instead of llama.cpp's own NUMA guesses.
             args += ["--numa", "numactl"]

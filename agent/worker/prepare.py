@@ -13,7 +13,8 @@ from agent.hostfs import HostPaths
 from agent.httpguard import is_loopback
 from agent.inspect.models import HostFacts
 from agent.model_files import resolve_model
-from agent.policy.model import WorkerSpec
+from agent.policy.model import WeightsSpec, WorkerSpec
+from agent.tunable.weights_pool import mlock_problem
 from agent.worker.binding import BindPreference
 from agent.worker.engines import engine_for
 from agent.worker.fit import FitReport, device_memory, plan_fit
@@ -37,6 +38,14 @@ class PreparedWorker:
     notes: list[str] = field(default_factory=list)
     allow_remote: bool = False  # the daemon config's worker.allow_remote: may the worker listen off loopback?
     run_as: RunAs | None = None  # the unprivileged user the worker runs as (None: not root, nothing to drop)
+    staged_model: Path | None = None  # the model's copy in the hugepage pool (agent.tuning.weights): launched on
+
+    def launch_model(self, spec: WorkerSpec, model: Path | None) -> Path | None:
+        """The file the engine opens: the staged copy while the spec still names the model that was staged and
+        still asks for hugetlbfs backing (a reload may change either)."""
+        if self.staged_model is not None and model == self.model and spec.weights.backing == "hugetlbfs":
+            return self.staged_model
+        return model
 
     def build(self, spec: WorkerSpec) -> Launch:
         """Launch for `spec` (the supervisor calls this for every start, and after restart(new_spec)). A changed
@@ -46,7 +55,7 @@ class PreparedWorker:
         if spec.model != self.spec.model or spec.engine != self.spec.engine:
             model, info, _ = _model(spec)
         if model is not None:
-            check_readable(model, self.run_as)
+            check_readable(self.launch_model(spec, model) or model, self.run_as)
         placement = self.placement
         if (model, spec.placement, spec.threads, spec.gpu, spec.gpu_layers) != (
                 self.model, self.spec.placement, self.spec.threads, self.spec.gpu, self.spec.gpu_layers):
@@ -54,7 +63,7 @@ class PreparedWorker:
                                        model_bytes=info.weight_bytes if info else None)
         if info is not None:
             spec, _, _ = _size(spec, info, self.facts, placement, self.headroom_pct)
-        launch = self.engine.launch(spec, model, placement)
+        launch = self.engine.launch(spec, self.launch_model(spec, model), placement)
         check_launch(launch.argv, len(launch.binding.prefix), launch.env, self.run_as)
         return launch
 
@@ -113,6 +122,10 @@ def prepare_worker(spec: WorkerSpec, facts: HostFacts, *, paths: HostPaths | Non
     paths = paths or HostPaths.live()
     engine = engine_for(spec, prefer_binding, run_as)
     model, info, notes = _model(spec)
+    mlock = mlock_problem(spec, facts) if spec.engine == "llamacpp" else None
+    if mlock:  # `plan` shows the same line: the weights load unlocked rather than the engine failing to start
+        spec = spec.model_copy(update={"weights": WeightsSpec(backing=spec.weights.backing, mlock=False)})
+        notes.append(mlock)
     if model is not None:
         check_readable(model, run_as)
     placement = plan_placement(facts, spec, model, paths=paths, model_bytes=info.weight_bytes if info else None)

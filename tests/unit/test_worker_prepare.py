@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from agent.policy.model import WorkerPlacement, WorkerSpec
+from agent.policy.model import WeightsSpec, WorkerPlacement, WorkerSpec
 from agent.worker.prepare import prepare_worker
 from tests.support.worker_facts import GiB, one_node_vm, two_socket_server
 
@@ -86,3 +86,36 @@ def test_command_engine_needs_no_model() -> None:
     prepared = prepare_worker(WorkerSpec(engine="command", argv=["/bin/true"]), two_socket_server())
     assert prepared.model is None and prepared.fit is None
     assert prepared.build(prepared.spec).argv[-1] == "/bin/true"
+
+
+def model_arg(argv: list[str]) -> str:
+    """llama-server's -m (the last one: the binding prefix runs `python -m agent.worker.bindexec`)."""
+    return argv[len(argv) - argv[::-1].index("-m")]
+
+
+def test_the_engine_opens_the_staged_copy_while_the_spec_names_the_staged_model(tmp_path: Path) -> None:
+    model, other = gguf_file(tmp_path / "m.gguf"), gguf_file(tmp_path / "other.gguf")
+    staged = tmp_path / "hugetlb" / "model.gguf"
+    staged.parent.mkdir()
+    staged.write_bytes(model.read_bytes())
+    spec = WorkerSpec(model=str(model), ctx=512, parallel=1, placement=WorkerPlacement(mode="none"),
+                      weights={"backing": "hugetlbfs"})  # type: ignore[arg-type]
+    prepared = prepare_worker(spec, one_node_vm())
+    assert model_arg(prepared.build(spec).argv) == str(model)
+    prepared.staged_model = staged
+    argv = prepared.build(spec).argv
+    assert model_arg(argv) == str(staged) and argv[argv.index("--load-mode") + 1] == "mmap"
+    changed = prepared.build(spec.model_copy(update={"model": str(other)})).argv  # a reload to another model
+    assert model_arg(changed) == str(other)
+    unstaged = prepared.build(spec.model_copy(update={"weights": WeightsSpec(backing="page_cache")})).argv
+    assert model_arg(unstaged) == str(model)
+
+
+def test_mlock_above_the_memlock_limit_loads_unlocked_with_a_note(tmp_path: Path) -> None:
+    facts = one_node_vm().model_copy(deep=True)
+    facts.memory.mlock_limit_bytes = 4096
+    spec = WorkerSpec(model=str(gguf_file(tmp_path / "m.gguf")), ctx=512, parallel=1,
+                      placement=WorkerPlacement(mode="none"), weights={"mlock": True})  # type: ignore[arg-type]
+    prepared = prepare_worker(spec, facts)
+    assert prepared.spec.weights.mlock is False and "--load-mode" not in prepared.build(prepared.spec).argv
+    assert any("memlock limit" in n for n in prepared.notes)

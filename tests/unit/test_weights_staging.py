@@ -1,0 +1,167 @@
+"""Staging the weights in a hugetlbfs mount, journaled: the record is on disk before the mount and the file
+exist, unstage removes the file, the mount and the record, a crash (record left behind) is cleaned up by the
+next daemon start (api.recover_only) and by `hosttune revert`. The mount itself is faked here (unit tier: no
+processes); tests/kernel/test_weights_hugetlbfs.py mounts a real hugetlbfs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.errors import HostError, InputError
+from agent.hostfs import HostPaths
+from agent.policy.model import WorkerSpec
+from agent.tuning import api, weights
+from agent.tuning.journal import Journal
+from agent.tuning.state import StateDir
+
+
+class FakeMounts:
+    """Mount points 'mounted' with hugetlbfs, and what the journal on disk held when each mount was made."""
+
+    def __init__(self, state: Path) -> None:
+        self.mounted: set[str] = set()
+        self.journal_at_mount: list[dict[str, object] | None] = []
+        self.state = state
+        self.calls: list[tuple[str, str]] = []
+
+    def mount(self, mount_dir: Path, length: int, gid: int | None) -> None:
+        raw = json.loads((self.state / "journal.json").read_text())
+        self.journal_at_mount.append(raw.get("staged"))
+        self.calls.append(("mount", f"{mount_dir} size={length} gid={gid}"))
+        self.mounted.add(str(mount_dir))
+
+    def umount(self, mount_dir: Path) -> None:
+        self.calls.append(("umount", str(mount_dir)))
+        self.mounted.discard(str(mount_dir))
+
+    def at(self, mount_dir: Path, paths: HostPaths) -> str | None:
+        return "hugetlbfs" if str(mount_dir) in self.mounted else None
+
+
+@pytest.fixture
+def mounts(monkeypatch: pytest.MonkeyPatch, state_dir: Path) -> FakeMounts:
+    fake = FakeMounts(state_dir)
+    monkeypatch.setattr(weights, "_mount", fake.mount)
+    monkeypatch.setattr(weights, "_umount", fake.umount)
+    monkeypatch.setattr(weights, "mounted_at", fake.at)
+    return fake
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(range(256)) * 12_000 + b"tail")  # ~3 MiB: two 2 MiB pages
+    return path
+
+
+def test_stage_journals_first_then_copies_padded(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                  model: Path, tmp_path: Path) -> None:
+    mount_dir = tmp_path / "run/hugetlb"
+    staged = api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=1234, model=model, mount_dir=mount_dir)
+    size = model.stat().st_size
+    assert (staged.pages, staged.size_bytes, staged.file) == (2, size, str(mount_dir / "model.gguf"))
+    # journaled before the mount was made
+    assert mounts.journal_at_mount == [json.loads(staged.model_dump_json())]
+    assert mounts.calls == [("mount", f"{mount_dir} size={2 * weights.PAGE_BYTES} gid=1234")]
+    data = Path(staged.file).read_bytes()
+    assert len(data) == 2 * weights.PAGE_BYTES and data[:size] == model.read_bytes() and not data[size:].strip(b"\0")
+    assert oct(Path(staged.file).stat().st_mode & 0o777) == "0o640"
+    assert StateDir(state_dir).journal().data.staged == staged
+
+
+def test_unstage_removes_file_mount_and_record(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                               model: Path, tmp_path: Path) -> None:
+    mount_dir = tmp_path / "run/hugetlb"
+    api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=mount_dir)
+    assert api.unstage_weights(StateDir(state_dir), host) == []
+    assert not mount_dir.exists() and not mounts.mounted and mounts.calls[-1] == ("umount", str(mount_dir))
+    assert StateDir(state_dir).journal().data.staged is None
+    assert api.unstage_weights(StateDir(state_dir), host) == []  # idempotent
+
+
+def test_a_second_staging_replaces_the_first(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                             model: Path, tmp_path: Path) -> None:
+    state = StateDir(state_dir)
+    api.stage_weights(state, WorkerSpec(), host, gid=None, model=model, mount_dir=tmp_path / "a")
+    api.stage_weights(state, WorkerSpec(), host, gid=None, model=model, mount_dir=tmp_path / "b")
+    assert not (tmp_path / "a").exists() and mounts.mounted == {str(tmp_path / "b")}
+
+
+def test_orphan_of_a_killed_daemon_is_removed_at_the_next_start(host: HostPaths, state_dir: Path,
+                                                                 mounts: FakeMounts, model: Path,
+                                                                 tmp_path: Path) -> None:
+    mount_dir = tmp_path / "run/hugetlb"
+    api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=mount_dir)
+    # kill -9: nothing ran after the staging; a new process reads the journal from disk
+    note = api.recover_only(StateDir(state_dir), paths=host)
+    assert note is not None and "removed orphaned staged weights" in note
+    assert not mount_dir.exists() and not mounts.mounted and StateDir(state_dir).journal().data.staged is None
+    assert api.recover_only(StateDir(state_dir), paths=host) is None
+
+
+def test_crash_between_journal_and_mount_is_cleaned_too(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                        tmp_path: Path) -> None:
+    mount_dir = tmp_path / "run/hugetlb"
+    mount_dir.mkdir(parents=True)  # mkdir done, mount never made
+    journal = Journal(StateDir(state_dir).ensure().journal_path)
+    journal.data.staged = weights.StagedWeights(source="/m", mount=str(mount_dir), file=str(mount_dir / "model.gguf"),
+                                                size_bytes=1, pages=1)
+    journal.save()
+    assert "removed orphaned" in (api.recover_only(StateDir(state_dir), paths=host) or "")
+    assert not mount_dir.exists() and not mounts.calls
+
+
+def test_revert_removes_staged_weights(host: HostPaths, state_dir: Path, mounts: FakeMounts, model: Path,
+                                       tmp_path: Path) -> None:
+    mount_dir = tmp_path / "run/hugetlb"
+    api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=mount_dir)
+    result = api.revert(StateDir(state_dir), paths=host)
+    assert result.ok and result.restored == [f"staged weights {mount_dir / 'model.gguf'}"]
+    assert not mount_dir.exists() and StateDir(state_dir).journal().data.staged is None
+
+
+def test_a_foreign_mount_is_left_alone(host: HostPaths, state_dir: Path, mounts: FakeMounts, model: Path,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mount_dir = tmp_path / "run/hugetlb"
+    api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=mount_dir)
+    monkeypatch.setattr(weights, "mounted_at", lambda d, p: "ext4")  # someone mounted over it since
+    problems = api.unstage_weights(StateDir(state_dir), host)
+    assert problems and "ext4 mount hosttune did not make" in problems[0]
+    assert StateDir(state_dir).journal().data.staged is not None  # kept: a later call may finish it
+
+
+def test_refuses_an_occupied_mount_point(host: HostPaths, state_dir: Path, mounts: FakeMounts, model: Path,
+                                         tmp_path: Path) -> None:
+    mounts.mounted.add(str(tmp_path / "busy"))
+    with pytest.raises(HostError, match="already has something mounted"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=tmp_path / "busy")
+    assert StateDir(state_dir).journal().data.staged is None and not mounts.calls
+
+
+def test_refuses_a_model_that_is_not_a_regular_file(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                    tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a regular file"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=tmp_path, mount_dir=tmp_path / "x")
+    assert StateDir(state_dir).journal().data.staged is None
+
+
+def test_a_failed_copy_undoes_the_staging(host: HostPaths, state_dir: Path, mounts: FakeMounts, model: Path,
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pages(*args: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(weights, "fill", no_pages)
+    with pytest.raises(HostError, match="staging the weights failed: Cannot allocate memory"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=tmp_path / "m")
+    assert not (tmp_path / "m").exists() and not mounts.mounted and StateDir(state_dir).journal().data.staged is None
+
+
+def test_mounted_at_reads_mountinfo(host: HostPaths) -> None:
+    host.proc("self").mkdir(exist_ok=True)
+    host.proc("self/mountinfo").write_text(
+        "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+        "98 22 0:50 / /run/hosttune/hugetlb rw,relatime - hugetlbfs hosttune-weights rw,pagesize=2M\n")
+    assert weights.mounted_at(Path("/run/hosttune/hugetlb"), host) == "hugetlbfs"
+    assert weights.mounted_at(Path("/run"), host) is None
