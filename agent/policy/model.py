@@ -114,6 +114,16 @@ class WorkerPlacement(Section):
     numa_node: int | None = Field(None, ge=0)
 
 
+class WorkerWeights(Section):
+    """Where the worker keeps the model's weights (torch engine: `anon` packs them into one THP arena, `hugetlbfs`
+    into the reserved 2 MiB pool; `page_cache` leaves torch's own allocations)."""
+
+    backing: Literal["page_cache", "hugetlbfs", "anon"] = Field(
+        "page_cache", description="page_cache (the engine's default), hugetlbfs (the reserved pool), anon "
+        "(anonymous memory; transparent huge pages when THP is madvise or always)")
+    mlock: bool = Field(False, description="lock the weights in RAM (when the memlock limit allows)")
+
+
 class WorkerSpec(Section):
     engine: Literal["llamacpp", "torch", "command"] = "llamacpp"
     model: str = Field("default", description="a GGUF path, or `default` for the bundled SmolLM2-135M")
@@ -140,6 +150,7 @@ class WorkerSpec(Section):
     health_url: str | None = None
     metrics_url: str | None = None
     prewarm: bool = Field(False, description="read the model into the page cache before start")
+    weights: WorkerWeights = Field(default_factory=WorkerWeights)
 
     @field_validator("host")
     @classmethod

@@ -1,0 +1,87 @@
+"""The daemon reads its worker's smaps_rollup as it runs under systemd/hosttune.service: root without
+CAP_SYS_PTRACE (the unit's CapabilityBoundingSet) and /proc mounted `hidepid=invisible` (ProtectProc=invisible),
+the worker under the worker user. A direct open fails there (the worker is invisible); opening it with the worker's
+filesystem uid/gid (agent/worker/fsident.py, needing only CAP_SETUID/CAP_SETGID, which the unit grants) works."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.bench.llama_local import free_port
+from agent.policy.model import WorkerSpec
+from agent.worker.prepare import prepare_worker
+from agent.worker.privdrop import resolve_run_as
+from agent.worker.supervisor import RestartPolicy, Supervisor
+from tests.support.worker_facts import one_node_vm
+from tests.support.worker_fakes import worker_python
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges and mount a procfs"),
+              pytest.mark.skipif(not (shutil.which("unshare") and shutil.which("setpriv")),
+                                 reason="needs unshare and setpriv (util-linux)")]
+ROOT = Path(__file__).resolve().parents[2]
+CAP_SYS_PTRACE = 19
+
+# In a private mount namespace: a fresh procfs with hidepid=invisible over /proc, then exec (through setpriv, with
+# CAP_SYS_PTRACE out of the bounding set, so root's exec gets no CAP_SYS_PTRACE) the reader below.
+MOUNT_THEN_EXEC = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.mount(b"proc", b"/proc", b"proc", 0, b"hidepid=invisible") != 0:
+    sys.exit("mount proc: " + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+READER = """
+import json, sys
+from agent.hostfs import HostPaths
+from agent.worker.smaps import read_worker_memory
+pid, uid, gid = (int(a) for a in sys.argv[1:4])
+status = dict(ln.split(":", 1) for ln in open("/proc/self/status").read().splitlines())
+opts = next(ln.split()[3] for ln in open("/proc/self/mounts") if ln.split()[1] == "/proc")
+try:
+    open(f"/proc/{pid}/smaps_rollup").read()
+    direct = "ok"
+except OSError as e:
+    direct = type(e).__name__
+mem = read_worker_memory(HostPaths.live(), pid, uid, gid)
+print(json.dumps({"cap_eff": int(status["CapEff"], 16), "proc_opts": opts, "direct": direct,
+                  "as_worker": mem.model_dump()}))
+"""
+
+
+def test_the_daemon_reads_the_workers_smaps_rollup_under_the_units_proc_and_capabilities() -> None:
+    run_as = resolve_run_as()
+    assert run_as is not None and run_as.uid != 0
+    port = free_port()
+    spec = WorkerSpec(engine="command", port=port, health_url=f"http://127.0.0.1:{port}/",
+                      argv=[worker_python(), "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "/"])
+    prepared = prepare_worker(spec, one_node_vm(), run_as=run_as)
+    sup = Supervisor(prepared.spec, prepared.build, policy=RestartPolicy(ready_timeout_s=60))
+    sup.start()
+    try:
+        assert sup.wait_ready(60), sup.status().reason
+        pid = sup.pid
+        assert pid is not None
+        mem = sup.status().memory  # the supervisor's own reading, in this (unrestricted) namespace
+        assert mem is not None and mem.error is None and mem.pid == pid and (mem.rss_bytes or 0) > 0
+        argv = ["unshare", "-m", "--propagation", "private", sys.executable, "-c", MOUNT_THEN_EXEC,
+                shutil.which("setpriv") or "setpriv", "--bounding-set", "-sys_ptrace", "--inh-caps", "-sys_ptrace",
+                "--", sys.executable, "-c", READER, str(pid), str(run_as.uid), str(run_as.gid)]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+    finally:
+        sup.stop()
+    assert not got["cap_eff"] & (1 << CAP_SYS_PTRACE)
+    assert "hidepid=invisible" in got["proc_opts"]
+    assert got["direct"] in ("FileNotFoundError", "PermissionError")  # what ProtectProc=invisible alone gives
+    seen = got["as_worker"]
+    assert seen["error"] is None and seen["pid"] == pid and seen["rss_bytes"] > 0
