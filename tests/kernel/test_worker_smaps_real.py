@@ -44,7 +44,7 @@ from agent.hostfs import HostPaths
 from agent.worker.smaps import read_worker_memory
 pid, uid, gid = (int(a) for a in sys.argv[1:4])
 status = dict(ln.split(":", 1) for ln in open("/proc/self/status").read().splitlines())
-opts = next(ln.split()[3] for ln in open("/proc/self/mounts") if ln.split()[1] == "/proc")
+opts = [ln.split()[3] for ln in open("/proc/self/mounts") if ln.split()[1] == "/proc"][-1]  # the top one
 try:
     open(f"/proc/{pid}/smaps_rollup").read()
     direct = "ok"

@@ -156,3 +156,17 @@ def test_worker_status_prints_where_the_memory_lives(tmp_path: Path, capsys: pyt
     assert "THP 260.0 MiB" in line and "hugetlb 12.0 MiB" in line and "weights in huge pages 46%" in line
     worker_cmd.cmd_status(argparse.Namespace(state_dir=str(tmp_path / "state"), json=True))
     assert '"anon_huge_bytes": 272629760' in capsys.readouterr().out
+
+
+def test_the_unit_keeps_proc_invisible_and_grants_only_what_the_fs_identity_read_needs() -> None:
+    text = (Path(__file__).resolve().parents[2] / "systemd/hosttune.service").read_text()
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    assert settings["ProtectProc"] == ["invisible"]
+    caps = settings["CapabilityBoundingSet"][0].split()
+    assert {"CAP_SETUID", "CAP_SETGID"} <= set(caps)  # setfsuid / setfsgid
+    assert "CAP_SYS_PTRACE" not in caps and "CAP_DAC_READ_SEARCH" not in caps
+    assert settings["SystemCallFilter"] == ["@system-service"]  # includes @setuid: setfsuid, setfsgid
