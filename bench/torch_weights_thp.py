@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.bench.llama_local import free_port
 from agent.hostfs import HostPaths
 from agent.model_files import resolve_model
+from agent.worker.probes import probe_health
 from agent.worker.smaps import read_worker_memory
 
 PROMPT = "Write a short story about a lighthouse keeper."
@@ -49,14 +50,9 @@ def one_round(model: Path, arena: bool, args: argparse.Namespace) -> dict[str, A
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(timeout=600, trust_env=False) as http:
-            while True:
+            while probe_health(url + "/health", 2.0) != 200:
                 if proc.poll() is not None:
                     raise SystemExit(f"worker exited with {proc.returncode}")
-                try:
-                    if http.get(url + "/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
                 time.sleep(0.05)
             load_s = time.monotonic() - t0
             http.post(url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 4})  # warm-up

@@ -14,13 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.bench.llama_local import free_port
-from agent.policy.model import WorkerSpec
-from agent.worker.prepare import prepare_worker
-from agent.worker.privdrop import resolve_run_as
-from agent.worker.supervisor import RestartPolicy, Supervisor
-from tests.support.worker_facts import one_node_vm
-from tests.support.worker_fakes import worker_python
+from tests.support.dropped_worker import running_dropped_http_worker
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges and mount a procfs"),
@@ -57,18 +51,7 @@ print(json.dumps({"cap_eff": int(status["CapEff"], 16), "proc_opts": opts, "dire
 
 
 def test_the_daemon_reads_the_workers_smaps_rollup_under_the_units_proc_and_capabilities() -> None:
-    run_as = resolve_run_as()
-    assert run_as is not None and run_as.uid != 0
-    port = free_port()
-    spec = WorkerSpec(engine="command", port=port, health_url=f"http://127.0.0.1:{port}/",
-                      argv=[worker_python(), "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "/"])
-    prepared = prepare_worker(spec, one_node_vm(), run_as=run_as)
-    sup = Supervisor(prepared.spec, prepared.build, policy=RestartPolicy(ready_timeout_s=60))
-    sup.start()
-    try:
-        assert sup.wait_ready(60), sup.status().reason
-        pid = sup.pid
-        assert pid is not None
+    with running_dropped_http_worker() as (sup, run_as, pid):
         mem = sup.status().memory  # the supervisor's own reading, in this (unrestricted) namespace
         assert mem is not None and mem.error is None and mem.pid == pid and (mem.rss_bytes or 0) > 0
         argv = ["unshare", "-m", "--propagation", "private", sys.executable, "-c", MOUNT_THEN_EXEC,
@@ -78,8 +61,6 @@ def test_the_daemon_reads_the_workers_smaps_rollup_under_the_units_proc_and_capa
                              env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert out.returncode == 0, out.stderr
         got = json.loads(out.stdout)
-    finally:
-        sup.stop()
     assert not got["cap_eff"] & (1 << CAP_SYS_PTRACE)
     assert "hidepid=invisible" in got["proc_opts"]
     assert got["direct"] in ("FileNotFoundError", "PermissionError")  # what ProtectProc=invisible alone gives
