@@ -54,7 +54,7 @@ class WorkerMemory(BaseModel):
     model_bytes: int | None = Field(None, description="size of the model file")
     weights_in_huge_pages: float | None = Field(
         None, description="(hugetlb + anon huge + file PMD-mapped) / model size, at most 1")
-    thp_mode: str | None = Field(None, description="/sys/kernel/mm/transparent_hugepage/enabled at the reading")
+    thp_mode: str | None = Field(None, description="THP mode (transparent_hugepage/enabled) at the reading")
     note: str | None = Field(None, description="why the weights cannot be in huge pages, when that is known")
     error: str | None = Field(None, description="why smaps_rollup could not be read")
 

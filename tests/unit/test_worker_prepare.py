@@ -86,3 +86,15 @@ def test_command_engine_needs_no_model() -> None:
     prepared = prepare_worker(WorkerSpec(engine="command", argv=["/bin/true"]), two_socket_server())
     assert prepared.model is None and prepared.fit is None
     assert prepared.build(prepared.spec).argv[-1] == "/bin/true"
+
+
+def test_torch_anon_weights_under_thp_never_says_they_cannot_be_in_huge_pages(tmp_path: Path) -> None:
+    model = gguf_file(tmp_path / "m.gguf")
+    spec = WorkerSpec(engine="torch", model=str(model), weights={"backing": "anon"})
+    facts = one_node_vm()
+    never = facts.model_copy(update={"thp": facts.thp.model_copy(update={"available": True, "enabled": "never"})})
+    notes = prepare_worker(spec, never).notes
+    assert any("THP is never" in n and "cannot be in huge pages" in n for n in notes), notes
+    madvise = facts.model_copy(update={"thp": facts.thp.model_copy(update={"available": True, "enabled": "madvise"})})
+    assert not any("huge pages" in n for n in prepare_worker(spec, madvise).notes)
+    assert not any("huge pages" in n for n in prepare_worker(WorkerSpec(engine="torch", model=str(model)), never).notes)
