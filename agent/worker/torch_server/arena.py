@@ -30,6 +30,7 @@ ALIGN = 64             # each tensor starts on a cache line (SIMD loads)
 MODES = ("thp", "hugetlb")
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.malloc_trim.argtypes = [ctypes.c_size_t]
 
 
 def _round_up(n: int, to: int) -> int:
@@ -82,6 +83,10 @@ def pack_weights(model: torch.nn.Module, mode: str, lock: bool = False) -> Weigh
             dst = flat[base + start: base + start + size].view(p.dtype).view(p.shape)
             dst.copy_(p.data)
             p.data = dst
+    del flat
+    # The old tensors' memory went back to malloc, whose arenas keep freed chunks mapped: give it to the kernel,
+    # or the worker's RSS carries the weights twice.
+    _libc.malloc_trim(0)
     arena = WeightArena(mode=got, weight_bytes=sum(s for _, _, s in layout), tensors=len(layout), length=len(mm),
                         notes=notes, _map=mm)
     if lock:
