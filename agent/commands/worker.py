@@ -214,6 +214,8 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{p.threads} threads, binding {st.binding or '-'}")
     print(f"history:   {st.starts} starts, {st.restarts} restarts, {st.crashes} crashes "
           f"({st.recent_crashes} recent); last load {st.load_seconds if st.load_seconds is not None else '-'}s")
+    if st.memory is not None:
+        print(f"memory:    {st.memory.describe()} (pid {st.memory.pid}, at {when(st.memory.at)})")
     if st.last_exit_reason:
         print(f"last exit: {st.last_exit_reason}")
     if st.state == WorkerState.FAILED:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from agent.telemetry.collector import Telemetry
     from agent.worker.engines import Engine
     from agent.worker.prepare import PreparedWorker
+    from agent.worker.smaps import WorkerMemory
     from agent.worker.supervisor import Supervisor
     from agent.worker.torch_control import TorchWorkerControl
 
@@ -176,6 +177,10 @@ class WorkerStack:
             return {"state": "disabled", "reason": "no worker configured (policy worker section, worker.enabled)"}
         return dict(jsonable(self.supervisor.status()))
 
+    def worker_memory(self) -> WorkerMemory | None:
+        """The supervisor's latest smaps_rollup reading of the worker (the telemetry's memory series)."""
+        return self.supervisor.status().memory if self.supervisor is not None else None
+
     def restart_worker(self) -> dict[str, Any]:
         if self.supervisor is None:
             raise Unavailable("no worker is configured in this daemon")
@@ -216,7 +221,7 @@ class WorkerStack:
 
         telemetry = build_telemetry(gateway=self.gateway.app.stats if self.gateway is not None else None,
                                     gpu=self.tuning.nvml())
-        telemetry.worker = WorkerSampler(self.endpoint)
+        telemetry.worker = WorkerSampler(self.endpoint, memory=self.worker_memory)
         telemetry.register_jobs(scheduler, interval_s=self.settings.telemetry_interval_s)
         self.telemetry = telemetry
         self.scheduler = scheduler

@@ -122,6 +122,9 @@ class WorkerPlacement(Section):
 
 
 class WeightsSpec(Section):
+    """Where the worker keeps the model's weights. llama.cpp: see `backing`. torch engine: `anon` packs them into
+    one THP arena, `hugetlbfs` into the reserved 2 MiB pool, `page_cache` leaves torch's own allocations."""
+
     backing: Literal["page_cache", "hugetlbfs", "anon"] = Field(
         "page_cache", description="where the worker's weights live: page_cache (llama-server maps the GGUF), "
         "hugetlbfs (the daemon stages the GGUF in a hugetlbfs mount backed by the policy's `for_weights` pool and "

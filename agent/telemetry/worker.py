@@ -26,6 +26,7 @@ from agent.errors import InputError
 from agent.gateway.upstream import WorkerEndpoint
 from agent.metrics.prom import MetricFamily, parse_text, sample_value
 from agent.worker.replycap import read_reply
+from agent.worker.smaps import WorkerMemory
 
 # The most the sampler reads of the worker's /metrics and /slots, and how long one sample may take in all: a worker
 # (unprivileged, perhaps compromised) that answers with an endless or trickled body must not grow the root daemon's
@@ -56,6 +57,18 @@ TORCH_FIELDS.update({
     "torch:oom_total": "oom_total",
     "torch:requests_requeued_total": "requests_requeued_total",
 })
+# hosttune_worker_memory_bytes{kind=...} <- the supervisor's latest smaps_rollup reading (agent/worker/smaps.py)
+MEMORY_KINDS = {"rss": "rss_bytes", "pss": "pss_bytes", "anonymous": "anonymous_bytes",
+                "anon_huge": "anon_huge_bytes", "file_pmd": "file_pmd_bytes", "hugetlb": "hugetlb_bytes",
+                "locked": "locked_bytes", "swap": "swap_bytes"}
+
+
+def memory_fields(mem: WorkerMemory | None) -> dict[str, Any]:
+    """WorkerSample's memory fields from a smaps_rollup reading (empty: no reading, or a failed one)."""
+    if mem is None or mem.error is not None:
+        return {}
+    kinds = {kind: getattr(mem, f) for kind, f in MEMORY_KINDS.items() if getattr(mem, f) is not None}
+    return {"memory_bytes": kinds, "weights_in_huge_pages": mem.weights_in_huge_pages}
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,8 @@ class WorkerSample:
     slot_ctx: int | None = None
     rss_bytes: int | None = None
     cpu_seconds_total: float | None = None
+    memory_bytes: dict[str, int] | None = None    # smaps_rollup by kind (MEMORY_KINDS), sampled by the supervisor
+    weights_in_huge_pages: float | None = None    # (hugetlb + anon huge + file PMD) / model file size
     error: str | None = None
 
 
@@ -130,8 +145,10 @@ class WorkerSampler:
     name = "worker"
 
     def __init__(self, endpoint: WorkerEndpoint, timeout_s: float = 0.5, slots: bool = True,
-                 pid: Callable[[], int | None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 pid: Callable[[], int | None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 memory: Callable[[], WorkerMemory | None] | None = None) -> None:
         self.endpoint = endpoint
+        self.memory = memory  # the supervisor's latest smaps_rollup reading (it samples at its own, slower rate)
         self.timeout_s = timeout_s
         self.slots = slots
         self.pid = pid or getattr(endpoint, "pid", None)
@@ -190,6 +207,8 @@ class WorkerSampler:
         except (httpx.HTTPError, InputError, ValueError, TypeError, OverflowError, RecursionError) as e:
             cur = WorkerSample(t=now, up=False, ready=ready, rss_bytes=rss, cpu_seconds_total=cpu,
                                error=str(e) or type(e).__name__)
+        if self.memory is not None:
+            cur = replace(cur, **memory_fields(self.memory()))
         cur = with_rates(cur, self._prev)
         self._prev = cur
         return cur
@@ -202,6 +221,10 @@ class WorkerSampler:
         def c(name: str, help: str, value: float | int | None) -> MetricFamily:
             return MetricFamily(name, "counter", help).add(value)
 
+        memory = MetricFamily("hosttune_worker_memory_bytes", "gauge", "Worker memory by kind, from its "
+                              "smaps_rollup: rss, pss, anonymous, anon_huge (THP), file_pmd, hugetlb, locked, swap.")
+        for kind, value in (s.memory_bytes or {}).items():
+            memory.add(value, {"kind": kind})
         return [
             g("hosttune_worker_up", "1 when the worker's /metrics answered at the last sample.", int(s.up)),
             g("hosttune_worker_ready", "1 when the worker serves requests (not starting or restarting).",
@@ -234,5 +257,8 @@ class WorkerSampler:
             c("hosttune_worker_requests_requeued_total", "Running requests sent back to the worker's queue (torch).",
               s.requests_requeued_total),
             g("hosttune_worker_resident_memory_bytes", "Worker process RSS.", s.rss_bytes),
+            memory,
+            g("hosttune_worker_weights_huge_pages_ratio", "Share of the model file's size the worker holds in huge "
+              "pages: (hugetlb + anon huge + file PMD-mapped) / model size, at most 1.", s.weights_in_huge_pages),
             c("hosttune_worker_cpu_seconds_total", "Worker process CPU time (user+system).", s.cpu_seconds_total),
         ]

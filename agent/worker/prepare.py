@@ -128,6 +128,9 @@ def prepare_worker(spec: WorkerSpec, facts: HostFacts, *, paths: HostPaths | Non
         notes.append(mlock)
     if model is not None:
         check_readable(model, run_as)
+    if spec.engine == "torch" and spec.weights.backing == "anon" and facts.thp.enabled not in ("madvise", "always"):
+        notes.append(f"weights.backing anon: THP is {facts.thp.enabled or 'not available'} here, so the weights "
+                     "cannot be in huge pages (thp.enabled madvise or always)")
     placement = plan_placement(facts, spec, model, paths=paths, model_bytes=info.weight_bytes if info else None)
     report: FitReport | None = None
     if info is not None:

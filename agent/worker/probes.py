@@ -54,6 +54,14 @@ def worker_uid(launch: Launch) -> int:
     return os.geteuid()
 
 
+def worker_ids(launch: Launch) -> tuple[int, int] | None:
+    """(uid, gid) the exec shim switches the worker to, or None when it runs as we do."""
+    prefix = launch.binding.prefix
+    if "--uid" in prefix[:-1] and "--gid" in prefix[:-1]:
+        return int(prefix[prefix.index("--uid") + 1]), int(prefix[prefix.index("--gid") + 1])
+    return None
+
+
 def probe_health(url: str, timeout: float) -> int | None:
     """HTTP status of the health URL; None when nothing answers (or the URL is not http/https). No proxies:
     the worker is local. The whole probe has a deadline (twice probe_timeout_s): the socket timeout is per

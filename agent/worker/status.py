@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent.worker.pagecache import PrewarmResult
 from agent.worker.placement import Placement
+from agent.worker.smaps import WorkerMemory
 
 
 class WorkerState(enum.StrEnum):
@@ -58,6 +59,8 @@ class WorkerStatus(BaseModel):
     load_seconds: float | None = Field(None, description="spawn to first healthy answer, last start")
     resident_at_start: float | None = Field(None, description="fraction of the model file in page cache at spawn")
     prewarm: PrewarmResult | None = None
+    memory: WorkerMemory | None = Field(None, description="the worker's smaps_rollup: where its memory (and the "
+                                        "model's weights) lives, sampled every few seconds while it runs")
     next_start_in_s: float | None = None
     transitions: list[Transition] = Field(default_factory=list)
     spec: dict[str, Any] | None = None

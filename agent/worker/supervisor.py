@@ -39,8 +39,9 @@ from agent.worker.exits import OOM_HINT, describe_exit, key_stderr_line, read_oo
 from agent.worker.launch import Launch
 from agent.worker.logs import RotatingLog
 from agent.worker.pagecache import PrewarmResult
-from agent.worker.probes import listens_on_own_port, probe_health, worker_uid
+from agent.worker.probes import listens_on_own_port, probe_health, worker_ids, worker_uid
 from agent.worker.process import STDERR_TAIL_LINES, WorkerProcess, start_pipe_threads
+from agent.worker.smaps import MEMORY_SAMPLE_S, WorkerMemory, read_worker_memory
 from agent.worker.status import Transition, WorkerState, WorkerStatus
 
 log = logging.getLogger("hosttune.worker")
@@ -61,6 +62,7 @@ class RestartPolicy:
     liveness_failures: int = 3
     stop_timeout_s: float = 10.0
     probe_timeout_s: float = 2.0
+    memory_sample_s: float = MEMORY_SAMPLE_S  # the worker's smaps_rollup into its status, while ready
 
     def backoff(self, crashes: int) -> float:
         """Delay before the next start after `crashes` recent crashes (1 -> initial)."""
@@ -315,7 +317,7 @@ class Supervisor:
             health_url=launch.health_url, metrics_url=launch.metrics_url, argv=launch.argv,
             placement=launch.placement, binding=launch.binding.mechanism, resident_at_start=resident,
             prewarm=prewarmed if prewarmed is not None else self._status.prewarm, next_start_in_s=None,
-            ready_at=None, load_seconds=None)
+            ready_at=None, load_seconds=None, memory=None)
         try:
             return self._watch(proc)
         finally:
@@ -339,6 +341,7 @@ class Supervisor:
     def _watch(self, proc: WorkerProcess) -> tuple[str, str]:
         pol = self.policy
         failures = 0
+        memory_due = 0.0
         while True:
             with self._cond:
                 ready = self._status.state == WorkerState.READY
@@ -361,17 +364,34 @@ class Supervisor:
                     load = time.monotonic() - proc.spawned
                     self._event("ready", pid=proc.popen.pid, load_seconds=round(load, 3))
                     self._set_state(WorkerState.READY, "health check answered 200", ready_at=time.time(),
-                                    load_seconds=round(load, 3))
+                                    load_seconds=round(load, 3), memory=self._read_memory(proc))
+                    memory_due = time.monotonic() + pol.memory_sample_s
                 elif time.monotonic() - proc.spawned > pol.ready_timeout_s:
                     self._terminate(proc)
                     return "crash", f"not ready within {pol.ready_timeout_s:g}s (last health answer: {code})"
             elif code == 200:
                 failures = 0
+                if time.monotonic() >= memory_due:
+                    memory_due = self._sample_memory(proc)
             else:
                 failures += 1
                 if failures >= pol.liveness_failures:
                     self._terminate(proc)
                     return "crash", f"health check failed {failures} times in a row (last answer: {code})"
+
+    def _read_memory(self, proc: WorkerProcess) -> WorkerMemory:
+        uid, gid = worker_ids(proc.launch) or (None, None)
+        return read_worker_memory(self._paths, proc.popen.pid, uid, gid, model=proc.launch.model,
+                                  engine=proc.launch.engine)
+
+    def _sample_memory(self, proc: WorkerProcess) -> float:
+        """The worker's smaps_rollup into its status and state file; returns when the next reading is due."""
+        mem = self._read_memory(proc)
+        with self._cond:
+            self._status.memory = mem
+            snapshot = self._status.model_copy(deep=True)
+        self._write_state(snapshot)
+        return time.monotonic() + self.policy.memory_sample_s
 
     def _crash_reason(self, proc: WorkerProcess) -> str:
         rc = proc.popen.returncode

@@ -29,7 +29,9 @@ from agent.worker.torch_control import TorchWorkerControl
 
 LIVE_KNOBS = frozenset({"parallel", "ctx"})
 RESERVED_FLAGS = {"--model", "--host", "--port", "--control-token-file", "--max-batch", "--kv-budget-tokens",
-                  "--dtype", "--threads", "--device"}
+                  "--dtype", "--threads", "--device", "--weights-arena", "--mlock-weights"}
+# worker.weights.backing -> the torch server's --weights-arena (agent/worker/torch_server/arena.py)
+WEIGHTS_ARENA = {"anon": "thp", "hugetlbfs": "hugetlb"}
 TOKEN_FILE = "torch-control.token"
 
 
@@ -87,6 +89,13 @@ class TorchEngine:
             args += ["--threads", str(threads)]
         if placement is not None and placement.gpu is not None:
             args += ["--device", "cuda"]
+        if spec.weights.backing in WEIGHTS_ARENA:
+            args += ["--weights-arena", WEIGHTS_ARENA[spec.weights.backing]]
+        if spec.weights.mlock:
+            if spec.weights.backing not in WEIGHTS_ARENA:
+                raise InputError("the torch engine locks only an arena: set weights.backing anon or hugetlbfs",
+                                 field="worker.weights.mlock")
+            args += ["--mlock-weights"]
         return [*args, *spec.extra_args]
 
     def launch(self, spec: WorkerSpec, model: Path | None, placement: Placement | None) -> Launch:

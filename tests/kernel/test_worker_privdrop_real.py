@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.bench.llama_local import free_port
-from agent.policy.model import WorkerSpec
-from agent.worker.prepare import prepare_worker
-from agent.worker.privdrop import ENV_KEYS, resolve_run_as
-from agent.worker.supervisor import RestartPolicy, Supervisor
-from tests.support.worker_facts import one_node_vm
-from tests.support.worker_fakes import worker_python
+from agent.worker.privdrop import ENV_KEYS
+from tests.support.dropped_worker import running_dropped_http_worker
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")]
 
@@ -30,18 +25,7 @@ def test_worker_runs_as_the_worker_user_with_no_capabilities_and_a_scrubbed_env(
     monkeypatch.setenv("HOSTTUNE_TOKEN_FILE", "/var/lib/hosttune/api.token")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-worker")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    run_as = resolve_run_as()
-    assert run_as is not None and run_as.uid != 0
-    port = free_port()
-    spec = WorkerSpec(engine="command", port=port, health_url=f"http://127.0.0.1:{port}/",
-                      argv=[worker_python(), "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "/"])
-    prepared = prepare_worker(spec, one_node_vm(), run_as=run_as)
-    sup = Supervisor(prepared.spec, prepared.build, policy=RestartPolicy(ready_timeout_s=60))
-    sup.start()
-    try:
-        assert sup.wait_ready(60), sup.status().reason
-        pid = sup.pid
-        assert pid is not None
+    with running_dropped_http_worker() as (sup, run_as, pid):
         st = proc_status(pid)
         ids = (str(run_as.uid),) * 4, (str(run_as.gid),) * 4
         assert (tuple(st["Uid"].split()), tuple(st["Gid"].split())) == ids
@@ -52,6 +36,5 @@ def test_worker_runs_as_the_worker_user_with_no_capabilities_and_a_scrubbed_env(
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         keys = {e.split(b"=", 1)[0].decode() for e in environ if e}
         assert keys <= ENV_KEYS | {"OMP_NUM_THREADS"} and "OMP_NUM_THREADS" in keys and "PATH" in keys
-    finally:
-        status = sup.stop()
+    status = sup.status()
     assert status.state == "stopped" and not Path(f"/proc/{pid}").exists()

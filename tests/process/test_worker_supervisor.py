@@ -4,6 +4,7 @@ crash-loop detection, graceful and forced stop, restart with new knobs, log rota
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -340,3 +341,18 @@ def test_a_worker_under_its_own_uid_is_ready_and_owns_its_port(tmp_path: Path) -
         assert sup.wait_ready(15), sup.status()
     finally:
         sup.stop()
+
+
+def test_ready_worker_reports_its_smaps_rollup_in_status_and_state_file(h: Harness) -> None:
+    sup = h.supervisor(h.spec(), policy=dataclasses.replace(FAST, memory_sample_s=0.2))
+    sup.start()
+    assert sup.wait_ready(10)
+    first = sup.status().memory
+    assert first is not None and first.pid == sup.pid and first.error is None  # read at the ready transition
+    assert first.rss_bytes is not None and first.rss_bytes > 0 and first.anonymous_bytes is not None
+    deadline = time.monotonic() + 10
+    while (later := sup.status().memory) is not None and later.at == first.at and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert later is not None and later.at > first.at  # sampled again while ready
+    on_disk = json.loads((h.state_dir / "worker" / "state.json").read_text())
+    assert on_disk["memory"]["pid"] == sup.pid and on_disk["memory"]["rss_bytes"] > 0

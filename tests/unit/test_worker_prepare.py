@@ -119,3 +119,15 @@ def test_mlock_above_the_memlock_limit_loads_unlocked_with_a_note(tmp_path: Path
     prepared = prepare_worker(spec, facts)
     assert prepared.spec.weights.mlock is False and "--load-mode" not in prepared.build(prepared.spec).argv
     assert any("memlock limit" in n for n in prepared.notes)
+
+
+def test_torch_anon_weights_under_thp_never_says_they_cannot_be_in_huge_pages(tmp_path: Path) -> None:
+    model = gguf_file(tmp_path / "m.gguf")
+    spec = WorkerSpec(engine="torch", model=str(model), weights={"backing": "anon"})
+    facts = one_node_vm()
+    never = facts.model_copy(update={"thp": facts.thp.model_copy(update={"available": True, "enabled": "never"})})
+    notes = prepare_worker(spec, never).notes
+    assert any("THP is never" in n and "cannot be in huge pages" in n for n in notes), notes
+    madvise = facts.model_copy(update={"thp": facts.thp.model_copy(update={"available": True, "enabled": "madvise"})})
+    assert not any("huge pages" in n for n in prepare_worker(spec, madvise).notes)
+    assert not any("huge pages" in n for n in prepare_worker(WorkerSpec(engine="torch", model=str(model)), never).notes)

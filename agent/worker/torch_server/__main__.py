@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from agent.errors import HostTuneError, InputError
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--control-token-file", type=Path, default=None,
                    help="bearer token for /control (mode 0600); without it /control answers 403")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: the CPUs allowed)")
+    p.add_argument("--weights-arena", default=None, choices=["thp", "hugetlb"],
+                   help="copy the weights into one huge-page arena: thp (MADV_HUGEPAGE) or hugetlb (the 2 MiB pool)")
+    p.add_argument("--mlock-weights", action="store_true", help="mlock the weights arena (needs --weights-arena)")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     p.add_argument("--alias", default=None, help="model name in /v1/models and answers (default: file stem)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -43,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise InputError(f"must be at least 1, got {value}", field="--" + name.replace("_", "-"))
+    if args.mlock_weights and args.weights_arena is None:
+        raise InputError("needs --weights-arena", field="--mlock-weights")
     if not 0 < args.port < 65536:
         raise InputError(f"port {args.port} out of range", field="--port")
     if not args.model.exists():
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from agent.worker.torch_server.api import ServerState, create_app
+    from agent.worker.torch_server.arena import pack_weights
     from agent.worker.torch_server.loader import load_model, pick_device, pick_dtype
     from agent.worker.torch_server.scheduler import Scheduler
 
@@ -83,10 +90,16 @@ def main(argv: list[str] | None = None) -> int:
                                            log_level="warning", access_log=False))
 
     def load() -> None:
+        t0 = time.monotonic()
         try:
             device = pick_device(args.device)
             dtype = pick_dtype(args.dtype, device)
             loaded = load_model(args.model, device, dtype)
+            if args.weights_arena is not None:
+                loaded.arena = pack_weights(loaded.model, args.weights_arena, lock=args.mlock_weights)
+                log.info("weights: %d tensors, %d bytes in a %s arena%s", loaded.arena.tensors,
+                         loaded.arena.weight_bytes, loaded.arena.mode, " (locked)" if loaded.arena.locked else "")
+                loaded.load_seconds = time.monotonic() - t0
             if args.alias:
                 loaded.name = args.alias
             sched = Scheduler(loaded.model, device=loaded.device, dtype=loaded.dtype, max_batch=args.max_batch,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from agent.errors import InputError
+from agent.worker.torch_server.arena import WeightArena
 
 log = logging.getLogger("hosttune.torch")
 
@@ -32,6 +33,7 @@ class LoadedModel:
     context_limit: int
     eos_ids: frozenset[int]
     load_seconds: float = 0.0
+    arena: WeightArena | None = None  # the weights' huge-page arena (--weights-arena)
 
 
 def pick_device(choice: str) -> torch.device:
