@@ -74,7 +74,10 @@ class SlotMap:
     """Conversation key -> slot, least-loaded assignment, LRU-bounded.
 
     A new conversation takes the slot with the fewest requests in flight, then the fewest conversations mapped
-    to it; a known one keeps its slot unless that slot is busy and another has fewer requests in flight. When
+    to it; a known one keeps its slot. A key guessed from the opening messages (no session id: `sticky` false)
+    moves when its slot is busy and another has fewer requests in flight: that is most likely another user
+    sending the same opening. A client's own session id is sticky: its next turn can arrive before the gateway
+    has counted the last reply as finished, and moving it then would throw its cached prefix away. When
     the slot count changes (the controller moved `parallel`), the map starts over: old slot ids may no longer
     exist and the engine's caches were emptied by its restart anyway."""
 
@@ -103,13 +106,17 @@ class SlotMap:
         """(in flight, conversations) per slot."""
         return list(zip(self._in_flight, self._sessions, strict=True))
 
-    def assign(self, key: bytes) -> int:
+    def slot_of(self, key: bytes) -> int | None:
+        """The slot `key` is mapped to, without touching the map (None: not mapped)."""
+        return self._map.get(key)
+
+    def assign(self, key: bytes, sticky: bool = False) -> int:
         """The slot for `key` (taking one for a new key, evicting the least recently used past the cap)."""
         least = min(range(self.slots), key=lambda s: (self._in_flight[s], self._sessions[s], s))
         slot = self._map.get(key)
         if slot is not None:
             self._map.move_to_end(key)
-            if self._in_flight[slot] == 0 or self._in_flight[least] >= self._in_flight[slot]:
+            if sticky or self._in_flight[slot] == 0 or self._in_flight[least] >= self._in_flight[slot]:
                 return slot
             # Its slot is busy: a chat client waits for its reply, so this is not the next turn of the request in
             # flight but another user sending the same opening ("Hello"): pinning it would queue it behind that
@@ -156,7 +163,7 @@ def rewrite(body: bytes, session_id: str | None, shaping: Shaping, slots: SlotMa
     if shaping.affinity and slots is not None and slots.slots > 1 and "id_slot" not in payload:
         key = conversation_key(session_id, payload)
         if key is not None:
-            slot = slots.assign(key)
+            slot = slots.assign(key, sticky=bool(session_id))
             payload["id_slot"] = slot
             changed = True
     if not changed:

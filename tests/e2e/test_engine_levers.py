@@ -64,8 +64,8 @@ def test_a_conversation_stays_on_its_slot_and_reuses_its_prefix(llama: LocalLlam
                 reply = r.json()
                 history[sid].append(reply["choices"][0]["message"])
                 timings[sid].append({**reply["timings"], "prompt_tokens": reply["usage"]["prompt_tokens"]})
-        slots = {sid: gw.levers.slot_map.assign(conversation_key(sid, {}) or b"") for sid in ("cats", "dogs")}
-    assert slots["cats"] != slots["dogs"]  # two conversations, two slots
+        slots = {sid: gw.levers.slot_map.slot_of(conversation_key(sid, {}) or b"") for sid in ("cats", "dogs")}
+    assert None not in slots.values() and slots["cats"] != slots["dogs"]  # two conversations, two slots
     for sid in ("cats", "dogs"):
         first, second = timings[sid]
         assert first["cache_n"] == 0 and first["prompt_n"] == first["prompt_tokens"]

@@ -65,6 +65,35 @@ def test_a_conversation_whose_slot_is_busy_moves_to_an_idle_one() -> None:
     assert sorted(sessions for _, sessions in m.loads()) == [0, 1]
 
 
+def test_a_session_id_stays_on_its_slot_even_while_the_slot_looks_busy() -> None:
+    """A client's next turn can arrive before the gateway counted its last reply as finished: a conversation named
+    by its session id keeps its slot (and its cached prefix) anyway; slot_of reads the map without moving it."""
+    m = SlotMap(2)
+    first = m.assign(b"session", sticky=True)
+    m.begin(first)
+    assert m.assign(b"session", sticky=True) == first
+    assert m.slot_of(b"session") == first and m.slot_of(b"unknown") is None
+    assert m.loads()[first] == (1, 1)
+
+
+def test_the_gateway_pins_a_session_header_but_moves_a_guessed_key_off_a_busy_slot() -> None:
+    shaping = Shaping(slots=2, affinity=True)
+    m = SlotMap(2)
+    body = json.dumps({"messages": [{"role": "user", "content": "Hello"}]}).encode()
+    pinned = rewrite(body, "s-1", shaping, m).slot
+    assert pinned is not None
+    m.begin(pinned)
+    assert rewrite(body, "s-1", shaping, m).slot == pinned
+    guessed = rewrite(body, None, shaping, m).slot
+    assert guessed is not None
+    m.begin(guessed)
+    m.end(pinned)  # the session's slot is idle now, the guessed key's slot busy
+    assert rewrite(body, None, shaping, m).slot == pinned  # same opening, another user: not queued behind it
+    m.begin(pinned)
+    m.end(guessed)  # and the other way round: the session keeps its slot while it is busy
+    assert rewrite(body, "s-1", shaping, m).slot == pinned
+
+
 def test_slot_map_is_bounded_lru() -> None:
     m = SlotMap(2, cap=3)
     for k in (b"1", b"2", b"3"):
