@@ -70,7 +70,7 @@ class CompareSpec:
 
     def check(self) -> None:
         if self.rounds < MIN_ROUNDS:
-            raise InputError(f"at least {MIN_ROUNDS} rounds per arm are needed for an interval (5 or more advised)",
+            raise InputError(f"at least {MIN_ROUNDS} rounds per arm are needed for a confidence interval",
                              field="--rounds")
         if self.rounds > 100:
             raise InputError("at most 100 rounds", field="--rounds")

@@ -28,7 +28,7 @@ MIX = "mix"   # the built-in request mix (--mix, --concurrency): the load when n
 def register_compare(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compare", COMPARE_HELP)
     g.add_argument("--compare", action="store_true", help="A/B: untouched host + llama-server defaults vs the policy")
-    g.add_argument("--rounds", type=int, default=5, metavar="N", help="rounds per arm (default 5, at least 2)")
+    g.add_argument("--rounds", type=int, default=5, metavar="N", help="rounds per arm (default 5, at least 5)")
     g.add_argument("--policy", metavar="P", help="policy name or path for B (default: the shipped default here)")
     g.add_argument("--converge-timeout", type=float, default=600.0, metavar="S",
                    help="longest converge phase before the B rounds (default 600; 0: skip, serve the policy)")
@@ -63,7 +63,7 @@ def _one_rate(text: str | None) -> float | None:
 def run_compare(args: argparse.Namespace) -> int:
     from agent.bench.compare import CompareSpec, run_compare_loop
     from agent.bench.compare_arms import DaemonArm, DefaultsArm
-    from agent.bench.hostsnap import check_untouched, take_snapshot
+    from agent.bench.hostsnap import check_not_tuned, check_untouched, check_work_dir, take_snapshot
     from agent.bench.scenarios import check_level, spec_of
     from agent.config import DEFAULT_STATE_DIR
     from agent.hostfs import HostPaths
@@ -101,9 +101,11 @@ def run_compare(args: argparse.Namespace) -> int:
     spec.check()
     if os.geteuid() != 0:
         raise HostError("bench --compare applies the policy to this host in its B arm: run it as root")
+    check_not_tuned(DEFAULT_STATE_DIR)
     model = resolve_model(args.model_file)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="hosttune-compare-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_work_dir(work, os.geteuid())
     arm_b = DaemonArm(source, policy_ref, model, work)
     sysctl_keys = sorted(policy.sysctl)
     state_dirs = [arm_b.state_dir] + ([DEFAULT_STATE_DIR] if DEFAULT_STATE_DIR.is_dir() else [])

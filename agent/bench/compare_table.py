@@ -51,5 +51,7 @@ def print_compare(report: dict[str, Any], out: TextIO | None = None) -> None:
     for key, title in RATIO_FIGURES:
         r = report["ratios"][key]
         out.write(f"B/A {title}: {_fmt(r['ratio'])}  [{_fmt(r['low'])}, {_fmt(r['high'])}] "
-                  f"({r['level'] * 100:g}% bootstrap interval, {r['resamples']} resamples, seed {r['seed']})\n")
+                  f"({r['level'] * 100:g}% {'paired ' if r.get('paired') else ''}bootstrap interval, "
+                  f"{r['resamples']} resamples, seed {r['seed']})"
+                  f"{'; ' + r['note'] if r.get('note') else ''}\n")
     out.write(f"host restored to the snapshot after the last B round: {report.get('host_restored')}\n")

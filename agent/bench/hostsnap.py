@@ -7,6 +7,8 @@ compare with the keys that differ named.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -98,3 +100,30 @@ def check_untouched(before: Snapshot, paths: HostPaths, sysctl_keys: Iterable[st
     if problems:
         raise HostTouched("the host is not as the compare found it: " + "; ".join(problems[:20])
                           + (f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""))
+
+
+def check_not_tuned(state_dir: Path) -> None:
+    """Refuse when a hosttune state dir's journal shows an applied policy: a hosttune already tuned this host, so
+    arm A (llama-server on the untouched host) would not be untouched."""
+    if not state_dir.is_dir():
+        return
+    applied = StateDir(state_dir).journal().data.applied
+    if applied is not None:
+        raise HostError(f"hosttune has applied policy {applied.policy!r} to this host (journal in {state_dir}): "
+                        f"arm A would not run on an untouched host; stop the daemon and `hosttune revert` first")
+
+
+def check_work_dir(path: Path, owner: int = 0) -> None:
+    """--work-dir: root writes configs, a state dir and logs there, so it must be a real directory owned by
+    `owner` (root) that neither group nor others can write (no planting files for root to use)."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise HostError(f"the work dir cannot be read: {e.strerror}", path=path) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise HostError("the work dir is not a directory (a symlink or a file)", path=path)
+    if st.st_uid != owner:
+        raise HostError(f"the work dir is owned by uid {st.st_uid}, not {owner}: root writes there", path=path)
+    if st.st_mode & 0o022:
+        raise HostError(f"the work dir is group- or other-writable (mode {stat.S_IMODE(st.st_mode):o}): "
+                        f"root writes there", path=path)

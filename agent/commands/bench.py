@@ -81,8 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _requests_value(text: str) -> int | Path:
-    """--requests N (requests per level) or --requests FILE.jsonl (a file to replay)."""
-    return int(text) if text.strip().lstrip("+-").isdigit() else Path(text)
+    """--requests N (requests per level) or --requests FILE.jsonl (a file to replay). Anything else (10.5, a
+    typo) is a usage error here, not a "cannot read file" later."""
+    if text.strip().lstrip("+-").isdigit():
+        return int(text)
+    path = Path(text)
+    if text.endswith(".jsonl") or path.is_file():
+        return path
+    raise argparse.ArgumentTypeError(f"expected an integer or a FILE.jsonl, got {text!r}")
 
 
 def _int_list(text: str | None, flag: str) -> list[int]:

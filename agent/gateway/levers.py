@@ -54,6 +54,10 @@ class Levers:
         spec, slo = self._source()
         if spec is self._seen[0] and slo is self._seen[1]:
             return
+        if spec is not self._seen[0]:
+            # A new worker spec (threads, batch, parallel... whichever knob moved): the worker restarted with
+            # other knobs, so the service times learned from the old one say nothing about the new one.
+            self.service.clear()
         self._seen = (spec, slo)
         self.configure(*levers_for(spec, slo))
 

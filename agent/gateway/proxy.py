@@ -51,6 +51,16 @@ class _WorkerLoading(Exception):
     pass
 
 
+class _Shaped:
+    """The slot the gateway's levers gave the request's body, set when the body is shaped (after the worker is
+    ready, per attempt) and freed when the request ends."""
+
+    __slots__ = ("slot",)
+
+    def __init__(self) -> None:
+        self.slot: int | None = None
+
+
 def wants_stream(body: bytes) -> bool:
     try:
         payload = json.loads(body) if body else None
@@ -177,7 +187,7 @@ class Proxy:
         except Rejected as r:
             return self._reject(rec, r.reason)
         handed_off = False
-        slot: int | None = None
+        shaped = _Shaped()
         try:
             try:
                 body = await client.read(time.monotonic() + self.settings.body_timeout_s)
@@ -193,20 +203,18 @@ class Proxy:
                                                f"{self.settings.body_timeout_s:g} s", "type": "invalid_request_error",
                                                "code": 408}}, status_code=408)
             rec.stream = wants_stream(body)
-            shaped = self.levers.rewrite(body, request.headers.get(SESSION_HEADER))
-            slot = shaped.slot
-            opened = await self._open(request, shaped.body, rec, deadline)
+            opened = await self._open(request, body, rec, deadline, shaped)
             if isinstance(opened, Response):
                 return opened
             upstream, first, rest = opened
             handed_off = True
-            return Forwarded(self, rec, upstream, first, rest, slot)
+            return Forwarded(self, rec, upstream, first, rest, shaped.slot)
         finally:
             if not handed_off:
                 self.gate.release()
-                self.levers.done(slot, None)
+                self.levers.done(shaped.slot, None)
 
-    async def _open(self, request: Request, body: bytes, rec: RequestRecord, deadline: float
+    async def _open(self, request: Request, body: bytes, rec: RequestRecord, deadline: float, shaped: _Shaped
                     ) -> Response | tuple[UpstreamReply, bytes, AsyncIterator[bytes]]:
         headers = list(request_headers(request).items())
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -219,6 +227,11 @@ class Proxy:
                 return self._reject(rec, "not_ready")
             if attempt == 1 and not await self._answers_health(deadline):
                 return self._reject(rec, "not_ready")
+            # Shape the body only now, against the worker that will answer it: a request held across a restart
+            # that lowered `parallel` must not carry an id_slot the new llama-server does not have.
+            self.levers.done(shaped.slot, None)
+            rewritten = self.levers.rewrite(body, request.headers.get(SESSION_HEADER))
+            shaped.slot = rewritten.slot
             base = self.endpoint.base_url()
             if rec.queue_wait_s is None:
                 rec.queue_wait_s = time.monotonic() - rec.started
@@ -226,7 +239,7 @@ class Proxy:
             handed_off = False
             try:
                 host, port = split_base_url(base or "")
-                upstream = await open_reply(host, port, request.method, path, headers, body,
+                upstream = await open_reply(host, port, request.method, path, headers, rewritten.body,
                                             self.settings.connect_timeout_s, self.settings.read_timeout_s)
                 if upstream.status_code == 503:
                     raise _WorkerLoading()

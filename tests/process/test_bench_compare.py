@@ -79,21 +79,21 @@ def test_compare_loop_alternates_prechecks_and_reports(tmp_path: Path, monkeypat
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     log: list[str] = []
     args = args_for(tmp_path, "--json", "--out", str(tmp_path / "c.json"))
-    spec = CompareSpec(scenario=scenario, rounds=2, duration_s=2.0, ttft_slo_s=2.0, itl_slo_s=None,
+    spec = CompareSpec(scenario=scenario, rounds=5, duration_s=1.0, ttft_slo_s=2.0, itl_slo_s=None,
                        converge_timeout_s=30.0, resamples=2000)
     arm_b = FakeDaemonArm(log, tmp_path / "work")
     report = run_compare_loop(spec, FakeDefaultsArm(log), arm_b, round_load(args, scenario, 2, None),
                               lambda: log.append("precheck"), lambda: log.append("restore"))
     one = ["precheck", "A.start", "A.stop", "B.start", "B.stop"]
-    assert log == ["precheck", "B.start", "B.stop", *one, *one, "precheck"]
+    assert log == ["precheck", "B.start", "B.stop", *one * 5, "precheck"]
 
     # the converge phase read the controller; both B rounds started with what it settled on, and got SIGTERM
     assert report["converge"]["converged"] is True and report["converge"]["knobs"] == {"parallel": 2}
     assert report["converge"]["limit"] == 3 and report["converge"]["load_rounds"] == 1
     events = [json.loads(line) for line in (arm_b.state_dir / "fake-daemon.log").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["start", "sigterm"] * 3
+    assert [e["event"] for e in events] == ["start", "sigterm"] * 6
     assert "parallel" not in events[0]["worker"]
-    assert [e["worker"]["parallel"] for e in events[2::2]] == [2, 2]
+    assert [e["worker"]["parallel"] for e in events[2::2]] == [2] * 5
     assert all(e["gateway"]["limit"] == 3 for e in events[2::2])
     assert arm_b.proc is None
 
@@ -102,7 +102,7 @@ def test_compare_loop_alternates_prechecks_and_reports(tmp_path: Path, monkeypat
     data = json.loads(out.getvalue())
     assert data == json.loads((tmp_path / "c.json").read_text())
     assert set(data) >= {"spec", "arms", "converge", "order", "rounds", "ratios", "host_restored"}
-    assert [(r["arm"], r["round"]) for r in data["rounds"]] == [("A", 1), ("B", 1), ("A", 2), ("B", 2)]
+    assert [(r["arm"], r["round"]) for r in data["rounds"]] == [(arm, n) for n in range(1, 6) for arm in "AB"]
     for r in data["rounds"]:
         assert r["ok"] > 0 and r["error_count"] == 0 and r["tokens_per_s"] > 0
         assert set(r["ttft_s"]) == {"p50", "p95", "p99"} and set(r["itl_s"]) == {"p50", "p95", "p99"}
@@ -111,7 +111,7 @@ def test_compare_loop_alternates_prechecks_and_reports(tmp_path: Path, monkeypat
     assert data["rounds"][0]["arm_state"]["requests"] >= data["rounds"][0]["requests"]
     for key in ("goodput_requests_per_s", "goodput_tokens_per_s", "tokens_per_s"):
         ratio = data["ratios"][key]
-        assert ratio["rounds_a"] == ratio["rounds_b"] == 2 and ratio["resamples"] == 2000
+        assert ratio["rounds_a"] == ratio["rounds_b"] == 5 and ratio["resamples"] == 2000 and ratio["paired"]
         assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
 
 

@@ -73,3 +73,39 @@ def test_overload_is_shed_with_retry_after(worker: FakeWorker) -> None:
     assert all(r.json()["error"]["reason"] == "shed" and int(r.headers["retry-after"]) >= 1 for r in shed)
     assert gw.levers.shed_total == len(shed) == levers["shed_total"] and levers["shed_budget_s"] == 0.5
     assert worker.state.requests == MIN_SAMPLES + 6 - len(shed)
+
+
+class HeldUpstream(StaticUpstream):
+    """Ready while `ready`; when not, a request waits for readiness (and `asked` is set) until it is again."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.ready = True
+        self.asked = threading.Event()
+
+    def is_ready(self) -> bool:
+        if not self.ready:
+            self.asked.set()
+        return self.ready
+
+
+def test_a_request_held_across_a_restart_that_lowers_parallel_gets_a_slot_the_new_worker_has(
+        worker: FakeWorker) -> None:
+    upstream = HeldUpstream(worker.url)
+    app, gw = create_app(upstream, GatewaySettings(queue_timeout_s=20))
+    gw.configure_worker(Shaping(slots=4, affinity=True), None)
+    with ServedApp(app) as served, httpx.Client(timeout=20) as c:
+        for sid in ("a", "b", "c"):  # slots 0, 1, 2 taken: a new conversation "d" would get slot 3
+            assert c.post(served.url + CHAT, json=turn("hi"), headers={"X-Session-Id": sid}).status_code == 200
+        upstream.ready = False  # the controller restarts the worker with parallel=2
+        replies: list[httpx.Response] = []
+        held = threading.Thread(target=lambda: replies.append(
+            c.post(served.url + CHAT, json=turn("hi"), headers={"X-Session-Id": "d"})))
+        held.start()
+        assert upstream.asked.wait(10)  # the request is waiting for the worker
+        gw.configure_worker(Shaping(slots=2, affinity=True), None)
+        upstream.ready = True
+        held.join(20)
+    assert [r.status_code for r in replies] == [200]
+    assert [b.get("id_slot") for b in worker.state.bodies][:3] == [0, 1, 2]
+    assert worker.state.bodies[3]["id_slot"] in (0, 1)

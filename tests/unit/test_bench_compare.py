@@ -22,7 +22,7 @@ from agent.inspect import collect
 from agent.model_files import resolve_model
 from agent.policy.loader import find_policy, load_policy
 
-SPEC = CompareSpec(scenario="mix", rounds=3, duration_s=1.0, ttft_slo_s=0.5, itl_slo_s=None,
+SPEC = CompareSpec(scenario="mix", rounds=5, duration_s=1.0, ttft_slo_s=0.5, itl_slo_s=None,
                    converge_timeout_s=10.0, resamples=2000, seed=1)
 
 
@@ -85,12 +85,14 @@ def test_rounds_alternate_after_one_converge_and_every_a_round_is_prechecked() -
     report, _ = run(log)
     steps = [e for e in log if not e.startswith(("converge", "round"))]
     one_round = ["precheck", "A.start", "load A", "A.stop", "B.start", "load B", "B.stop"]
-    assert steps == ["precheck", "B.converge", "B.start", "load B", "B.stop", *one_round * 3, "precheck"]
+    assert steps == ["precheck", "B.converge", "B.start", "load B", "B.stop", *one_round * 5, "precheck"]
     assert report["order"] == ["precheck start", "converge", "precheck 1", "A1", "B1", "precheck 2", "A2", "B2",
-                               "precheck 3", "A3", "B3", "precheck end"]
+                               "precheck 3", "A3", "B3", "precheck 4", "A4", "B4", "precheck 5", "A5", "B5",
+                               "precheck end"]
     assert [(r["arm"], r["round"]) for r in report["rounds"]] == [("A", 1), ("B", 1), ("A", 2), ("B", 2),
-                                                                  ("A", 3), ("B", 3)]
-    assert any(line.startswith("round 2/3 B: goodput") for line in log)   # progress lines
+                                                                  ("A", 3), ("B", 3), ("A", 4), ("B", 4),
+                                                                  ("A", 5), ("B", 5)]
+    assert any(line.startswith("round 2/5 B: goodput") for line in log)   # progress lines
 
 
 def test_report_figures_and_ratios() -> None:
@@ -101,8 +103,8 @@ def test_report_figures_and_ratios() -> None:
     assert a1["goodput_tokens_per_s"] == pytest.approx(4 * 11 / 2.0) and b1["slo_met"] == 6
     assert a1["arm_state"] == {"name": "A"} and a1["ttft_s"]["p50"] == pytest.approx(0.1)
     tps = report["ratios"]["tokens_per_s"]
-    mean_a = (66 + 60 + 66) / 3 / 2
-    mean_b = (120 + 126 + 120) / 3 / 2   # the converge load was B's first call
+    mean_a = (66 + 60 + 66 + 60 + 66) / 5 / 2
+    mean_b = (120 + 126 + 120 + 126 + 120) / 5 / 2   # the converge load was B's first call
     assert tps["ratio"] == pytest.approx(mean_b / mean_a)
     assert tps["low"] <= tps["ratio"] <= tps["high"] and tps["low"] > 1.5
     assert set(report["ratios"]) == {"goodput_requests_per_s", "goodput_tokens_per_s", "tokens_per_s"}
@@ -112,7 +114,7 @@ def test_report_figures_and_ratios() -> None:
     out = io.StringIO()
     print_compare({**report, "slo": {"ttft_ms": 500, "itl_ms": None}}, out)
     text = out.getvalue()
-    assert "B/A tokens/s: 1.9" in text and "95% bootstrap interval" in text and "A mean (3)" in text
+    assert "B/A tokens/s: 1.9" in text and "95% paired bootstrap interval" in text and "A mean (5)" in text
 
 
 def test_a_touched_host_stops_everything_and_restores() -> None:

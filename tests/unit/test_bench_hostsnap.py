@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.bench.hostsnap import HostTouched, check_untouched, diff_snapshot, take_snapshot
+from agent.errors import HostError
 from agent.hostfs import HostPaths
 from agent.tuning.state import StateDir
 
@@ -84,3 +85,43 @@ def test_a_sysctl_that_appears_or_goes_is_a_difference(tree: HostPaths) -> None:
     (tree.procfs / "sys/vm/swappiness").unlink()
     assert diff_snapshot(before, take_snapshot(tree, [*KEYS, "vm.not_here"])) == [
         "sysctl:vm.swappiness: was '60', now '(absent)'"]
+
+
+def test_a_host_a_hosttune_already_tuned_is_refused(tmp_path: Path) -> None:
+    from agent.bench.hostsnap import check_not_tuned
+    from agent.tuning.journal import Applied
+    from agent.tuning.state import StateDir
+
+    check_not_tuned(tmp_path / "absent")
+    state = StateDir(tmp_path / "state").ensure()
+    journal = state.journal()
+    journal.save()
+    check_not_tuned(state.path)  # a journal with nothing applied (reverted): fine
+    journal.data.applied = Applied(policy="llm-inference", txn="t1")
+    journal.save()
+    with pytest.raises(HostError, match=r"applied policy 'llm-inference'.*untouched"):
+        check_not_tuned(state.path)
+
+
+def test_the_work_dir_must_be_owned_by_root_and_not_group_or_other_writable(tmp_path: Path) -> None:
+    import os
+
+    from agent.bench.hostsnap import check_work_dir
+
+    me = os.geteuid()
+    work = tmp_path / "work"
+    work.mkdir(mode=0o700)
+    check_work_dir(work, me)
+    with pytest.raises(HostError, match="owned by uid"):
+        check_work_dir(work, me + 1)
+    for mode in (0o770, 0o702, 0o777):
+        work.chmod(mode)
+        with pytest.raises(HostError, match="group- or other-writable"):
+            check_work_dir(work, me)
+    work.chmod(0o755)
+    check_work_dir(work, me)
+    (tmp_path / "link").symlink_to(work)
+    with pytest.raises(HostError, match="not a directory"):
+        check_work_dir(tmp_path / "link", me)
+    with pytest.raises(HostError, match="cannot be read"):
+        check_work_dir(tmp_path / "missing", me)

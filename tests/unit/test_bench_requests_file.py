@@ -3,6 +3,7 @@ the key named, before anything is sent."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -135,3 +136,32 @@ def test_caps_on_file_size_line_count_and_line_length(tmp_path: Path, monkeypatc
     monkeypatch.setattr(requests_file, "MAX_FILE_BYTES", 100)
     with pytest.raises(InputError, match="larger than the limit"):
         load_requests(path)
+
+
+
+def _requests_parser() -> argparse.ArgumentParser:
+    from agent.commands.bench import _requests_value
+
+    parser = argparse.ArgumentParser(prog="hosttune bench")
+    parser.add_argument("--requests", type=_requests_value)
+    return parser
+
+
+@pytest.mark.parametrize("value", ["10.5", "1O", "reqests.json"])
+def test_requests_flag_refuses_what_is_neither_an_integer_nor_a_jsonl_file(
+        value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        _requests_parser().parse_args(["--requests", value])
+    assert exc.value.code == 2
+    assert "expected an integer or a FILE.jsonl" in capsys.readouterr().err
+
+
+def test_requests_flag_takes_an_integer_a_jsonl_name_or_an_existing_file(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mix.txt").write_text("{}\n")
+    parse = _requests_parser().parse_args
+    assert parse(["--requests", "12"]).requests == 12
+    assert parse(["--requests", "later.jsonl"]).requests == Path("later.jsonl")
+    assert parse(["--requests", "mix.txt"]).requests == Path("mix.txt")

@@ -58,3 +58,19 @@ def test_levers_shed_counts_and_needs_a_positive_budget() -> None:
     assert lv.shed(gate) is None and lv.shed_total == 1
     with pytest.raises(ValueError):
         lv.configure(lv.shaping, 0.0)
+
+
+def test_levers_forget_service_times_when_the_worker_spec_changes_even_at_the_same_slot_count() -> None:
+    from agent.policy.model import WorkerSpec
+
+    current = {"spec": WorkerSpec(parallel=2, threads=4)}
+    lv = Levers()
+    lv.follow(lambda: (current["spec"], None))
+    for _ in range(MIN_SAMPLES):
+        lv.done(None, 1.0)
+    assert lv.service.estimate() == 1.0
+    lv._refresh()  # the same spec object: what was learned stays
+    assert lv.service.estimate() == 1.0
+    current["spec"] = WorkerSpec(parallel=2, threads=8)  # the controller moved threads, not parallel
+    lv._refresh()
+    assert lv.service.estimate() is None
