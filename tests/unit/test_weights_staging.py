@@ -165,3 +165,20 @@ def test_mounted_at_reads_mountinfo(host: HostPaths) -> None:
         "98 22 0:50 / /run/hosttune/hugetlb rw,relatime - hugetlbfs hosttune-weights rw,pagesize=2M\n")
     assert weights.mounted_at(Path("/run/hosttune/hugetlb"), host) == "hugetlbfs"
     assert weights.mounted_at(Path("/run"), host) is None
+
+
+def test_revert_unstages_before_the_pool_shrinks(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                 model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged file holds pool pages: it goes before revert_all puts nr_hugepages back (L3)."""
+    from agent.tuning import revert
+
+    seen: list[object] = []
+    real = revert.revert_all
+
+    def spy(journal: Journal, *args: object, **kwargs: object) -> revert.RevertResult:
+        seen.append(journal.data.staged)
+        return real(journal, *args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(revert, "revert_all", spy)
+    api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=tmp_path / "w")
+    result = api.revert(StateDir(state_dir), paths=host)
+    assert seen == [None] and result.restored == [f"staged weights {tmp_path / 'w' / 'model.gguf'}"]
