@@ -122,7 +122,7 @@ class WorkerStack:
         if why is None:
             try:
                 prepared.staged_model = self.tuning.stage_weights(
-                    spec, prepared.model, prepared.run_as.gid if prepared.run_as else None)
+                    spec, prepared.model, prepared.run_as)
                 prepared.build(prepared.spec)
                 return
             except (HostError, InputError) as e:

@@ -28,11 +28,14 @@ import sh
 from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
 from agent.tuning.journal import Journal, StagedWeights
+from agent.worker.privdrop import RunAs, check_readable
 
 log = logging.getLogger("hosttune.engine")
 
 PAGE_BYTES = 2 << 20
-MOUNT_DIR = "run/hosttune/hugetlb"  # under the root filesystem: the worker user must reach it (not the 0700 state dir)
+# Not under /run/hosttune: the unit's RuntimeDirectory is 0700 root, which the worker user cannot traverse.
+MOUNT_DIR = "run/hosttune-weights"
+MOUNT_SOURCE = "hosttune-weights"  # the mount's source name: what marks a hugetlbfs mount at MOUNT_DIR as ours
 STAGED_NAME = "model.gguf"
 MAX_STAGE_BYTES = 1 << 40  # no model file is bigger; bounds the mount size option and the copy
 COPY_CHUNK = 16 << 20
@@ -49,7 +52,8 @@ def default_mount_dir(paths: HostPaths) -> Path:
 
 
 def mounted_at(mount_dir: Path, paths: HostPaths) -> str | None:
-    """The filesystem type mounted at `mount_dir` (from /proc/self/mountinfo), or None when nothing is."""
+    """The filesystem type mounted at `mount_dir` (from /proc/self/mountinfo), or None when nothing is. Only
+    hosttune's own mount (source MOUNT_SOURCE) reads "hugetlbfs"; another one reads "hugetlbfs (source X)"."""
     try:
         lines = paths.proc("self/mountinfo").read_text().splitlines()
     except OSError:
@@ -61,7 +65,10 @@ def mounted_at(mount_dir: Path, paths: HostPaths) -> str | None:
             continue
         point = fields[4].replace("\\040", " ")
         if point == str(mount_dir):
-            found = fields[fields.index("-") + 1]  # the last mount on a point is the visible one
+            sep = fields.index("-")  # the last mount on a point is the visible one
+            found = fields[sep + 1]
+            if found == "hugetlbfs" and fields[sep + 2] != MOUNT_SOURCE:
+                found = f"hugetlbfs (source {fields[sep + 2]})"
     return found
 
 
@@ -90,7 +97,7 @@ def fill(source: Path, target: Path, size: int, gid: int | None) -> None:
 def _mount(mount_dir: Path, length: int, gid: int | None) -> None:
     options = f"pagesize=2M,size={length},mode=0750,uid=0,gid={gid if gid is not None else 0}"
     try:
-        sh.Command("mount")("-t", "hugetlbfs", "-o", options, "hosttune-weights", str(mount_dir),
+        sh.Command("mount")("-t", "hugetlbfs", "-o", options, MOUNT_SOURCE, str(mount_dir),
                             _timeout=MOUNT_TIMEOUT_S)
     except sh.ErrorReturnCode as e:
         raise HostError(f"mount -t hugetlbfs failed: {e.stderr.decode(errors='replace').strip()}",
@@ -107,9 +114,10 @@ def _umount(mount_dir: Path) -> None:
 
 
 def stage_weights(journal: Journal, model: Path, paths: HostPaths, *, gid: int | None,
-                  mount_dir: Path | None = None) -> StagedWeights:
+                  mount_dir: Path | None = None, run_as: RunAs | None = None) -> StagedWeights:
     """Copy `model` into a new hugetlbfs mount (journaled first). The caller holds the state lock and has
-    checked the pool at plan time; an earlier staging still recorded is removed first."""
+    checked the pool at plan time; an earlier staging still recorded is removed first. `run_as`: the worker's
+    identity, which must be able to read the copy (else the staging is undone and InputError raised)."""
     unstage_weights(journal, paths)
     mount_dir = mount_dir if mount_dir is not None else default_mount_dir(paths)
     try:
@@ -129,9 +137,11 @@ def stage_weights(journal: Journal, model: Path, paths: HostPaths, *, gid: int |
     journal.save()
     try:
         mount_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        mount_dir.mkdir(mode=0o750, exist_ok=True)
+        mount_dir.mkdir(mode=0o755, exist_ok=True)
+        mount_dir.chmod(0o755)  # whatever the umask (the unit's is 0077); the mount's root is then 0750 root:gid
         _mount(mount_dir, length, gid)
         fill(model, Path(record.file), st.st_size, gid)
+        check_readable(Path(record.file), run_as)
     except BaseException as e:
         problems = unstage_weights(journal, paths)
         if isinstance(e, OSError):

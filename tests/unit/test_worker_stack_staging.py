@@ -21,7 +21,7 @@ class FakeTuning:
     def __init__(self, staged: Path) -> None:
         self.staged, self.calls = staged, []  # type: list[str]
 
-    def stage_weights(self, spec: WorkerSpec, model: Path, gid: int | None) -> Path:
+    def stage_weights(self, spec: WorkerSpec, model: Path, run_as: object) -> Path:
         self.calls.append("stage")
         return self.staged
 
