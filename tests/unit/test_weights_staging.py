@@ -233,3 +233,29 @@ def test_revert_unstages_before_the_pool_shrinks(host: HostPaths, state_dir: Pat
     api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=tmp_path / "w")
     result = api.revert(StateDir(state_dir), paths=host)
     assert seen == [None] and result.restored == [f"staged weights {tmp_path / 'w' / 'model.gguf'}"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="opening as the worker (setfsuid) needs CAP_SETUID")
+@pytest.mark.parametrize("via_symlink", [False, True])
+def test_a_model_the_worker_cannot_read_is_not_copied(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                      model: Path, tmp_path: Path, via_symlink: bool) -> None:
+    """The source is opened once, as the worker: root does not copy a root-only file into the pool (H3)."""
+    tmp_path.chmod(0o755)
+    model.chmod(0o600)  # root-only
+    source = model
+    if via_symlink:
+        source = tmp_path / "link.gguf"
+        source.symlink_to(model)
+    with pytest.raises(InputError, match="cannot open the model to stage as nobody"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=65534, model=source,
+                          mount_dir=tmp_path / "w", run_as=RunAs(user="nobody", uid=65534, gid=65534))
+    assert not mounts.calls and not (tmp_path / "w").exists() and StateDir(state_dir).journal().data.staged is None
+
+
+def test_a_file_without_the_gguf_magic_is_not_staged(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                     tmp_path: Path) -> None:
+    other = tmp_path / "shadow"
+    other.write_bytes(b"root:x:0:0\n" * 10)
+    with pytest.raises(InputError, match="no GGUF magic"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=other, mount_dir=tmp_path / "w")
+    assert not mounts.calls and StateDir(state_dir).journal().data.staged is None
