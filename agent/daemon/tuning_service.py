@@ -31,6 +31,7 @@ from agent.tuning import api as engine
 from agent.tuning.state import StateDir, StateLocked
 from agent.tuning.transaction import ApplyResult
 from agent.tuning.trial import begin_trial, end_trial, keep_trial, open_trial
+from agent.worker.privdrop import RunAs
 
 T = TypeVar("T")
 
@@ -231,9 +232,10 @@ class TuningService:
             self.events.record("rollback", note=note)
         return note
 
-    def stage_weights(self, worker: WorkerSpec, model: Path, gid: int | None) -> Path:
+    def stage_weights(self, worker: WorkerSpec, model: Path, run_as: RunAs | None) -> Path:
         """The worker's weights staged in the hugepage pool (journaled); the path to launch the engine on."""
-        staged = self._mutate(lambda: engine.stage_weights(self._state(), worker, self.paths, gid=gid, model=model))
+        staged = self._mutate(lambda: engine.stage_weights(self._state(), worker, self.paths, model=model,
+                                                                gid=run_as.gid if run_as else None, run_as=run_as))
         self.events.record("weights_staged", file=staged.file, pages=staged.pages)
         return Path(staged.file)
 

@@ -122,11 +122,16 @@ class WorkerStack:
         if why is None:
             try:
                 prepared.staged_model = self.tuning.stage_weights(
-                    spec, prepared.model, prepared.run_as.gid if prepared.run_as else None)
+                    spec, prepared.model, prepared.run_as)
                 prepared.build(prepared.spec)
                 return
             except (HostError, InputError) as e:
                 why = str(e)
+                if prepared.staged_model is not None:  # staged, but no launch builds on it: back to the page cache
+                    prepared.staged_model = None
+                    problems = self.tuning.unstage_weights()
+                    if problems:
+                        why += f"; the staged copy stays until the next unstage: {'; '.join(problems)}"
         log.warning("weights stay in the page cache: %s", why)
         self.events.record("weights_not_staged", reason=why)
 

@@ -36,6 +36,7 @@ from agent.tuning.writer import HostWriter, crash_after_from_env
 
 if TYPE_CHECKING:
     from agent.gpu.nvml import Nvml
+    from agent.worker.privdrop import RunAs
 
 
 def plan_policy(policy: Policy, paths: HostPaths, *, state: StateDir | None = None, facts: HostFacts | None = None,
@@ -77,12 +78,13 @@ def recover_only(state: StateDir, *, nvml: Nvml | None = None, paths: HostPaths 
 
 
 def stage_weights(state: StateDir, worker: WorkerSpec, paths: HostPaths, *, gid: int | None,
-                  model: Path | None = None, mount_dir: Path | None = None) -> StagedWeights:
+                  model: Path | None = None, mount_dir: Path | None = None,
+                  run_as: RunAs | None = None) -> StagedWeights:
     """Stage `worker`'s model (`model`: already resolved) in a new hugetlbfs mount, journaled; the pool must hold
     it (plan checked that). Replaces an earlier staging."""
     with state.locked() as journal:
         return weights.stage_weights(journal, model if model is not None else resolve_model(worker.model), paths,
-                                     gid=gid, mount_dir=mount_dir)
+                                     gid=gid, mount_dir=mount_dir, run_as=run_as)
 
 
 def unstage_weights(state: StateDir, paths: HostPaths) -> list[str]:

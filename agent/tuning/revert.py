@@ -88,12 +88,12 @@ def revert_all(journal: Journal, writer: HostWriter, *, force: bool = False,
 
 def revert_with_weights(journal: Journal, writer: HostWriter, paths: HostPaths, *, force: bool = False,
                         tuner_set: TunerSet | None = None) -> RevertResult:
-    """revert_all, then remove weights staged in the pool (a worker still mapping them keeps its pages until it
-    exits: the mount is detached lazily)."""
+    """Remove weights staged in the pool, then revert_all: the staged file holds pool pages, so it goes before
+    nr_hugepages shrinks (a worker still mapping it keeps its pages until it exits: the mount is detached lazily)."""
+    staged = journal.data.staged.file if journal.data.staged is not None else None
+    problems = unstage_weights(journal, paths) if staged is not None else []
     result = revert_all(journal, writer, force=force, tuner_set=tuner_set)
-    if journal.data.staged is not None:
-        staged = journal.data.staged.file
-        problems = unstage_weights(journal, paths)
+    if staged is not None:
         (result.failed.extend(f"staged weights: {p}" for p in problems) if problems
          else result.restored.append(f"staged weights {staged}"))
     return result

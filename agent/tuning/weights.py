@@ -17,6 +17,7 @@ Whether a pool can hold the copy at all is decided at plan time (agent/tunable/w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -28,11 +29,15 @@ import sh
 from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
 from agent.tuning.journal import Journal, StagedWeights
+from agent.worker.fsident import fs_identity
+from agent.worker.privdrop import RunAs, check_readable
 
 log = logging.getLogger("hosttune.engine")
 
 PAGE_BYTES = 2 << 20
-MOUNT_DIR = "run/hosttune/hugetlb"  # under the root filesystem: the worker user must reach it (not the 0700 state dir)
+# Not under /run/hosttune: the unit's RuntimeDirectory is 0700 root, which the worker user cannot traverse.
+MOUNT_DIR = "run/hosttune-weights"
+MOUNT_SOURCE = "hosttune-weights"  # the mount's source name: what marks a hugetlbfs mount at MOUNT_DIR as ours
 STAGED_NAME = "model.gguf"
 MAX_STAGE_BYTES = 1 << 40  # no model file is bigger; bounds the mount size option and the copy
 COPY_CHUNK = 16 << 20
@@ -49,7 +54,8 @@ def default_mount_dir(paths: HostPaths) -> Path:
 
 
 def mounted_at(mount_dir: Path, paths: HostPaths) -> str | None:
-    """The filesystem type mounted at `mount_dir` (from /proc/self/mountinfo), or None when nothing is."""
+    """The filesystem type mounted at `mount_dir` (from /proc/self/mountinfo), or None when nothing is. Only
+    hosttune's own mount (source MOUNT_SOURCE) reads "hugetlbfs"; another one reads "hugetlbfs (source X)"."""
     try:
         lines = paths.proc("self/mountinfo").read_text().splitlines()
     except OSError:
@@ -61,12 +67,42 @@ def mounted_at(mount_dir: Path, paths: HostPaths) -> str | None:
             continue
         point = fields[4].replace("\\040", " ")
         if point == str(mount_dir):
-            found = fields[fields.index("-") + 1]  # the last mount on a point is the visible one
+            sep = fields.index("-")  # the last mount on a point is the visible one
+            found = fields[sep + 1]
+            if found == "hugetlbfs" and fields[sep + 2] != MOUNT_SOURCE:
+                found = f"hugetlbfs (source {fields[sep + 2]})"
     return found
 
 
-def fill(source: Path, target: Path, size: int, gid: int | None) -> None:
-    """Create `target` in a hugetlbfs mount and copy `size` bytes of `source` into it through a shared mapping."""
+def open_source(model: Path, run_as: RunAs | None) -> int:
+    """The model opened once, read-only, as the worker (its filesystem uid/gid): root never reads for the copy
+    what the worker could not, and a symlink swapped in later changes nothing (the copy reads this fd).
+    The path is resolved first (model caches link to blobs); its last component is then opened O_NOFOLLOW."""
+    ident = fs_identity(run_as.uid, run_as.gid) if run_as is not None else contextlib.nullcontext()
+    try:
+        with ident:
+            fd = os.open(model.resolve(), os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as e:
+        who = f" as {run_as.user} (uid {run_as.uid})" if run_as is not None else ""
+        raise InputError(f"cannot open the model to stage{who}: {e.strerror}", path=model,
+                         field="worker.model") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= MAX_STAGE_BYTES:
+            raise InputError("the model to stage is not a regular file of 1 byte to 1 TiB", path=model,
+                             field="worker.model")
+        if os.pread(fd, 4, 0) != b"GGUF":
+            raise InputError("the model to stage is not a GGUF file (no GGUF magic)", path=model,
+                             field="worker.model")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def fill(source: int, target: Path, size: int, gid: int | None) -> None:
+    """Create `target` in a hugetlbfs mount and copy `size` bytes of the open `source` into it through a shared
+    mapping."""
     length = padded_bytes(size)
     fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
     try:
@@ -75,12 +111,12 @@ def fill(source: Path, target: Path, size: int, gid: int | None) -> None:
         os.fchmod(fd, 0o640)
         os.ftruncate(fd, length)
         with mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as view, \
-                open(source, "rb") as src:
+                os.fdopen(os.dup(source), "rb") as src:
             offset = 0
             while offset < size:
                 chunk = src.read(min(COPY_CHUNK, size - offset))
                 if not chunk:
-                    raise HostError(f"{source} ended at {offset} bytes, expected {size} (changed while copied)")
+                    raise HostError(f"the model ended at {offset} bytes, expected {size} (changed while copied)")
                 view[offset:offset + len(chunk)] = chunk
                 offset += len(chunk)
     finally:
@@ -90,7 +126,7 @@ def fill(source: Path, target: Path, size: int, gid: int | None) -> None:
 def _mount(mount_dir: Path, length: int, gid: int | None) -> None:
     options = f"pagesize=2M,size={length},mode=0750,uid=0,gid={gid if gid is not None else 0}"
     try:
-        sh.Command("mount")("-t", "hugetlbfs", "-o", options, "hosttune-weights", str(mount_dir),
+        sh.Command("mount")("-t", "hugetlbfs", "-o", options, MOUNT_SOURCE, str(mount_dir),
                             _timeout=MOUNT_TIMEOUT_S)
     except sh.ErrorReturnCode as e:
         raise HostError(f"mount -t hugetlbfs failed: {e.stderr.decode(errors='replace').strip()}",
@@ -107,18 +143,22 @@ def _umount(mount_dir: Path) -> None:
 
 
 def stage_weights(journal: Journal, model: Path, paths: HostPaths, *, gid: int | None,
-                  mount_dir: Path | None = None) -> StagedWeights:
+                  mount_dir: Path | None = None, run_as: RunAs | None = None) -> StagedWeights:
     """Copy `model` into a new hugetlbfs mount (journaled first). The caller holds the state lock and has
-    checked the pool at plan time; an earlier staging still recorded is removed first."""
+    checked the pool at plan time; an earlier staging still recorded is removed first. `run_as`: the worker's
+    identity, which must be able to read the copy (else the staging is undone and InputError raised)."""
     unstage_weights(journal, paths)
-    mount_dir = mount_dir if mount_dir is not None else default_mount_dir(paths)
+    src = open_source(model, run_as)
     try:
-        st = model.stat()
-    except OSError as e:
-        raise InputError(f"cannot stage the model: {e.strerror}", path=model, field="worker.model") from None
-    if not stat.S_ISREG(st.st_mode) or not 0 < st.st_size <= MAX_STAGE_BYTES:
-        raise InputError("the model to stage is not a regular file of 1 byte to 1 TiB", path=model,
-                         field="worker.model")
+        return _stage_from(journal, model, src, paths, gid=gid, run_as=run_as,
+                           mount_dir=mount_dir if mount_dir is not None else default_mount_dir(paths))
+    finally:
+        os.close(src)
+
+
+def _stage_from(journal: Journal, model: Path, src: int, paths: HostPaths, *, gid: int | None, mount_dir: Path,
+                run_as: RunAs | None) -> StagedWeights:
+    st = os.fstat(src)
     if mount_dir.is_symlink() or mounted_at(mount_dir, paths) is not None:
         raise HostError("the staging mount point is a symlink or already has something mounted on it: refusing "
                         "to stage there", path=mount_dir)
@@ -129,9 +169,11 @@ def stage_weights(journal: Journal, model: Path, paths: HostPaths, *, gid: int |
     journal.save()
     try:
         mount_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        mount_dir.mkdir(mode=0o750, exist_ok=True)
+        mount_dir.mkdir(mode=0o755, exist_ok=True)
+        mount_dir.chmod(0o755)  # whatever the umask (the unit's is 0077); the mount's root is then 0750 root:gid
         _mount(mount_dir, length, gid)
-        fill(model, Path(record.file), st.st_size, gid)
+        fill(src, Path(record.file), st.st_size, gid)
+        check_readable(Path(record.file), run_as)
     except BaseException as e:
         problems = unstage_weights(journal, paths)
         if isinstance(e, OSError):

@@ -35,7 +35,9 @@ FLOAT_CACHE_TYPES = frozenset({"f32", "f16", "bf16"})
 # worker.weights (backing, mlock) -> llama-server --load-mode; None: llama.cpp's default (auto: mmap)
 LOAD_MODES: dict[tuple[str, bool], str | None] = {
     ("page_cache", False): None, ("page_cache", True): "mmap+mlock",
-    ("hugetlbfs", False): "mmap", ("hugetlbfs", True): "mmap",  # hugetlb pages are never swapped: nothing to lock
+    # plain mmap is llama-server's default: emit nothing, so builds without --load-mode still start; hugetlb pages
+    # are never swapped, so mlock adds nothing either
+    ("hugetlbfs", False): None, ("hugetlbfs", True): None,
     ("anon", False): "none", ("anon", True): "mlock"}
 
 

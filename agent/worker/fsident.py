@@ -42,9 +42,9 @@ def fs_identity(uid: int, gid: int) -> Iterator[None]:
     if (old_uid, old_gid) == (uid, gid):
         yield
         return
-    _libc.setfsgid(gid)
-    _libc.setfsuid(uid)
-    try:
+    try:  # inside: whatever happens after the first switch, finally puts the original identity back
+        _libc.setfsgid(gid)
+        _libc.setfsuid(uid)
         if current_fs_ids() != (uid, gid):
             raise HostError(f"cannot take filesystem identity {uid}:{gid} (needs CAP_SETUID and CAP_SETGID)")
         yield

@@ -5,6 +5,7 @@ launch command for any (later, changed) spec.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from agent.worker.gguf_meta import GgufInfo, read_gguf
 from agent.worker.launch import Engine, Launch
 from agent.worker.placement import Placement, plan_placement
 from agent.worker.privdrop import RunAs, check_launch, check_readable
+
+log = logging.getLogger("hosttune.worker")
 
 
 @dataclass
@@ -42,9 +45,15 @@ class PreparedWorker:
 
     def launch_model(self, spec: WorkerSpec, model: Path | None) -> Path | None:
         """The file the engine opens: the staged copy while the spec still names the model that was staged and
-        still asks for hugetlbfs backing (a reload may change either)."""
+        still asks for hugetlbfs backing (a reload may change either), and only while the copy still exists: a
+        revert unstages it under a running worker, and the next start then maps the GGUF from the page cache."""
         if self.staged_model is not None and model == self.model and spec.weights.backing == "hugetlbfs":
-            return self.staged_model
+            if self.staged_model.is_file():
+                return self.staged_model
+            log.warning("the staged weights %s are gone (unstaged by a revert?): the worker maps %s from the page "
+                        "cache", self.staged_model, model)
+            self.notes.append(f"staged weights {self.staged_model} gone: launched on {model}")
+            self.staged_model = None
         return model
 
     def build(self, spec: WorkerSpec) -> Launch:

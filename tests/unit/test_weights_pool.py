@@ -114,8 +114,8 @@ def test_mlock_above_the_memlock_limit_is_an_unsupported_row(hugetlbfs: HostPath
 
 
 @pytest.mark.parametrize(("backing", "mlock", "mode"), [
-    ("page_cache", False, None), ("page_cache", True, "mmap+mlock"), ("hugetlbfs", False, "mmap"),
-    ("hugetlbfs", True, "mmap"), ("anon", False, "none"), ("anon", True, "mlock")])
+    ("page_cache", False, None), ("page_cache", True, "mmap+mlock"), ("hugetlbfs", False, None),
+    ("hugetlbfs", True, None), ("anon", False, "none"), ("anon", True, "mlock")])
 def test_load_mode_follows_worker_weights(backing: str, mlock: bool, mode: str | None) -> None:
     spec = WorkerSpec(weights=WeightsSpec(backing=backing, mlock=mlock))  # type: ignore[arg-type]
     argv = LlamaCppEngine().argv(spec, Path("/m.gguf"), None)

@@ -6,6 +6,7 @@ processes); tests/kernel/test_weights_hugetlbfs.py mounts a real hugetlbfs."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from agent.policy.model import WorkerSpec
 from agent.tuning import api, weights
 from agent.tuning.journal import Journal
 from agent.tuning.state import StateDir
+from agent.worker.privdrop import RunAs
 
 
 class FakeMounts:
@@ -162,6 +164,98 @@ def test_mounted_at_reads_mountinfo(host: HostPaths) -> None:
     host.proc("self").mkdir(exist_ok=True)
     host.proc("self/mountinfo").write_text(
         "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
-        "98 22 0:50 / /run/hosttune/hugetlb rw,relatime - hugetlbfs hosttune-weights rw,pagesize=2M\n")
-    assert weights.mounted_at(Path("/run/hosttune/hugetlb"), host) == "hugetlbfs"
+        "98 22 0:50 / /run/hosttune-weights rw,relatime - hugetlbfs hosttune-weights rw,pagesize=2M\n"
+        "99 22 0:51 / /run/other rw,relatime - hugetlbfs nodev rw,pagesize=2M\n")
+    assert weights.mounted_at(Path("/run/hosttune-weights"), host) == "hugetlbfs"
+    assert weights.mounted_at(Path("/run/other"), host) == "hugetlbfs (source nodev)"
     assert weights.mounted_at(Path("/run"), host) is None
+
+
+def test_a_foreign_hugetlbfs_mount_is_not_unstaged(host: HostPaths, state_dir: Path, model: Path,
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a hugetlbfs mount with hosttune's source name is taken for ours (M8)."""
+    mount_dir = tmp_path / "w"
+    monkeypatch.setattr(weights, "_mount", lambda *a: None)
+    umounts: list[Path] = []
+    monkeypatch.setattr(weights, "_umount", umounts.append)
+    host.proc("self").mkdir(exist_ok=True)
+    host.proc("self/mountinfo").write_text("22 1 0:21 / / rw - ext4 /dev/vda rw\n")
+    api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=mount_dir)
+    host.proc("self/mountinfo").write_text(  # someone else's hugetlbfs now sits on the mount point
+        f"22 1 0:21 / / rw - ext4 /dev/vda rw\n98 22 0:50 / {mount_dir} rw - hugetlbfs nodev rw,pagesize=2M\n")
+    problems = api.unstage_weights(StateDir(state_dir), host)
+    assert problems and "hugetlbfs (source nodev) mount hosttune did not make" in problems[0]
+    assert not umounts and (mount_dir / "model.gguf").exists() and StateDir(state_dir).journal().data.staged
+
+
+def test_the_mount_point_is_reachable_by_the_worker_user(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                         model: Path) -> None:
+    """Not under the unit's 0700 RuntimeDirectory, and created 0755 whatever the umask (H1)."""
+    unit = (Path(__file__).resolve().parents[2] / "systemd/hosttune.service").read_text()
+    runtime = [line.split("=", 1)[1].split() for line in unit.splitlines() if line.startswith("RuntimeDirectory=")]
+    for name in (n for names in runtime for n in names):
+        assert not Path("/", weights.MOUNT_DIR).is_relative_to(Path("/run", name))
+    old = os.umask(0o077)
+    try:
+        staged = api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model)
+    finally:
+        os.umask(old)
+    mount_dir = Path(staged.mount)
+    assert mount_dir == weights.default_mount_dir(host)
+    assert mount_dir.parent == host.root("run")  # directly in /run (0755 on a host), not in a 0700 dir
+    assert mount_dir.stat().st_mode & 0o777 == 0o755  # the umask did not narrow it
+
+
+def test_staging_is_undone_when_the_worker_cannot_read_the_copy(host: HostPaths, state_dir: Path,
+                                                                 mounts: FakeMounts, model: Path,
+                                                                 tmp_path: Path) -> None:
+    mount_dir = tmp_path / "w"
+    mount_dir.mkdir(mode=0o700)
+    nobody = RunAs(user="nobody", uid=os.getuid() + 4242, gid=os.getgid() + 4242)
+    with pytest.raises(InputError, match="cannot"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=mount_dir,
+                          run_as=nobody)
+    assert not mounts.mounted and StateDir(state_dir).journal().data.staged is None
+
+
+def test_revert_unstages_before_the_pool_shrinks(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                 model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged file holds pool pages: it goes before revert_all puts nr_hugepages back (L3)."""
+    from agent.tuning import revert
+
+    seen: list[object] = []
+    real = revert.revert_all
+
+    def spy(journal: Journal, *args: object, **kwargs: object) -> revert.RevertResult:
+        seen.append(journal.data.staged)
+        return real(journal, *args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(revert, "revert_all", spy)
+    api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=model, mount_dir=tmp_path / "w")
+    result = api.revert(StateDir(state_dir), paths=host)
+    assert seen == [None] and result.restored == [f"staged weights {tmp_path / 'w' / 'model.gguf'}"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="opening as the worker (setfsuid) needs CAP_SETUID")
+@pytest.mark.parametrize("via_symlink", [False, True])
+def test_a_model_the_worker_cannot_read_is_not_copied(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                      model: Path, tmp_path: Path, via_symlink: bool) -> None:
+    """The source is opened once, as the worker: root does not copy a root-only file into the pool (H3)."""
+    tmp_path.chmod(0o755)
+    model.chmod(0o600)  # root-only
+    source = model
+    if via_symlink:
+        source = tmp_path / "link.gguf"
+        source.symlink_to(model)
+    with pytest.raises(InputError, match="cannot open the model to stage as nobody"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=65534, model=source,
+                          mount_dir=tmp_path / "w", run_as=RunAs(user="nobody", uid=65534, gid=65534))
+    assert not mounts.calls and not (tmp_path / "w").exists() and StateDir(state_dir).journal().data.staged is None
+
+
+def test_a_file_without_the_gguf_magic_is_not_staged(host: HostPaths, state_dir: Path, mounts: FakeMounts,
+                                                     tmp_path: Path) -> None:
+    other = tmp_path / "shadow"
+    other.write_bytes(b"root:x:0:0\n" * 10)
+    with pytest.raises(InputError, match="no GGUF magic"):
+        api.stage_weights(StateDir(state_dir), WorkerSpec(), host, gid=None, model=other, mount_dir=tmp_path / "w")
+    assert not mounts.calls and StateDir(state_dir).journal().data.staged is None

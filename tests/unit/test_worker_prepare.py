@@ -104,7 +104,7 @@ def test_the_engine_opens_the_staged_copy_while_the_spec_names_the_staged_model(
     assert model_arg(prepared.build(spec).argv) == str(model)
     prepared.staged_model = staged
     argv = prepared.build(spec).argv
-    assert model_arg(argv) == str(staged) and argv[argv.index("--load-mode") + 1] == "mmap"
+    assert model_arg(argv) == str(staged) and "--load-mode" not in argv  # plain mmap: the default, not passed
     changed = prepared.build(spec.model_copy(update={"model": str(other)})).argv  # a reload to another model
     assert model_arg(changed) == str(other)
     unstaged = prepared.build(spec.model_copy(update={"weights": WeightsSpec(backing="page_cache")})).argv
@@ -131,3 +131,19 @@ def test_torch_anon_weights_under_thp_never_says_they_cannot_be_in_huge_pages(tm
     madvise = facts.model_copy(update={"thp": facts.thp.model_copy(update={"available": True, "enabled": "madvise"})})
     assert not any("huge pages" in n for n in prepare_worker(spec, madvise).notes)
     assert not any("huge pages" in n for n in prepare_worker(WorkerSpec(engine="torch", model=str(model)), never).notes)
+
+
+def test_a_staged_copy_removed_under_the_worker_falls_back_to_the_gguf(tmp_path: Path) -> None:
+    """A revert unstaged the copy while the worker ran: the next build launches on the original (H4)."""
+    model = gguf_file(tmp_path / "m.gguf")
+    staged = tmp_path / "hugetlb" / "model.gguf"
+    staged.parent.mkdir()
+    staged.write_bytes(model.read_bytes())
+    spec = WorkerSpec(model=str(model), ctx=512, parallel=1, placement=WorkerPlacement(mode="none"),
+                      weights={"backing": "hugetlbfs"})  # type: ignore[arg-type]
+    prepared = prepare_worker(spec, one_node_vm())
+    prepared.staged_model = staged
+    assert model_arg(prepared.build(spec).argv) == str(staged)
+    staged.unlink()  # `hosttune revert` / the API's revert unstaged it
+    assert model_arg(prepared.build(spec).argv) == str(model)
+    assert prepared.staged_model is None and any("gone" in n for n in prepared.notes)
