@@ -257,14 +257,17 @@ class TuningService:
         return out
 
     def drift_check(self, reapply: bool) -> dict[str, Any]:
-        """The scheduler's drift job: verify, and re-apply the applied policy when asked and something drifted."""
-        drifted = self.verify()["drifted"]
-        self.last_drift = {"time": time.time(), "drifted": len(drifted)}
+        """The scheduler's drift job: verify, and re-apply the applied policy when asked and something drifted.
+        Never while the controller's OS trial is open: re-applying recovers first, which would end the trial (its
+        own targets are not drift; other drift waits for the next check after the trial)."""
+        report = self.verify()
+        drifted = report["drifted"]
+        self.last_drift = {"time": time.time(), "drifted": len(drifted), "trial": report.get("trial")}
         self.events.bump()
         if drifted:
             self.events.record("drift", tunables=len(drifted),
                                targets=",".join(str(c["target"]) for c in drifted[:5]))
-            if reapply and self.applied_ref:
+            if reapply and self.applied_ref and report.get("trial") is None:
                 facts = self.host_facts()
                 self.apply_loaded(self.load_policy_ref(self.applied_ref, facts), facts)
         return self.last_drift

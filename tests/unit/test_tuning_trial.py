@@ -127,3 +127,29 @@ def test_the_daemon_runs_trials_as_mutations_and_a_stopped_controller_ends_its_o
     services.tuning.os_trial("keep", "thp", THP_ALWAYS)
     assert services.tuning.end_os_trial() is None and "[always]" in thp(host)
     assert services.tuning.verify()["ok"]
+
+
+def test_an_open_trial_on_a_tunable_the_policy_owns_is_trial_not_drift(host: HostPaths, state_dir: Path) -> None:
+    """base.yaml owns thp and kernel.numa_balancing: trying one of them is not drift (nor an interruption)."""
+    state = StateDir(state_dir)
+    api.apply_policy(Policy.model_validate({"name": "base", "thp": {"enabled": "madvise"},
+                                            "sysctl": {"vm.swappiness": 10}}), host, state)
+    begin_trial("thp", THP_ALWAYS, host, state)
+    result = api.verify(state)
+    assert result.ok and result.trial == "thp" and result.interrupted is None
+    assert {i.target: i.state for i in result.items} == {"thp.enabled": "trial", "vm.swappiness": "held"}
+    host.sysctl("vm.swappiness").write_text("60\n")   # other drift is still drift during a trial
+    assert [i.target for i in api.verify(state).drift] == ["vm.swappiness"]
+
+
+def test_the_drift_job_never_reapplies_over_an_open_trial(host: HostPaths, tmp_path: Path) -> None:
+    policy = tmp_path / "owns-thp.yaml"
+    policy.write_text("name: owns-thp\nthp:\n  enabled: madvise\nsysctl:\n  vm.swappiness: 10\n")
+    services = services_for(host, tmp_path)
+    services.tuning.apply_loaded(services.tuning.load_policy_ref(str(policy)))
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    assert services.tuning.drift_check(reapply=True)["drifted"] == 0 and services.tuning.verify()["ok"]
+    host.sysctl("vm.swappiness").write_text("60\n")
+    assert services.tuning.drift_check(reapply=True)["drifted"] == 1
+    assert "[always]" in thp(host) and open_trial(services.tuning._state().journal()) == "thp"
+    services.tuning.os_trial("keep", "thp", THP_ALWAYS)   # the trial is still there to keep
