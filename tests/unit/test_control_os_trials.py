@@ -17,7 +17,7 @@ import pytest
 
 from agent.api.replies import ControllerReply
 from agent.commands.controller import run_decisions
-from agent.control.actions import SetKnobs, WorkerEvent
+from agent.control.actions import SetKnobs, SetLimit, WorkerEvent
 from agent.control.config import Axis, ControllerConfig
 from agent.control.controller import Controller
 from agent.control.core import ControlCore
@@ -363,3 +363,26 @@ def test_os_decisions_round_trip_through_the_log_the_cli_and_the_api_reply(tmp_p
     reply = ControllerReply(enabled=True, status=ctl.status(), decisions=ctl.decisions())
     assert reply.status is not None and reply.status["os_trials"] == {"thp": "kept"}
     assert any(d.lever == "os" for d in reply.decisions)
+
+
+def test_rolling_back_an_os_trial_returns_to_the_baseline_limit_as_a_knob_rollback_does() -> None:
+    core = ControlCore(cfg(fast_enabled=False), {"parallel": 4}, 4, 0.0)
+    world = OsWorld(base=400, factor=1.0)
+    run(core, world, 40)
+    tr = core.trial
+    assert tr is not None and tr.os is not None and tr.limit == 4
+    core.adm.rescale(7, world.now)   # the limit moved during the trial
+    actions = core.apply_failed("the host refused")
+    assert next(a for a in actions if isinstance(a, OsStep)).op == "undo"
+    assert SetLimit(4) in actions and core.adm.limit == 4
+
+
+def test_status_keeps_trial_from_to_as_knobs_and_shows_the_os_change_as_os_trial() -> None:
+    core = ControlCore(cfg(), {"parallel": 4}, 4, 0.0)
+    world = OsWorld(base=400, factor=1.0)
+    run(core, world, 40)
+    st = core.status()
+    assert st["trial"]["from"] == st["trial"]["to"] == {"parallel": 4}
+    assert st["os_trial"] == {"decision": st["trial"]["decision"], "name": "thp",
+                              "from": {"thp.enabled": "madvise"}, "to": {"thp.enabled": "always"}}
+    assert ControlCore(cfg(), {"parallel": 4}, 4, 0.0).status()["os_trial"] is None
