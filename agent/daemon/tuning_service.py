@@ -30,7 +30,7 @@ from agent.policy.model import Policy, WorkerSpec
 from agent.tuning import api as engine
 from agent.tuning.state import StateDir, StateLocked
 from agent.tuning.transaction import ApplyResult
-from agent.tuning.trial import begin_trial, end_trial, keep_trial, open_trial
+from agent.tuning.trial import begin_trial, end_trial, keep_trial, kept_trials, open_trial
 
 T = TypeVar("T")
 
@@ -293,6 +293,10 @@ class TuningService:
         finally:
             self.events.bump()
         self.events.record("os_trial", op=op, trial=name)
+
+    def kept_os_trials(self) -> set[str]:
+        """OS trials kept into the applied policy (journaled): a new controller does not try them again."""
+        return kept_trials(self._state().journal())
 
     def end_os_trial(self) -> str | None:
         """Roll back an OS trial left open (the controller stopped mid-trial: reload, daemon stop). Returns its name,
