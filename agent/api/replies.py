@@ -124,5 +124,6 @@ class ControllerReply(BaseModel):
 
     enabled: bool
     reason: str | None = Field(None, description="why the controller does not run (when not enabled)")
-    status: dict[str, Any] | None = Field(None, description="the controller's state (when enabled)")
+    status: dict[str, Any] | None = Field(None, description=(
+        "the controller's state (when enabled); trial.from/to: knobs; os_trial: an OS trial's targets from/to"))
     decisions: list[Decision]

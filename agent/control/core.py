@@ -24,9 +24,10 @@ from agent.control.actions import Action, SetKnobs, SetLimit, WorkerEvent
 from agent.control.admission import AdmissionState, LimitProposal, accept, breach, propose_limit
 from agent.control.config import ControllerConfig
 from agent.control.decisions import Decision, Outcome
-from agent.control.ladder import Knobs, candidates, concurrency_ratio, key, step_down, value
+from agent.control.ladder import Knobs, candidates, concurrency_ratio, step_down, value
 from agent.control.observe import Measurement, Tick, measure
 from agent.control.os_trials import OsStep, OsTrial, next_os_trial
+from agent.control.trial_record import Trial, step_key, undo_os
 
 
 class Phase(enum.StrEnum):
@@ -35,32 +36,8 @@ class Phase(enum.StrEnum):
     RECOVER = "recover"      # a rollback or fallback is applied; waiting for the worker to be ready
 
 
-@dataclass
-class Trial:
-    decision: Decision
-    from_knobs: Knobs
-    to_knobs: Knobs
-    before: Measurement
-    applied_t: float
-    limit: int = 1
-    ready_t: float | None = None
-    os: OsTrial | None = None   # an OS trial: knobs stay as they are
-
-    @property
-    def key(self) -> str:
-        return self.os.key if self.os is not None else _step_key(self.from_knobs, self.to_knobs)
-
-
 def _diff(a: Knobs, b: Knobs) -> str:
     return ", ".join(f"{k} {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-
-
-def _step_key(a: Knobs, b: Knobs) -> str:
-    return f"{key(a)} > {key(b)}"
-
-
-def _undo_os(tr: Trial | None, why: str) -> list[Action]:
-    return [OsStep(tr.os, "undo", f"controller: undo decision {tr.decision.id} ({why})")] if tr and tr.os else []
 
 
 @dataclass
@@ -129,9 +106,10 @@ class ControlCore:
     def status(self) -> dict[str, Any]:
         return {"phase": self.phase.value, "knobs": dict(self.knobs), "limit": self.adm.limit,
                 "cooldown_left_s": round(max(0.0, self.cooldown_until - self.now), 1),
-                "trial": None if (tr := self.trial) is None else {
-                    "decision": tr.decision.id, "os": tr.os and tr.os.name,
-                    "from": tr.os.before if tr.os else tr.from_knobs, "to": tr.os.after if tr.os else tr.to_knobs},
+                "trial": None if (tr := self.trial) is None else {  # knobs; an OS trial's change is os_trial
+                    "decision": tr.decision.id, "os": tr.os and tr.os.name, "from": tr.from_knobs, "to": tr.to_knobs},
+                "os_trial": None if tr is None or tr.os is None else {
+                    "decision": tr.decision.id, "name": tr.os.name, "from": tr.os.before, "to": tr.os.after},
                 "tabu": {k: round(v - self.now, 1) for k, v in self.tabu.items() if v > self.now},
                 "os_trials": {t.name: "kept" if t.name in self.os_kept else "pending" for t in self.cfg.os_trials},
                 "converged": self.converged_tps is not None, "slow_lever": self.slow_note}
@@ -165,6 +143,10 @@ class ControlCore:
             limit = max(self.cfg.min_limit, min(self.cfg.max_limit, round(self.adm.limit * ratio)))
         else:
             why += " (back to the baseline's limit)"
+        return actions + self._to_limit(limit, why)
+
+    def _to_limit(self, limit: int, why: str) -> list[Action]:
+        actions: list[Action] = []
         if limit != self.adm.limit:
             self._new(lever="admission", action="increase" if limit > self.adm.limit else "decrease",
                       before={"limit": self.adm.limit}, after={"limit": limit}, outcome="applied", reason=why)
@@ -213,7 +195,7 @@ class ControlCore:
         if now < self.cooldown_until:
             self.slow_note = f"cooldown, {self.cooldown_until - now:.0f} s left"
             return []
-        options = [c for c in candidates(self.knobs, cfg) if self.tabu.get(_step_key(self.knobs, c), -1e18) <= now]
+        options = [c for c in candidates(self.knobs, cfg) if self.tabu.get(step_key(self.knobs, c), -1e18) <= now]
         os_pick = None if options else next_os_trial(cfg.os_trials, self.tabu, self.os_kept, now)
         if not options and os_pick is None:
             self.pinned_since = None
@@ -358,7 +340,7 @@ class ControlCore:
         paid = "neutral, kept as the policy requires it" if gain < cfg.dead_band_pct else "paid"
         self._settle(tr.decision, "kept", f"{paid}: {verdict}, SLO held", m)
         # Going straight back is known to be worse: no need to measure it again soon.
-        self.tabu[_step_key(tr.to_knobs, tr.from_knobs)] = now + cfg.tabu_s
+        self.tabu[step_key(tr.to_knobs, tr.from_knobs)] = now + cfg.tabu_s
         actions: list[Action] = []
         if tr.os is not None:
             self.os_kept.add(tr.os.name)
@@ -379,8 +361,9 @@ class ControlCore:
         self.phase = Phase.RECOVER
         self.recover_since = self.now
         self.slow_note = f"rolled back decision {tr.decision.id} ({why})"
-        if tr.os is not None:
-            return [OsStep(tr.os, "undo", f"controller: roll back decision {tr.decision.id} ({why})")]
+        if tr.os is not None:  # back to the baseline's limit too, as a knob rollback is
+            return [OsStep(tr.os, "undo", f"controller: roll back decision {tr.decision.id} ({why})"),
+                    *self._to_limit(tr.limit, f"undo OS trial {tr.os.name} (back to the baseline's limit)")]
         return self._set_knobs(tr.from_knobs, f"controller: roll back decision {tr.decision.id} ({why})",
                                limit=tr.limit)
 
@@ -404,7 +387,7 @@ class ControlCore:
         recent = measure(self.ticks, now - cfg.fast_window_s, now).as_dict()
         if worker_knobs is not None and worker_knobs != self.knobs:
             # The worker already stepped down by itself (torch: smaller batch); record it and follow.
-            undo = _undo_os(self.trial, why)
+            undo = undo_os(self.trial, why)
             if self.trial is not None:
                 self._settle(self.trial.decision, "fallback", why, None)
                 self.tabu[self.trial.key] = now + cfg.tabu_s
@@ -412,13 +395,13 @@ class ControlCore:
             self._new(lever="knobs", action="fallback", before=dict(self.knobs), after=dict(worker_knobs),
                       outcome="fallback", reason=f"{why}; the worker changed {_diff(self.knobs, worker_knobs)}",
                       measured_before=recent)
-            self.tabu[_step_key(worker_knobs, self.knobs)] = now + cfg.tabu_s
+            self.tabu[step_key(worker_knobs, self.knobs)] = now + cfg.tabu_s
             self.phase = Phase.BASELINE
             self.regime_t = now
             return undo + [a for a in self._set_knobs(worker_knobs, why) if isinstance(a, SetLimit)]
         if self.trial is not None:
             tr = self.trial
-            undo = _undo_os(self.trial, why)
+            undo = undo_os(self.trial, why)
             self._settle(tr.decision, "fallback", why, None)
             self.tabu[tr.key] = now + cfg.tabu_s
             self.trial = None
@@ -437,7 +420,7 @@ class ControlCore:
         new, what = down
         self._new(lever="knobs", action="fallback", before=dict(self.knobs), after=dict(new), outcome="fallback",
                   reason=f"{why}: {what}", measured_before=recent)
-        self.tabu[_step_key(new, self.knobs)] = now + cfg.tabu_s
+        self.tabu[step_key(new, self.knobs)] = now + cfg.tabu_s
         self.phase = Phase.RECOVER
         self.recover_since = now
         return self._set_knobs(new, f"controller: fallback {what} ({why})")

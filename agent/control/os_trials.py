@@ -76,7 +76,7 @@ def _thp(setting: Literal["enabled", "defrag"], name: str, flip: Callable[[str],
         to = flip(now)
         if to not in getattr(facts.thp, f"{setting}_choices"):
             return f"THP {setting} {to!r} is not offered here"
-        return OsTrial(name=name, before={f"thp.{setting}": now}, after={f"thp.{setting}": to},
+        return OsTrial(name=name, before={f"thp.{setting}": now}, after={f"thp.{setting}": to}, restart=True,
                        fragment=_fragment(name, thp=ThpSpec.model_validate({setting: to})))
     return build
 
@@ -113,9 +113,15 @@ BUILDERS: dict[str, Builder] = {
     "numa_balancing": _numa_balancing, "governor": _governor}
 
 
-def os_trials_for(spec: ControllerSpec | None, facts: HostFacts) -> tuple[list[OsTrial], dict[str, str]]:
+NO_RESTART = "not offered until the trial can restart the worker (the worker only sees this change after one)"
+
+
+def os_trials_for(spec: ControllerSpec | None, facts: HostFacts, *,
+                  can_restart: bool = False) -> tuple[list[OsTrial], dict[str, str]]:
     """The trials the policy allows that make sense on this host, in the policy's order, and why each other one
-    is left out (name -> reason)."""
+    is left out (name -> reason). A trial that needs a worker restart (THP: only new anonymous faults see it, and
+    llama-server allocates at start) is left out unless `can_restart`: the controller does not restart the worker
+    around an OS trial yet, so it would always measure neutral."""
     if spec is None:
         return [], {}
     trials: list[OsTrial] = []
@@ -124,6 +130,8 @@ def os_trials_for(spec: ControllerSpec | None, facts: HostFacts) -> tuple[list[O
         built = BUILDERS[name](facts)
         if isinstance(built, str):
             skipped[name] = built
+        elif built.restart and not can_restart:
+            skipped[name] = NO_RESTART
         else:
             trials.append(built.model_copy(update={"required": name in spec.required}))
     return trials, skipped

@@ -30,7 +30,7 @@ from agent.policy.model import Policy, WorkerSpec
 from agent.tuning import api as engine
 from agent.tuning.state import StateDir, StateLocked
 from agent.tuning.transaction import ApplyResult
-from agent.tuning.trial import begin_trial, end_trial, keep_trial, open_trial
+from agent.tuning.trial import begin_trial, end_trial, keep_trial, kept_trials, open_trial
 from agent.worker.privdrop import RunAs
 
 T = TypeVar("T")
@@ -259,14 +259,17 @@ class TuningService:
         return out
 
     def drift_check(self, reapply: bool) -> dict[str, Any]:
-        """The scheduler's drift job: verify, and re-apply the applied policy when asked and something drifted."""
-        drifted = self.verify()["drifted"]
-        self.last_drift = {"time": time.time(), "drifted": len(drifted)}
+        """The scheduler's drift job: verify, and re-apply the applied policy when asked and something drifted.
+        Never while the controller's OS trial is open: re-applying recovers first, which would end the trial (its
+        own targets are not drift; other drift waits for the next check after the trial)."""
+        report = self.verify()
+        drifted = report["drifted"]
+        self.last_drift = {"time": time.time(), "drifted": len(drifted), "trial": report.get("trial")}
         self.events.bump()
         if drifted:
             self.events.record("drift", tunables=len(drifted),
                                targets=",".join(str(c["target"]) for c in drifted[:5]))
-            if reapply and self.applied_ref:
+            if reapply and self.applied_ref and report.get("trial") is None:
                 facts = self.host_facts()
                 self.apply_loaded(self.load_policy_ref(self.applied_ref, facts), facts)
         return self.last_drift
@@ -292,6 +295,10 @@ class TuningService:
         finally:
             self.events.bump()
         self.events.record("os_trial", op=op, trial=name)
+
+    def kept_os_trials(self) -> set[str]:
+        """OS trials kept into the applied policy (journaled): a new controller does not try them again."""
+        return kept_trials(self._state().journal())
 
     def end_os_trial(self) -> str | None:
         """Roll back an OS trial left open (the controller stopped mid-trial: reload, daemon stop). Returns its name,

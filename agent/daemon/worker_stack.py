@@ -273,6 +273,7 @@ class WorkerStack:
                                placement=sup.status().placement, os_trials=os_trials,
                                os_actuator=TuningOsActuator(self.tuning))
         ctl.os_skipped = os_skipped
+        ctl.core.os_kept |= self.tuning.kept_os_trials()   # kept before a restart: not flipped back
         ctl.register_jobs(scheduler, interval_s=self.settings.controller_interval_s)
         self.controller = ctl
         self._torch_control = torch_control

@@ -56,6 +56,8 @@ class Applied(BaseModel):
     at: float = Field(default_factory=time.time)
     txn: str
     changes: list[Change] = Field(default_factory=list)
+    trials: list[str] = Field(default_factory=list, description=(
+        "the controller's OS trials kept into this policy (agent/tuning/trial.py): not tried again"))
 
     def updated(self, changes: list[Change], txn: str) -> Applied:
         """The same policy with `changes` in place of its entries for the same targets (new ones appended): a

@@ -47,6 +47,13 @@ def open_trial(journal: Journal) -> str | None:
     return (txn.policy or "")[len(TRIAL_PREFIX):]
 
 
+def kept_trials(journal: Journal) -> set[str]:
+    """The trials kept into the applied policy: a controller started later does not try them again (its builders
+    would see the kept value as the host's and try the reverse). A new apply or a revert forgets them."""
+    applied = journal.data.applied
+    return set(applied.trials) if applied is not None else set()
+
+
 def _plan(fragment: Policy, paths: HostPaths, facts: HostFacts | None, tuner_set: TunerSet) -> list[Change]:
     """The fragment's own changes only (no stale originals: those belong to the applied policy)."""
     changes = make_plan(fragment, facts, paths, tuners=tuner_set.enabled()).changes
@@ -102,6 +109,7 @@ def keep_trial(name: str, fragment: Policy, paths: HostPaths, state: StateDir, *
         applied = journal.data.applied
         applied = Applied(policy=txn.policy or name, txn=txn.id, changes=changes) if applied is None \
             else applied.updated(changes, txn.id)
+        applied = applied.model_copy(update={"trials": [*(t for t in applied.trials if t != name), name]})
         journal.finish("committed", applied=applied)
         return txn.id
 

@@ -3,7 +3,9 @@
 Each applied change with action change/ok is read again through its tuner and compared the way the plan
 compared it (exact, whitespace-normalised, or at-least/at-most), so a value someone raised above a ">=" floor is
 not drift. Reboot advice is reported as pending, not as drift. An interrupted transaction is drift too: the host
-is in between two states until `hosttune revert` or the next apply recovers it.
+is in between two states until `hosttune revert` or the next apply recovers it — except the controller's OS trial
+(agent/tuning/trial.py): its open transaction is not an interruption, and the tunables it wrote are in "trial",
+not drift, until the controller keeps or undoes it (so the drift job neither reports nor re-applies them).
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pydantic import BaseModel, Field
 
 from agent.tuners.registry import TunerSet
 from agent.tuning.journal import Journal
+from agent.tuning.trial import open_trial
 
-State = Literal["held", "drift", "pending_reboot", "unknown"]
+State = Literal["held", "drift", "pending_reboot", "unknown", "trial"]
 
 
 class VerifyItem(BaseModel):
@@ -31,6 +34,7 @@ class VerifyResult(BaseModel):
     policy: str | None
     applied_at: float | None = None
     interrupted: str | None = Field(None, description="an open transaction found in the journal")
+    trial: str | None = Field(None, description="the controller's OS trial in progress (its targets: state trial)")
     items: list[VerifyItem] = Field(default_factory=list)
 
     @property
@@ -64,17 +68,22 @@ def verify_applied(journal: Journal, tuner_set: TunerSet | None = None) -> Verif
     tuner_set = tuner_set if tuner_set is not None else TunerSet()
     data = journal.data
     txn = journal.open_txn
-    interrupted = f"interrupted {txn.kind} {txn.id} in the journal" if txn is not None else None
+    trial = open_trial(journal)
+    trial_targets = {w.target for w in txn.writes} if txn is not None and trial is not None else set()
+    interrupted = f"interrupted {txn.kind} {txn.id} in the journal" if txn is not None and trial is None else None
     if data.applied is None:
-        return VerifyResult(policy=None, interrupted=interrupted)
-    result = VerifyResult(policy=data.applied.policy, applied_at=data.applied.at, interrupted=interrupted)
+        return VerifyResult(policy=None, interrupted=interrupted, trial=trial)
+    result = VerifyResult(policy=data.applied.policy, applied_at=data.applied.at, interrupted=interrupted,
+                          trial=trial)
     for change in data.applied.changes:
         if change.action not in ("change", "ok"):
             continue
         tuner = tuner_set.get(change.tuner)
         current = tuner.read(change)
         state: State
-        if tuner.satisfied(change, current):
+        if change.target in trial_targets:
+            state = "trial"
+        elif tuner.satisfied(change, current):
             state = "held"
         elif change.reboot_required:
             state = "pending_reboot"

@@ -17,7 +17,7 @@ import pytest
 
 from agent.api.replies import ControllerReply
 from agent.commands.controller import run_decisions
-from agent.control.actions import SetKnobs, WorkerEvent
+from agent.control.actions import SetKnobs, SetLimit, WorkerEvent
 from agent.control.config import Axis, ControllerConfig
 from agent.control.controller import Controller
 from agent.control.core import ControlCore
@@ -299,7 +299,7 @@ def test_builders_follow_the_host_facts() -> None:
     spec = ControllerSpec(os_trials=["thp", "numa_balancing", "governor", "thp_defrag"], required=["thp"])
     server = gpu_server()
     server = server.model_copy(update={"sysctl": {**server.sysctl, "kernel.numa_balancing": "1"}})
-    trials, skipped = os_trials_for(spec, server)
+    trials, skipped = os_trials_for(spec, server, can_restart=True)
     names = [t.name for t in trials]
     assert "numa_balancing" in names and len(server.cpu.numa_nodes) >= 2
     thp = next(t for t in trials if t.name == "thp")
@@ -310,7 +310,7 @@ def test_builders_follow_the_host_facts() -> None:
     numa = next(t for t in trials if t.name == "numa_balancing")
     assert numa.after == {"kernel.numa_balancing": "0"} and numa.fragment.sysctl == {"kernel.numa_balancing": 0}
     vm = ci_vm()
-    trials, skipped = os_trials_for(spec, vm)
+    trials, skipped = os_trials_for(spec, vm, can_restart=True)
     assert len(vm.cpu.numa_nodes) == 1 and "numa_balancing" in skipped and "NUMA node" in skipped["numa_balancing"]
     assert not vm.cpufreq.available and "governor" in skipped and "cpufreq" in skipped["governor"]
     assert [t.name for t in trials] == ["thp", "thp_defrag"]
@@ -363,3 +363,38 @@ def test_os_decisions_round_trip_through_the_log_the_cli_and_the_api_reply(tmp_p
     reply = ControllerReply(enabled=True, status=ctl.status(), decisions=ctl.decisions())
     assert reply.status is not None and reply.status["os_trials"] == {"thp": "kept"}
     assert any(d.lever == "os" for d in reply.decisions)
+
+
+def test_rolling_back_an_os_trial_returns_to_the_baseline_limit_as_a_knob_rollback_does() -> None:
+    core = ControlCore(cfg(fast_enabled=False), {"parallel": 4}, 4, 0.0)
+    world = OsWorld(base=400, factor=1.0)
+    run(core, world, 40)
+    tr = core.trial
+    assert tr is not None and tr.os is not None and tr.limit == 4
+    core.adm.rescale(7, world.now)   # the limit moved during the trial
+    actions = core.apply_failed("the host refused")
+    assert next(a for a in actions if isinstance(a, OsStep)).op == "undo"
+    assert SetLimit(4) in actions and core.adm.limit == 4
+
+
+def test_status_keeps_trial_from_to_as_knobs_and_shows_the_os_change_as_os_trial() -> None:
+    core = ControlCore(cfg(), {"parallel": 4}, 4, 0.0)
+    world = OsWorld(base=400, factor=1.0)
+    run(core, world, 40)
+    st = core.status()
+    assert st["trial"]["from"] == st["trial"]["to"] == {"parallel": 4}
+    assert st["os_trial"] == {"decision": st["trial"]["decision"], "name": "thp",
+                              "from": {"thp.enabled": "madvise"}, "to": {"thp.enabled": "always"}}
+    assert ControlCore(cfg(), {"parallel": 4}, 4, 0.0).status()["os_trial"] is None
+
+
+def test_thp_trials_need_a_worker_restart_and_are_not_offered_without_one() -> None:
+    """THP changes only new anonymous faults; llama-server allocates at start: without a restart the trial always
+    measures neutral, so the controller (which does not restart around OS trials) is not offered them."""
+    vm = ci_vm()
+    spec = ControllerSpec(os_trials=["thp", "thp_defrag"])
+    built, _ = os_trials_for(spec, vm, can_restart=True)
+    assert [t.restart for t in built] == [True, True]
+    trials, skipped = os_trials_for(spec, vm)
+    assert trials == [] and set(skipped) == {"thp", "thp_defrag"}
+    assert all("restart the worker" in why for why in skipped.values())

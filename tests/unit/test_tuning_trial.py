@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.control.config import ControllerConfig
+from agent.control.core import ControlCore
+from agent.control.os_trials import OsTrial, next_os_trial
 from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
 from agent.policy.model import Policy
@@ -127,3 +130,53 @@ def test_the_daemon_runs_trials_as_mutations_and_a_stopped_controller_ends_its_o
     services.tuning.os_trial("keep", "thp", THP_ALWAYS)
     assert services.tuning.end_os_trial() is None and "[always]" in thp(host)
     assert services.tuning.verify()["ok"]
+
+
+def test_an_open_trial_on_a_tunable_the_policy_owns_is_trial_not_drift(host: HostPaths, state_dir: Path) -> None:
+    """base.yaml owns thp and kernel.numa_balancing: trying one of them is not drift (nor an interruption)."""
+    state = StateDir(state_dir)
+    api.apply_policy(Policy.model_validate({"name": "base", "thp": {"enabled": "madvise"},
+                                            "sysctl": {"vm.swappiness": 10}}), host, state)
+    begin_trial("thp", THP_ALWAYS, host, state)
+    result = api.verify(state)
+    assert result.ok and result.trial == "thp" and result.interrupted is None
+    assert {i.target: i.state for i in result.items} == {"thp.enabled": "trial", "vm.swappiness": "held"}
+    host.sysctl("vm.swappiness").write_text("60\n")   # other drift is still drift during a trial
+    assert [i.target for i in api.verify(state).drift] == ["vm.swappiness"]
+
+
+def test_the_drift_job_never_reapplies_over_an_open_trial(host: HostPaths, tmp_path: Path) -> None:
+    policy = tmp_path / "owns-thp.yaml"
+    policy.write_text("name: owns-thp\nthp:\n  enabled: madvise\nsysctl:\n  vm.swappiness: 10\n")
+    services = services_for(host, tmp_path)
+    services.tuning.apply_loaded(services.tuning.load_policy_ref(str(policy)))
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    assert services.tuning.drift_check(reapply=True)["drifted"] == 0 and services.tuning.verify()["ok"]
+    host.sysctl("vm.swappiness").write_text("60\n")
+    assert services.tuning.drift_check(reapply=True)["drifted"] == 1
+    assert "[always]" in thp(host) and open_trial(services.tuning._state().journal()) == "thp"
+    services.tuning.os_trial("keep", "thp", THP_ALWAYS)   # the trial is still there to keep
+
+
+def test_kept_trials_are_journaled_so_a_restarted_controller_does_not_flip_them_back(host: HostPaths,
+                                                                                    tmp_path: Path) -> None:
+    """After a keep, the host holds the trial's value: a builder run by a new controller would take it for the
+    host's own and try the reverse. The journal remembers the kept names until a new apply or a revert."""
+    services = services_for(host, tmp_path)
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    services.tuning.os_trial("keep", "thp", THP_ALWAYS)
+    assert services_for(host, tmp_path).tuning.kept_os_trials() == {"thp"}   # a new daemon reads it back
+    core = ControlCore(ControllerConfig.model_validate({"ttft_p95_ms": 1000, "ladder": [], "os_trials": [
+        OsTrial(name="thp", before={"thp.enabled": "always"}, after={"thp.enabled": "madvise"},
+                fragment=THP_ALWAYS)]}), {}, 4, 0.0)
+    core.os_kept |= services.tuning.kept_os_trials()
+    assert next_os_trial(core.cfg.os_trials, core.tabu, core.os_kept, 0.0) is None
+    assert core.status()["os_trials"] == {"thp": "kept"}
+    services.tuning.revert()
+    assert services.tuning.kept_os_trials() == set()
+    policy = tmp_path / "p.yaml"
+    policy.write_text("name: p\nsysctl:\n  vm.swappiness: 10\n")
+    services.tuning.os_trial("apply", "thp", THP_ALWAYS)
+    services.tuning.os_trial("keep", "thp", THP_ALWAYS)
+    services.tuning.apply_loaded(services.tuning.load_policy_ref(str(policy)))
+    assert services.tuning.kept_os_trials() == set()   # a new apply replaced what the trial had kept
