@@ -36,28 +36,30 @@ def register_compare(p: argparse.ArgumentParser) -> None:
     g.add_argument("--work-dir", type=Path, metavar="DIR", help="logs, the B daemon's state (default: a new tmp dir)")
 
 
-def _one_int(text: str | None, default: int) -> int:
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise InputError(f"--compare takes one concurrency level, got {text!r}", field="--concurrency") from None
-    if not 1 <= value <= 512:
-        raise InputError("must be within [1, 512]", field="--concurrency")
-    return value
-
-
-def _one_rate(text: str | None) -> float | None:
+def _one_level(text: str | None, flag: str, what: str, low: float, high: float) -> float | None:
+    """The one load level a compare round runs at (--compare takes a single value, not a list)."""
     if not text:
         return None
     try:
         value = float(text)
     except ValueError:
-        raise InputError(f"--compare takes one arrival rate, got {text!r}", field="--rate") from None
-    if not 0 < value <= 1000:
-        raise InputError("must be within (0, 1000]", field="--rate")
+        raise InputError(f"--compare takes one {what}, got {text!r}", field=flag) from None
+    if not low <= value <= high:
+        raise InputError(f"must be within [{low:g}, {high:g}]", field=flag)
     return value
+
+
+def _one_int(text: str | None, default: int) -> int:
+    value = _one_level(text, "--concurrency", "concurrency level", 1, 512)
+    if value is None:
+        return default
+    if value != int(value):
+        raise InputError(f"--compare takes one concurrency level, got {text!r}", field="--concurrency")
+    return int(value)
+
+
+def _one_rate(text: str | None) -> float | None:
+    return _one_level(text, "--rate", "arrival rate", 1e-3, 1000)
 
 
 def run_compare(args: argparse.Namespace) -> int:

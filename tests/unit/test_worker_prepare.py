@@ -10,7 +10,7 @@ import pytest
 from gguf import GGUFWriter
 
 from agent.policy.model import WeightsSpec, WorkerPlacement, WorkerSpec
-from agent.worker.prepare import prepare_worker
+from agent.worker.prepare import PreparedWorker, prepare_worker
 from tests.support.worker_facts import GiB, one_node_vm, two_socket_server
 
 
@@ -93,14 +93,20 @@ def model_arg(argv: list[str]) -> str:
     return argv[len(argv) - argv[::-1].index("-m")]
 
 
-def test_the_engine_opens_the_staged_copy_while_the_spec_names_the_staged_model(tmp_path: Path) -> None:
-    model, other = gguf_file(tmp_path / "m.gguf"), gguf_file(tmp_path / "other.gguf")
+def staged_worker(tmp_path: Path) -> tuple[Path, Path, WorkerSpec, PreparedWorker]:
+    """A hugetlbfs-backed worker prepared on a GGUF, and a copy of it where staging would put one."""
+    model = gguf_file(tmp_path / "m.gguf")
     staged = tmp_path / "hugetlb" / "model.gguf"
     staged.parent.mkdir()
     staged.write_bytes(model.read_bytes())
     spec = WorkerSpec(model=str(model), ctx=512, parallel=1, placement=WorkerPlacement(mode="none"),
                       weights={"backing": "hugetlbfs"})  # type: ignore[arg-type]
-    prepared = prepare_worker(spec, one_node_vm())
+    return model, staged, spec, prepare_worker(spec, one_node_vm())
+
+
+def test_the_engine_opens_the_staged_copy_while_the_spec_names_the_staged_model(tmp_path: Path) -> None:
+    model, staged, spec, prepared = staged_worker(tmp_path)
+    other = gguf_file(tmp_path / "other.gguf")
     assert model_arg(prepared.build(spec).argv) == str(model)
     prepared.staged_model = staged
     argv = prepared.build(spec).argv
@@ -135,13 +141,7 @@ def test_torch_anon_weights_under_thp_never_says_they_cannot_be_in_huge_pages(tm
 
 def test_a_staged_copy_removed_under_the_worker_falls_back_to_the_gguf(tmp_path: Path) -> None:
     """A revert unstaged the copy while the worker ran: the next build launches on the original (H4)."""
-    model = gguf_file(tmp_path / "m.gguf")
-    staged = tmp_path / "hugetlb" / "model.gguf"
-    staged.parent.mkdir()
-    staged.write_bytes(model.read_bytes())
-    spec = WorkerSpec(model=str(model), ctx=512, parallel=1, placement=WorkerPlacement(mode="none"),
-                      weights={"backing": "hugetlbfs"})  # type: ignore[arg-type]
-    prepared = prepare_worker(spec, one_node_vm())
+    model, staged, spec, prepared = staged_worker(tmp_path)
     prepared.staged_model = staged
     assert model_arg(prepared.build(spec).argv) == str(staged)
     staged.unlink()  # `hosttune revert` / the API's revert unstaged it
