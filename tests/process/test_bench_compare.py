@@ -114,6 +114,13 @@ def test_compare_loop_alternates_prechecks_and_reports(tmp_path: Path, monkeypat
         assert ratio["rounds_a"] == ratio["rounds_b"] == 5 and ratio["resamples"] == 2000 and ratio["paired"]
         assert ratio["low"] <= ratio["ratio"] <= ratio["high"]
 
+    # the PNG (matplotlib comes with the test extra): rounds per arm and the ratios with their intervals
+    from agent.bench.compare_plot import plot_compare
+
+    png = tmp_path / "c.png"
+    assert plot_compare(data, png) is None
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
 
 def test_cli_refuses_bad_compare_arguments_before_touching_anything(tmp_path: Path) -> None:
     import subprocess
