@@ -38,6 +38,7 @@ examples:
   hosttune bench --url http://127.0.0.1:8080 --scenario multiturn --duration 60 --slo-ttft-ms 2000 --slo-itl-ms 150
   hosttune bench --url http://127.0.0.1:8080 --requests traffic.jsonl --json --out replay.json
   hosttune bench --sweep "np=1,2,4;ub=128,512" --concurrency 4 --duration 20 --slo-ttft-p95-ms 800
+  sudo hosttune bench --compare --scenario multiturn --rounds 5 --duration 20 --out cmp.json --plot cmp.png
 """
 
 
