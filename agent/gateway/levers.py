@@ -10,6 +10,7 @@ swap is one reference assignment, safe from any thread, and the slot map follows
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from agent.gateway.admission import AdmissionGate
@@ -77,6 +78,17 @@ class Levers:
         if retry is not None:
             self.shed_total += 1
         return retry
+
+    def late_after(self, started: float) -> float | None:
+        """The monotonic time after which a request that arrived at `started` and is still waiting for admission
+        has missed the TTFT SLO by its wait alone (None: shedding is off)."""
+        self._refresh()
+        return None if self.shed_budget_s is None else started + self.shed_budget_s
+
+    def count_late(self) -> int:
+        """Count a queued request refused for having waited out the budget; its Retry-After hint in seconds."""
+        self.shed_total += 1
+        return max(1, math.ceil(self.shed_budget_s or 1))
 
     def rewrite(self, body: bytes, session_id: str | None) -> Rewritten:
         self._refresh()

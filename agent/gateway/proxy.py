@@ -182,9 +182,15 @@ class Proxy:
         deadline = rec.started + self.settings.queue_timeout_s
         if (retry := self.levers.shed(self.gate)) is not None:
             return self._reject(rec, "shed", retry)
+        # With shedding on, a request still queued once its wait alone has used up the TTFT budget has missed the
+        # SLO whatever happens next: refuse it then rather than spend the worker on an answer that is already late
+        # (a prediction at arrival cannot see a queue that built up before the service time was known).
+        late = self.levers.late_after(rec.started)
         try:
-            await self.gate.acquire(deadline)
+            await self.gate.acquire(deadline if late is None else min(deadline, late))
         except Rejected as r:
+            if r.reason == "queue_timeout" and late is not None and late < deadline:
+                return self._reject(rec, "shed", self.levers.count_late())
             return self._reject(rec, r.reason)
         handed_off = False
         shaped = _Shaped()

@@ -197,7 +197,8 @@ class SloSpec(Section):
     itl_p95_ms: float | None = Field(None, gt=0)
     memory_headroom_pct: float = Field(10.0, ge=0, le=90)
     shed: bool = Field(False, description="gateway: answer 503 + Retry-After at once when a new request's predicted "
-                       "wait for admission (queued x recent service time / limit) exceeds ttft_p95_ms")
+                       "wait for admission (queued x recent service time / limit) exceeds ttft_p95_ms, "
+                       "and to a queued request once its wait alone reached ttft_p95_ms")
 
     @model_validator(mode="after")
     def _shed_needs_ttft(self) -> SloSpec:

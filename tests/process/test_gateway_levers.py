@@ -109,3 +109,46 @@ def test_a_request_held_across_a_restart_that_lowers_parallel_gets_a_slot_the_ne
     assert [r.status_code for r in replies] == [200]
     assert [b.get("id_slot") for b in worker.state.bodies][:3] == [0, 1, 2]
     assert worker.state.bodies[3]["id_slot"] in (0, 1)
+
+
+def test_a_request_still_queued_when_its_wait_used_up_the_budget_is_shed(worker: FakeWorker) -> None:
+    # No service time learnt yet (a fresh gateway under a burst): the prediction at arrival admits everyone to the
+    # queue, so only the wait itself can tell that a queued request has already missed the SLO.
+    app, gw = create_app(StaticUpstream(worker.url), GatewaySettings(limit=1, max_queue=50, queue_timeout_s=20))
+    gw.configure_worker(Shaping(), 0.3)
+    replies: list[httpx.Response] = []
+
+    def one(ttft: float) -> None:
+        with httpx.Client(timeout=20) as cc:
+            replies.append(cc.post(served.url + CHAT, json=turn("hi", ttft_s=ttft)))
+
+    with ServedApp(app) as served:
+        first = threading.Thread(target=one, args=(1.5,))
+        first.start()
+        while gw.gate.in_flight == 0:
+            threading.Event().wait(0.01)
+        second = threading.Thread(target=one, args=(0.0,))
+        second.start()
+        second.join()
+        assert len(replies) == 1, "the queued request was answered only after the first one finished"
+        first.join()
+    late = replies[0]
+    assert late.status_code == 503 and late.json()["error"]["reason"] == "shed"
+    assert int(late.headers["retry-after"]) >= 1
+    assert replies[1].status_code == 200 and worker.state.requests == 1 and gw.levers.shed_total == 1
+
+
+def test_without_shedding_a_queued_request_waits_its_turn(worker: FakeWorker) -> None:
+    app, gw = create_app(StaticUpstream(worker.url), GatewaySettings(limit=1, max_queue=50, queue_timeout_s=20))
+    gw.configure_worker(Shaping(), None)
+    with ServedApp(app) as served, httpx.Client(timeout=20) as c:
+        replies: list[httpx.Response] = []
+        first = threading.Thread(target=lambda: replies.append(c.post(served.url + CHAT,
+                                                                      json=turn("hi", ttft_s=0.6))))
+        first.start()
+        while gw.gate.in_flight == 0:
+            threading.Event().wait(0.01)
+        with httpx.Client(timeout=20) as c2:
+            second = c2.post(served.url + CHAT, json=turn("hi"))
+        first.join()
+    assert second.status_code == 200 and replies[0].status_code == 200 and gw.levers.shed_total == 0
