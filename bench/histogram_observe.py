@@ -20,7 +20,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,6 +34,9 @@ class NullHistogram(Histogram):
     """The B arm: same call, no work."""
 
     def observe(self, value: float) -> None:
+        return None
+
+    def observe_many(self, values: Iterable[float]) -> None:
         return None
 
 

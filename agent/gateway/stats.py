@@ -134,8 +134,7 @@ class GatewayStats:
             if rec.outcome == "ok":
                 if rec.ttft_s is not None:
                     self.ttft_hist.observe(rec.ttft_s)
-                for gap in rec.itl_s:
-                    self.itl_hist.observe(gap)
+                self.itl_hist.observe_many(rec.itl_s)
                 if rec.e2e_s is not None:
                     self.e2e_hist.observe(rec.e2e_s)
             self.outcomes[rec.outcome] += 1
