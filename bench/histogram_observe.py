@@ -98,9 +98,10 @@ def main() -> int:
     args = ap.parse_args()
     out = {"rounds": args.rounds, "requests": args.requests, "gaps_per_request": args.gaps,
            **observe_rounds(args.rounds, args.requests * 5), **finish_rounds(args.rounds, args.requests, args.gaps)}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    report = json.dumps(out, indent=2)
+    print(report)
+    if args.json is not None:
+        args.json.write_text(report + "\n")
     return 0
 
 
