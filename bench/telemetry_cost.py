@@ -1,6 +1,7 @@
 """What 1 Hz telemetry costs: CPU per sample, and the sampling process's CPU share over a run at 1 Hz.
 
-    .venv/bin/python bench/telemetry_cost.py [--samples 100] [--seconds 30] [--scrape-only] [--json FILE]
+    .venv/bin/python bench/telemetry_cost.py [--samples 100] [--seconds 30] [--scrape-only] [--fixture-worker]
+                                             [--json FILE]
 
 Samplers as the daemon runs them: host (psutil), worker (a real idle llama-server's /metrics and /slots) and the
 gateway's windows filled like a busy minute (300 TTFTs, 9,000 inter-token gaps: ~150 tokens/s for 60 s); GPU
@@ -18,15 +19,21 @@ llama-server (host + busy gateway families).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import multiprocessing
 import random
 import re
 import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from multiprocessing.connection import Connection
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -98,6 +105,44 @@ def busy_stats() -> GatewayStats:
     return stats
 
 
+class FixtureHandler(BaseHTTPRequestHandler):
+    """llama-server's captured /metrics and /slots (tests/fixtures/llamacpp), kept alive like the real one."""
+
+    protocol_version = "HTTP/1.1"
+    root = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "llamacpp"
+    bodies = {"/metrics": (root / "metrics.txt").read_bytes(), "/slots": (root / "slots.json").read_bytes()}
+
+    def do_GET(self) -> None:
+        body = self.bodies.get(self.path.split("?")[0], b"{}")
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def serve_fixture(conn: Connection) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FixtureHandler)
+    conn.send(server.server_address[1])
+    server.serve_forever()
+
+
+@contextlib.contextmanager
+def fixture_worker() -> Iterator[SimpleNamespace]:
+    """A loopback server in a child process answering with a real llama-server's captured replies: the sampler's
+    work is the same bytes, no engine (so no heavy lock), and the replies' CPU is not this process's."""
+    parent, child = multiprocessing.Pipe()
+    proc = multiprocessing.get_context("fork").Process(target=serve_fixture, args=(child,), daemon=True)
+    proc.start()
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{parent.recv()}")
+    finally:
+        proc.terminate()
+        proc.join(5)
+
+
 def process_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
@@ -111,6 +156,8 @@ def main() -> int:
     ap.add_argument("--scrape-renders", type=int, default=50)
     ap.add_argument("--scrape-only", action="store_true",
                     help="only the render comparison, on host + busy gateway families (no llama-server)")
+    ap.add_argument("--fixture-worker", action="store_true",
+                    help="a loopback server with llama-server's captured /metrics and /slots instead of llama-server")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.scrape_only:
@@ -120,7 +167,9 @@ def main() -> int:
                       "busy_exposition_bytes": len(tel.exposition())}
         print(json.dumps(out_scrape, indent=2))
         return 0
-    with LocalLlamaServer(default_model_path(), threads=2, extra_args=["-np", "4", "-c", "4096"]) as llama:
+    worker = (fixture_worker() if args.fixture_worker else
+              LocalLlamaServer(default_model_path(), threads=2, extra_args=["-np", "4", "-c", "4096"]))
+    with worker as llama:
         busy = build_telemetry(endpoint=StaticUpstream(llama.url), gateway=busy_stats(), gpu=open_nvml())
         busy.sample_once()  # first sample sets up the HTTP connection and the CPU baseline
         busy_costs = [busy.sample_once().cpu_cost_s * 1000 for _ in range(args.samples)]
