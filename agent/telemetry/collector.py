@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent.gateway.stats import GatewaySnapshot, GatewayStats
 from agent.gpu.nvml import Nvml
@@ -25,6 +25,12 @@ from agent.telemetry.worker import WorkerSample, WorkerSampler
 log = logging.getLogger(__name__)
 JOB_ID = "telemetry"  # the daemon reschedules this id when telemetry_interval_s changes
 SCRAPE_MAX_AGE_S = 2.5  # a scrape renders the latest sample if it is younger than this, else samples now
+
+
+class FamilySource(Protocol):
+    """A part read at each exposition rather than sampled into the ring (the daemon's state: daemon_state.py)."""
+
+    def families(self) -> list[MetricFamily]: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class Telemetry:
         self.gpu = gpu
         self.ring: RingBuffer[TelemetrySample] = RingBuffer(capacity)
         self._clock = clock
+        self.parts: list[FamilySource] = []
         self._exposition = Exposition(self._scrape_families)
 
     def _run(self, sampler: Any, errors: dict[str, str]) -> Any:
@@ -96,6 +103,8 @@ class Telemetry:
             fams += self.gateway.families(sample.gateway)
         if sample.gpus:
             fams += GpuSampler.families(sample.gpus)
+        for part in self.parts:
+            fams += part.families()
         ok = MetricFamily("hosttune_telemetry_sampler_success", "gauge",
                           "1 if the sampler succeeded at the last sample, 0 if it failed.")
         for s in (self.host, self.worker, self.gateway, self.gpu):
