@@ -177,7 +177,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--start-timeout", type=float, default=300.0, help="seconds a server may take to load")
     ap.add_argument("--json", action="store_true", help="print the JSON report instead of the tables")
-    ap.add_argument("--out", type=Path, help="also write the JSON report (every round) to this file")
+    ap.add_argument("--out", type=Path, help="also write the JSON report (every round) to this file; it holds "
+                    "the rounds so far while the run goes on")
     ap.add_argument("--copy-dir", type=Path, default=Path("/var/tmp"),
                     help="where the private copy of the model goes (default /var/tmp)")
     ap.add_argument("--no-copy", action="store_true", help="serve the model file itself (see above)")
@@ -226,6 +227,8 @@ def run_rounds(run: Run, arms: dict[str, Arm], snapshot: dict[str, str],
             check_untouched(snapshot, run.paths, [], state_dirs)
             row = {"round": r, "arm": name, **one_arm(arms[name], run)}
             rows.append(row)
+            if run.args.out:  # every round as it comes: a run stopped early still leaves its figures
+                run.args.out.write_text(json.dumps({"partial": True, "rounds": rows}, indent=1) + "\n")
             say(f"round {r + 1}/{run.args.rounds} {name}: " + ", ".join(
                 f"{k} {v:.3g}" for k, v in row.items() if isinstance(v, float)))
     return rows
