@@ -27,7 +27,7 @@ moves both): per arm-round
   load warm   a second fresh server on the now cached file: exec -> /health 200
   prefill / decode tok/s   llama-server's own `timings` of --requests completions (median) of a fixed prompt of
               --prompt-tokens tokens, --n-predict tokens, temperature 0, cache_prompt false, ignore_eos
-  RSS, Hugetlb, AnonHugePages, Locked   the server's /proc/PID/smaps_rollup after the completions
+  RSS, Hugetlb, AnonHugePages, FilePmdMapped, Locked   the server's /proc/PID/smaps_rollup after the completions
 The report gives each arm's medians and each change's B/A ratio of round means with a 95% paired bootstrap
 interval (agent/bench/stats.py); `*` marks an interval that excludes 1. Progress goes to stderr.
 
@@ -159,6 +159,7 @@ def one_arm(arm: Arm, run: Run) -> dict[str, Any]:
             "cold_resident": cold_resident, **{k: round(v, 2) for k, v in figures.items()},
             "rss_mib": round(mem.rss_bytes / MIB, 1), "hugetlb_mib": round((mem.hugetlb_bytes or 0) / MIB, 1),
             "anon_huge_mib": round((mem.anon_huge_bytes or 0) / MIB, 1),
+            "file_pmd_mib": round((mem.file_pmd_bytes or 0) / MIB, 1),
             "locked_mib": round((mem.locked_bytes or 0) / MIB, 1), "load1": os.getloadavg()[0]}
 
 

@@ -24,6 +24,7 @@ FIGURES: dict[str, tuple[str, bool]] = {
     "rss_mib": ("RSS MiB", True),
     "hugetlb_mib": ("Hugetlb MiB", False),
     "anon_huge_mib": ("AnonHuge MiB", False),
+    "file_pmd_mib": ("FilePmd MiB", False),
     "locked_mib": ("Locked MiB", False),
 }
 RATIO_FIGURES = [k for k, (_, ratio) in FIGURES.items() if ratio]
@@ -31,8 +32,9 @@ Round = Mapping[str, Any]   # {"round": i, "arm": name, figure: value, ...}
 
 
 def arm_series(rounds: Sequence[Round], arm: str, figure: str) -> list[float]:
-    """The figure of `arm`, one value per round, in round order (the pairing the bootstrap relies on)."""
-    mine = sorted((r for r in rounds if r["arm"] == arm), key=lambda r: int(r["round"]))
+    """The figure of `arm`, one value per round, in round order (the pairing the bootstrap relies on). Rounds
+    recorded before a figure existed do not have it: they are left out of that figure's medians."""
+    mine = sorted((r for r in rounds if r["arm"] == arm and r.get(figure) is not None), key=lambda r: int(r["round"]))
     return [float(r[figure]) for r in mine]
 
 

@@ -113,6 +113,7 @@ def test_one_round_gives_ratios_without_intervals() -> None:
     ratio = change_ratios(rows, "found", "hugetlbfs", resamples=2000, seed=1)["decode_tok_s"]
     assert ratio["ratio"] is not None and ratio["low"] is None and "fewer than" in ratio["note"]
     assert medians(rows, ["found"])["found"]["hugetlb_mib"] == 0.0
+    assert medians(rows, ["found"])["found"]["file_pmd_mib"] is None  # recorded before the figure existed
 
 
 def test_arms_that_ran_different_rounds_are_not_paired() -> None:
