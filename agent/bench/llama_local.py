@@ -58,6 +58,8 @@ def knob_args(knobs: Mapping[str, object]) -> list[str]:
 
 
 class LocalLlamaServer:
+    ready_poll_s = 0.1  # /health poll interval while starting; a load-time benchmark polls finer
+
     def __init__(self, model: Path, port: int | None = None, threads: int = 2,
                  extra_args: Sequence[str] = (), log_path: Path | None = None, defaults: bool = False) -> None:
         self.binary = find_llama_server()
@@ -112,7 +114,7 @@ class LocalLlamaServer:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise HostError(f"llama-server not ready after {timeout_s:g} s")
-                time.sleep(0.1)
+                time.sleep(self.ready_poll_s)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests of the gateway's hold/retry)."""
