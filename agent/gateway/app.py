@@ -111,6 +111,7 @@ class Gateway:
 def snapshot_dict(stats: GatewayStats) -> dict[str, Any]:
     snap = stats.sample()
     out = asdict(snap)
+    out.pop("histograms")  # cumulative buckets are for /metrics; the JSON keeps the windowed quantiles
     for name in ("ttft", "itl", "e2e", "queue_wait"):
         w = getattr(snap, name)
         out[name] = {"count": w.count, "mean": w.mean, **{f"p{int(q * 100)}": v for q, v in w.quantiles.items()}}

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from agent.errors import InputError
+from agent.metrics.histogram import HistogramSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METRIC_TYPES = ("counter", "gauge", "summary", "histogram", "untyped")
@@ -53,6 +54,24 @@ def gauge(name: str, help: str, value: float | int | None = None,
 def counter(name: str, help: str, value: float | int | None = None,
             labels: Mapping[str, str] | None = None) -> MetricFamily:
     return MetricFamily(name, "counter", help).add(value, labels)
+
+
+def le_label(bound: float) -> str:
+    """The `le` label of a bucket bound as prometheus_client writes it (0.5 -> "0.5", 1 -> "1.0", inf -> "+Inf"):
+    rules and dashboards select buckets by this exact string."""
+    if math.isinf(bound):
+        return "+Inf"
+    return repr(float(bound))
+
+
+def histogram_family(name: str, help: str, h: HistogramSnapshot) -> MetricFamily:
+    """A cumulative histogram: `_bucket{le}` per bound and +Inf, then `_sum` and `_count` (= the +Inf bucket)."""
+    fam = MetricFamily(name, "histogram", help)
+    for bound, count in h.buckets():
+        fam.add(count, {"le": le_label(bound)}, suffix="_bucket")
+    fam.add(h.sum, suffix="_sum")
+    fam.add(h.count, suffix="_count")
+    return fam
 
 
 def format_value(value: float) -> str:

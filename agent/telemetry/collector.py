@@ -133,6 +133,7 @@ def sample_to_dict(sample: TelemetrySample) -> dict[str, Any]:
         out["host"].pop("cpu_seconds", None)
     gw = out.get("gateway")
     if gw:
+        gw.pop("histograms", None)  # cumulative buckets are for /metrics; the JSON keeps the windowed quantiles
         for name in ("ttft", "itl", "e2e", "queue_wait"):
             w = gw[name]
             gw[name] = {"count": w["count"], "mean": w["mean"],

@@ -144,7 +144,9 @@ def test_one_failing_sampler_is_contained_and_exported() -> None:
     fams = parse_text(tel.exposition())
     assert sample_value(fams, "hosttune_telemetry_sampler_success", {"sampler": "worker"}) == 0
     assert sample_value(fams, "hosttune_telemetry_sampler_success", {"sampler": "host"}) == 1
-    assert sample_value(fams, "hosttune_gateway_ttft_seconds", {"quantile": "0.5"}) == pytest.approx(0.2)
+    assert sample_value(fams, "hosttune_gateway_ttft_seconds_bucket", {"le": "0.1"}) == 0
+    assert sample_value(fams, "hosttune_gateway_ttft_seconds_bucket", {"le": "0.2"}) == 1
+    assert sample_value(fams, "hosttune_gateway_itl_seconds_count") == 2
     assert sample_value(fams, "hosttune_gateway_completion_tokens_total") == 3
     assert sample_value(fams, "node_memory_MemTotal_bytes") == psutil.virtual_memory().total
     for _ in range(10):
