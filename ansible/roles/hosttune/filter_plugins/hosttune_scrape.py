@@ -16,7 +16,10 @@ import ipaddress
 import re
 from typing import Any
 
-from ansible.errors import AnsibleFilterError
+
+class ScrapeValueError(ValueError):
+    """A refused value. Ansible fails the task with this message ("The filter plugin ... failed: ..."). Not
+    ansible.errors' class: importing ansible patches sys.intern process-wide, and the unit tests load this file."""
 
 # Shapes before parsing: digits, hex, dots, colons and one optional /prefix; no scope ids, spaces or newlines.
 SOURCE_RE = re.compile(r"^[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?$")
@@ -51,9 +54,9 @@ def scrape_sources(values: object, api_host: object = None) -> list[str]:
     itself, and such a connection comes from that address, not from localhost."""
     bad = bad_scrape_sources(values)
     if bad or not isinstance(values, list):
-        raise AnsibleFilterError(f"hosttune_scrape_sources: not an IPv4/IPv6 address or CIDR: {', '.join(bad)}")
+        raise ScrapeValueError(f"hosttune_scrape_sources: not an IPv4/IPv6 address or CIDR: {', '.join(bad)}")
     if not values or len(values) > MAX_SOURCES:
-        raise AnsibleFilterError(f"hosttune_scrape_sources: give 1 to {MAX_SOURCES} addresses or CIDRs")
+        raise ScrapeValueError(f"hosttune_scrape_sources: give 1 to {MAX_SOURCES} addresses or CIDRs")
     sources = {str(_source(v)) for v in values}
     own = _source(api_host)
     if own is not None and "/" not in own and own not in WILDCARD_BINDS and not ipaddress.ip_address(own).is_loopback:
@@ -74,28 +77,28 @@ def _address(value: object) -> str | None:
 def file_sd(hosts: object) -> list[dict[str, Any]]:
     """One Prometheus file_sd target group per host: `targets: ["ADDR:PORT"]`, labels host and policy."""
     if not isinstance(hosts, list) or len(hosts) > MAX_TARGETS:
-        raise AnsibleFilterError("hosttune_file_sd: expected a list of hosts")
+        raise ScrapeValueError("hosttune_file_sd: expected a list of hosts")
     groups = []
     for entry in hosts:
         if not isinstance(entry, dict):
-            raise AnsibleFilterError(f"hosttune_file_sd: not a host entry: {entry!r}"[:200])
+            raise ScrapeValueError(f"hosttune_file_sd: not a host entry: {entry!r}"[:200])
         name = entry.get("host")
         if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
-            raise AnsibleFilterError(f"host {name!r}: the inventory name is not a plain host name"[:200])
+            raise ScrapeValueError(f"host {name!r}: the inventory name is not a plain host name"[:200])
         api_host = entry.get("api_host")
         address = _address(entry.get("ansible_host") if api_host in WILDCARD_BINDS else api_host)
         if address is None or address in ("127.0.0.1", "::1", "localhost"):
-            raise AnsibleFilterError(f"host {name}: hosttune_api_host (or ansible_host for a wildcard bind) is not "
+            raise ScrapeValueError(f"host {name}: hosttune_api_host (or ansible_host for a wildcard bind) is not "
                                      f"a remote IP address or DNS name Prometheus can reach: "
                                      f"{entry.get('api_host')!r}"[:300])
         port = entry.get("port")
         if isinstance(port, str) and port.isdigit():
             port = int(port)
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            raise AnsibleFilterError(f"host {name}: hosttune_api_port {port!r} is not a port (1-65535)"[:200])
+            raise ScrapeValueError(f"host {name}: hosttune_api_port {port!r} is not a port (1-65535)"[:200])
         policy = entry.get("policy")
         if not isinstance(policy, str) or not LABEL_VALUE_RE.fullmatch(policy):
-            raise AnsibleFilterError(f"host {name}: hosttune_policy {policy!r} is not a policy name"[:200])
+            raise ScrapeValueError(f"host {name}: hosttune_policy {policy!r} is not a policy name"[:200])
         target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         groups.append({"targets": [target], "labels": {"host": name, "policy": policy}})
     return groups
