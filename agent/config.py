@@ -40,7 +40,7 @@ CONFIG_MAX_BYTES = 1 << 20
 # Fields holding paths: relative values in a config file are resolved against the file's directory.
 _PATH_FIELDS: tuple[tuple[str, ...], ...] = (
     ("state_dir",), ("token_file",), ("audit_log",), ("procfs",), ("sysfs",), ("rootfs",), ("nvml_sim",),
-    ("api", "unix_socket"),
+    ("api", "unix_socket"), ("api", "metrics_token_file"),
 )
 
 
@@ -78,6 +78,9 @@ class ApiSettings(ServedSection):
     port: int = Field(7711, ge=0, le=65535, description="TCP port; 0 picks a free one (tests)")
     unix_socket: Path | None = Field(None, description="serve on this unix socket (mode 0600) instead of TCP")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
+    metrics_token_file: Path | None = Field(None, description="a read-only scrape credential: when set, /metrics "
+                                            "needs `Authorization: Bearer` with the token in this file (0600, "
+                                            "never created by the daemon); unset: /metrics needs no token")
 
     @field_validator("host")
     @classmethod

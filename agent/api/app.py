@@ -2,7 +2,8 @@
 
 `create_app(settings, services)` builds a fresh app (nothing happens at import). The lifespan loads the token
 (creating the file on first start, refusing a group/world-readable one) and opens the audit log; both are kept on
-`app.state`. Every route under /v1 depends on the bearer token; /healthz, /metrics and /openapi.json do not.
+`app.state`. Every route under /v1 depends on the bearer token; /healthz and /openapi.json do not, and /metrics
+only needs the scrape token when `api.metrics_token_file` is set (never the API token: a scraper cannot retune).
 The interactive docs pages are off: they load scripts from a CDN, and the API is for programs.
 """
 
@@ -16,7 +17,7 @@ from fastapi.routing import iter_route_contexts
 
 from agent import __version__
 from agent.api.audit import AuditLog, AuditMiddleware
-from agent.api.auth import TokenFirstMiddleware, ensure_token, require_token
+from agent.api.auth import TokenFirstMiddleware, ensure_token, metrics_token, require_token
 from agent.api.deps import HostServices
 from agent.api.errors import install_error_handlers
 from agent.api.limits import BodyLimitMiddleware
@@ -49,6 +50,7 @@ def create_app(settings: DaemonSettings, services: HostServices) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.token = ensure_token(settings.token_path)
+        app.state.metrics_token = metrics_token(settings.api.metrics_token_file)
         app.state.status_snapshot = Snapshot(services.status, services.state_generation)  # its lock: this loop's
         app.state.audit = AuditLog(settings.audit_path, max_bytes=settings.audit_max_bytes, keep=settings.audit_keep)
         try:

@@ -1,4 +1,5 @@
-"""Bearer-token authentication for every /v1 route (a router-level dependency, constant-time compare).
+"""Bearer-token authentication for every /v1 route (a router-level dependency, constant-time compare), and for
+/metrics with the separate scrape token when `api.metrics_token_file` is set.
 
 The token file itself (creation 0600, refusal of a readable one) is agent/api/tokenfile.py.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
@@ -14,10 +16,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.api.audit import AUTHENTICATED_KEY
-from agent.api.tokenfile import MIN_TOKEN_CHARS, ensure_token
+from agent.api.tokenfile import MIN_TOKEN_CHARS, ensure_token, read_token
 
-__all__ = ["MIN_TOKEN_CHARS", "TokenFirstMiddleware", "ensure_token", "refusal", "refusal_before_body",
-           "require_token"]
+__all__ = ["MIN_TOKEN_CHARS", "TokenFirstMiddleware", "ensure_token", "metrics_token", "refusal",
+           "refusal_before_body", "require_token"]
+METRICS_PATH = "/metrics"
 
 _bearer = HTTPBearer(auto_error=False, description="the token in the daemon's token file (api.token)")
 
@@ -48,6 +51,11 @@ def token_refusal(expected: str | None, authorization: str | None) -> HTTPExcept
     return None
 
 
+def metrics_token(path: Path | None) -> str | None:
+    """The scrape token /metrics requires (None: /metrics is open), from a 0600 file the daemon never creates."""
+    return None if path is None else read_token(path, what="metrics (scrape) token")
+
+
 def is_v1(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
@@ -60,19 +68,31 @@ class TokenFirstMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and is_v1(scope["path"]):
-            authorization = None
-            for name, value in scope.get("headers") or []:
-                if name == b"authorization":
-                    authorization = value.decode("latin-1")
-                    break
-            app: Any = scope.get("app")
-            refused = token_refusal(getattr(getattr(app, "state", None), "token", None), authorization)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: Any = getattr(scope.get("app"), "state", None)
+        scrape_token = getattr(state, "metrics_token", None)
+        if is_v1(scope["path"]):
+            refused = token_refusal(getattr(state, "token", None), _authorization(scope))
             if refused is not None:
                 await _answer(send, refused)
                 return
             scope[AUTHENTICATED_KEY] = True
+        elif scope["path"] == METRICS_PATH and scrape_token is not None:
+            # Only the scrape token opens /metrics: the API token (which can retune the host) is not asked for.
+            refused = token_refusal(scrape_token, _authorization(scope))
+            if refused is not None:
+                await _answer(send, refused)
+                return
         await self.app(scope, receive, send)
+
+
+def _authorization(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or []:
+        if name == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def _answer(send: Send, refused: HTTPException) -> None:

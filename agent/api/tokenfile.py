@@ -1,4 +1,5 @@
-"""The API token file: created 0600 on first start, refused when others could read it.
+"""The API token file: created 0600 on first start, refused when others could read it. The scrape token file
+(`api.metrics_token_file`, the read-only credential for /metrics) gets the same checks but is never created.
 
 Why a file and not a config value: the token must never sit in a world-readable config or in the unit's
 environment (`systemctl show` prints it). The daemon refuses to start when the file is readable or writable by
@@ -20,35 +21,37 @@ MIN_TOKEN_CHARS = 16
 TOKEN_MAX_BYTES = 4096
 
 
-def _check_existing(path: Path) -> str:
+def read_token(path: Path, what: str = "API token") -> str:
+    """The token in an existing token file, refused unless it is a 0600 regular file of ours holding at least
+    MIN_TOKEN_CHARS characters (`what` names the file in the error)."""
     try:
         st = path.lstat()
     except OSError as e:
-        raise InputError(f"cannot read the API token file: {e.strerror}", path=path) from None
+        raise InputError(f"cannot read the {what} file: {e.strerror}", path=path) from None
     if not stat.S_ISREG(st.st_mode):
-        raise InputError("the API token file is not a regular file (a symlink or device is refused)", path=path)
+        raise InputError(f"the {what} file is not a regular file (a symlink or device is refused)", path=path)
     if st.st_mode & 0o077:
-        raise InputError(f"the API token file is readable or writable by group/others (mode "
+        raise InputError(f"the {what} file is readable or writable by group/others (mode "
                          f"{stat.S_IMODE(st.st_mode):04o}); refusing to start: chmod 600 it", path=path)
     if st.st_uid != os.geteuid():
-        raise InputError(f"the API token file is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})",
+        raise InputError(f"the {what} file is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})",
                          path=path)
     token = read_capped(path, TOKEN_MAX_BYTES).decode(errors="replace").strip()
     if len(token) < MIN_TOKEN_CHARS:
-        raise InputError(f"the API token is shorter than {MIN_TOKEN_CHARS} characters", path=path)
+        raise InputError(f"the {what} is shorter than {MIN_TOKEN_CHARS} characters", path=path)
     return token
 
 
 def ensure_token(path: Path) -> str:
     """Return the API token, creating the file (0600, random 256-bit token) if it does not exist yet."""
     if path.exists() or path.is_symlink():
-        return _check_existing(path)
+        return read_token(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        return _check_existing(path)  # another process created it between our checks
+        return read_token(path)  # another process created it between our checks
     except OSError as e:
         raise InputError(f"cannot create the API token file: {e.strerror}", path=path) from None
     with os.fdopen(fd, "w") as f:

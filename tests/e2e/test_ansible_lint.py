@@ -37,7 +37,7 @@ def test_ansible_lint_production_profile_passes(tmp_path: Path) -> None:
     assert "Profile 'production' was required, and it passed" in out, out[-3000:]
 
 
-@pytest.mark.parametrize("playbook", ["site.yml", "rollout.yml"])
+@pytest.mark.parametrize("playbook", ["site.yml", "rollout.yml", "prometheus.yml"])
 def test_playbook_syntax(playbook: str, tmp_path: Path) -> None:
     inv = tmp_path / "hosts.ini"
     inv.write_text("[hosttune]\nh1 ansible_host=127.0.0.1\n")

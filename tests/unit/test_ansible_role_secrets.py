@@ -1,4 +1,4 @@
-"""The Ansible role, read as data: every task that touches the API token has no_log: true (a lint of its own,
+"""The Ansible role, read as data: every task that touches the API or scrape token has no_log: true (a lint of its own,
 ansible-lint has no such rule), and a non-loopback API address turns on allow_remote only when asked to."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROLE = Path(__file__).resolve().parents[2] / "ansible/roles/hosttune"
-TOKEN_VARS = re.compile(r"\b(__hosttune_token|hosttune_api_token|__hosttune_token_file)\b")
+TOKEN_VARS = re.compile(r"\b(__hosttune_token|hosttune_api_token|__hosttune_token_file|hosttune_metrics_token)\b")
 NOT_SENT = {"name", "when", "loop_control", "notify", "register"}  # keys that never reach a log as values
 
 

@@ -1,0 +1,110 @@
+"""Filters that check every value the role writes into a unit drop-in or a Prometheus config (no ansible.utils).
+
+Inventory values are hostile until checked: a newline in a scrape source would add a directive to the unit, an
+empty `IPAddressAllow=` would reset the allow-list, a quote in a label would break the JSON Prometheus reads. Each
+filter either returns values in a canonical shape or fails the task naming the host and field.
+
+  hosttune_scrape_sources(api_host)  IPv4/IPv6 addresses or CIDRs -> the same, canonical, plus the API's own
+                           address (fails on anything else)
+  hosttune_bad_scrape_sources  the entries of a list that are not such addresses (for the role's assert)
+  hosttune_file_sd  [{host, api_host, ansible_host, port, policy}] -> Prometheus file_sd target groups
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+
+class ScrapeValueError(ValueError):
+    """A refused value. Ansible fails the task with this message ("The filter plugin ... failed: ..."). Not
+    ansible.errors' class: importing ansible patches sys.intern process-wide, and the unit tests load this file."""
+
+# Shapes before parsing: digits, hex, dots, colons and one optional /prefix; no scope ids, spaces or newlines.
+SOURCE_RE = re.compile(r"^[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?$")
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.-]{0,128}$")  # inventory host names and policy names
+WILDCARD_BINDS = ("0.0.0.0", "::")
+MAX_SOURCES = 64
+MAX_TARGETS = 10000
+
+
+def _source(value: object) -> str | None:
+    """The canonical form of one scrape source (an address, or a network with its host bits clear), or None."""
+    if not isinstance(value, str) or not SOURCE_RE.fullmatch(value):
+        return None
+    try:
+        if "/" in value:
+            return str(ipaddress.ip_network(value, strict=True))
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def bad_scrape_sources(values: object) -> list[str]:
+    if not isinstance(values, list):
+        return [f"not a list: {values!r}"[:120]]
+    return [repr(v)[:120] for v in values if _source(v) is None]
+
+
+def scrape_sources(values: object, api_host: object = None) -> list[str]:
+    """The sources for the unit's IPAddressAllow=, canonical and deduplicated. `api_host`, when it is one
+    non-loopback IP address (not a wildcard), is added too: the role's own checks reach the API from the host
+    itself, and such a connection comes from that address, not from localhost."""
+    bad = bad_scrape_sources(values)
+    if bad or not isinstance(values, list):
+        raise ScrapeValueError(f"hosttune_scrape_sources: not an IPv4/IPv6 address or CIDR: {', '.join(bad)}")
+    if not values or len(values) > MAX_SOURCES:
+        raise ScrapeValueError(f"hosttune_scrape_sources: give 1 to {MAX_SOURCES} addresses or CIDRs")
+    sources = {str(_source(v)) for v in values}
+    own = _source(api_host)
+    if own is not None and "/" not in own and own not in WILDCARD_BINDS and not ipaddress.ip_address(own).is_loopback:
+        sources.add(own)
+    return sorted(sources, key=lambda s: (":" in s, s))
+
+
+def _address(value: object) -> str | None:
+    """A target address: an IP address or a DNS name (no port, no scheme, nothing else)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value if HOST_NAME_RE.fullmatch(value) and not value.replace(".", "").isdigit() else None
+
+
+def file_sd(hosts: object) -> list[dict[str, Any]]:
+    """One Prometheus file_sd target group per host: `targets: ["ADDR:PORT"]`, labels host and policy."""
+    if not isinstance(hosts, list) or len(hosts) > MAX_TARGETS:
+        raise ScrapeValueError("hosttune_file_sd: expected a list of hosts")
+    groups = []
+    for entry in hosts:
+        if not isinstance(entry, dict):
+            raise ScrapeValueError(f"hosttune_file_sd: not a host entry: {entry!r}"[:200])
+        name = entry.get("host")
+        if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
+            raise ScrapeValueError(f"host {name!r}: the inventory name is not a plain host name"[:200])
+        api_host = entry.get("api_host")
+        address = _address(entry.get("ansible_host") if api_host in WILDCARD_BINDS else api_host)
+        if address is None or address in ("127.0.0.1", "::1", "localhost"):
+            raise ScrapeValueError(f"host {name}: hosttune_api_host (or ansible_host for a wildcard bind) is not "
+                                     f"a remote IP address or DNS name Prometheus can reach: "
+                                     f"{entry.get('api_host')!r}"[:300])
+        port = entry.get("port")
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+            raise ScrapeValueError(f"host {name}: hosttune_api_port {port!r} is not a port (1-65535)"[:200])
+        policy = entry.get("policy")
+        if not isinstance(policy, str) or not LABEL_VALUE_RE.fullmatch(policy):
+            raise ScrapeValueError(f"host {name}: hosttune_policy {policy!r} is not a policy name"[:200])
+        target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        groups.append({"targets": [target], "labels": {"host": name, "policy": policy}})
+    return groups
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"hosttune_scrape_sources": scrape_sources, "hosttune_bad_scrape_sources": bad_scrape_sources,
+                "hosttune_file_sd": file_sd}
