@@ -131,6 +131,12 @@ class WorkerSettings(Section):
     crashloop_window_s: float = Field(120.0, gt=0, le=86400)
 
 
+class TelemetrySection(Section):
+    node_series: bool = Field(False, description="also export node_cpu_seconds_total, node_memory_*_bytes and "
+                              "node_load1 under node_exporter's names (off: a node_exporter on the host exports "
+                              "them, and two exporters of one name clash)")
+
+
 class DaemonSettings(Section):
     """Everything `hosttune daemon` needs; see docs/daemon.md for each field. load_settings() adds the
     environment's HOSTTUNE_* overrides; constructing the model directly reads no environment."""
@@ -151,6 +157,7 @@ class DaemonSettings(Section):
     drift_check_s: float = Field(60.0, ge=0, le=86400, description="verify the applied policy every N s; 0: off")
     reapply_on_drift: bool = Field(False, description="re-apply drifted tunables (else only report them)")
     telemetry_interval_s: float = Field(1.0, ge=0.1, le=3600)
+    telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     controller_enabled: bool = Field(True, description="run the controller when the worker's policy has an SLO")
     controller_interval_s: float = Field(5.0, ge=0.5, le=3600)
     revert_on_stop: bool = Field(False, description="revert host tuning on SIGTERM (off: fleets saw outages)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._file = RotatingLog(path, max_bytes, backups) if path is not None else None
         self.last_id = 0
+        self._taken: Counter[tuple[str, str]] = Counter()   # (lever, action) of decisions new to this log
         if path is not None and path.exists():
             for d in _read_tolerant(path)[-keep:]:
                 self._items[d.id] = d
@@ -67,6 +68,8 @@ class DecisionLog:
         """Add or update a decision (same id = a later version). Stamps the wall clock on first sight."""
         with self._lock:
             old = self._items.get(d.id)
+            if d.id > self.last_id:  # ids only grow: a higher one is a new decision, not a later version
+                self._taken[(d.lever, d.action)] += 1
             if d.at is None:
                 d = d.model_copy(update={"at": old.at if old is not None and old.at is not None else self._wall()})
             self._items[d.id] = d
@@ -82,6 +85,12 @@ class DecisionLog:
         """Oldest first, the latest version of each."""
         with self._lock:
             return sorted(self._items.values(), key=lambda d: d.id)
+
+    def taken(self) -> Counter[tuple[str, str]]:
+        """How many decisions this log has taken since it was opened, by (lever, action): the Prometheus counter
+        hosttune_controller_decisions_total (decisions read back from an earlier run's file are not counted)."""
+        with self._lock:
+            return Counter(self._taken)
 
     def close(self) -> None:
         if self._file is not None:

@@ -119,6 +119,8 @@ class Services:
         return f"policy {loaded.policy.name}: {out['changed']} writes, {worker_note}"
 
     def reschedule(self, scheduler: BaseScheduler, old: DaemonSettings) -> None:
+        if self.stack.telemetry is not None and self.stack.telemetry.host is not None:  # node_* on/off at once
+            self.stack.telemetry.host.node_series = self.settings.telemetry.node_series
         if self.settings.telemetry_interval_s != old.telemetry_interval_s and scheduler.get_job("telemetry"):
             scheduler.reschedule_job("telemetry", trigger="interval", seconds=self.settings.telemetry_interval_s)
         if self.settings.controller_interval_s != old.controller_interval_s and scheduler.get_job("controller"):

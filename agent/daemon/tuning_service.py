@@ -19,6 +19,7 @@ from agent.api.schemas import PolicyRequest
 from agent.config import DaemonSettings
 from agent.daemon.events import EventLog
 from agent.daemon.jsonable import jsonable
+from agent.daemon.metrics_state import policy_state
 from agent.daemon.submitted import SubmittedPolicies, inline_text
 from agent.errors import HostError, InputError
 from agent.gpu.nvml import Nvml, open_nvml
@@ -27,6 +28,7 @@ from agent.inspect import collect
 from agent.inspect.models import HostFacts
 from agent.policy.loader import LoadedPolicy, list_policies, load_policy, load_policy_text
 from agent.policy.model import Policy, WorkerSpec
+from agent.telemetry.daemon_state import PolicyState
 from agent.tuning import api as engine
 from agent.tuning.state import StateDir, StateLocked
 from agent.tuning.transaction import ApplyResult
@@ -56,6 +58,8 @@ class TuningService:
         self.lock = threading.RLock()
         self.last_drift: dict[str, Any] | None = None
         self.applied_ref: str | None = None
+        self.applied_state: PolicyState | None = None    # what /metrics says of the policy applied (until a revert)
+        self.last_apply: tuple[float, bool] | None = None  # when this daemon last applied a policy, and if it held
         self._nvml: Nvml | None = None
         # How host mutations run: inline here; the daemon hands them to its main-thread loop (see mainloop.py).
         self.run_mutation: MutationRunner = run_inline
@@ -193,6 +197,7 @@ class TuningService:
             self.submitted.prune(protect=[str(loaded.source), self.applied_ref, self._journal_source()])
             return done
 
+        result: ApplyResult | None = None
         try:
             result = self._mutate(mutation)
         except InputError as e:
@@ -200,10 +205,12 @@ class TuningService:
         except HostError as e:
             raise self._conflict(e) from None
         finally:
+            self.last_apply = (time.time(), result is not None)
             self.events.bump()  # even a failed apply may have journaled a rolled-back transaction
         out: dict[str, Any] = jsonable(result)
         out["changed"] = result.writes
         self.applied_ref = str(loaded.source)
+        self.applied_state = policy_state(loaded, result.changes)
         self.events.record("apply", policy=loaded.policy.name, writes=result.writes)
         return out
 
@@ -220,6 +227,7 @@ class TuningService:
         out: dict[str, Any] = jsonable(result)
         out["ok"] = result.ok
         self.applied_ref = None
+        self.applied_state = None
         self.events.record("revert", restored=len(result.restored), failed=len(result.failed))
         if result.failed:
             raise HostError("revert could not restore: " + "; ".join(result.failed))

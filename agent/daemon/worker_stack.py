@@ -9,6 +9,7 @@ imported when they start: a daemon without a worker carries none of them.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from agent.gateway.app import Gateway
     from agent.gateway.server import GatewayServer
     from agent.telemetry.collector import Telemetry
+    from agent.telemetry.daemon_state import DaemonState
     from agent.worker.engines import Engine
     from agent.worker.prepare import PreparedWorker
     from agent.worker.smaps import WorkerMemory
@@ -67,6 +69,7 @@ class WorkerStack:
         self.controller: Controller | None = None
         self.scheduler: BaseScheduler | None = None
         self._torch_control: TorchWorkerControl | None = None
+        self._decisions_before: Counter[tuple[str, str]] = Counter()  # stopped controllers' decisions (/metrics)
         self.endpoint = SupervisedWorker(current=lambda: self.supervisor)
 
     # -- worker ---------------------------------------------------------------------------------------------------
@@ -222,11 +225,15 @@ class WorkerStack:
         """Telemetry at telemetry_interval_s: host always, the worker's metrics and the gateway's latencies when
         they run. Only registers the job: the controller starts with start_controller()."""
         from agent.telemetry.collector import build_telemetry
+        from agent.telemetry.daemon_state import DaemonStatePart
+        from agent.telemetry.host import HostSampler
         from agent.telemetry.worker import WorkerSampler
 
         telemetry = build_telemetry(gateway=self.gateway.app.stats if self.gateway is not None else None,
                                     gpu=self.tuning.nvml())
+        telemetry.host = HostSampler(node_series=self.settings.telemetry.node_series)
         telemetry.worker = WorkerSampler(self.endpoint, memory=self.worker_memory)
+        telemetry.parts.append(DaemonStatePart(self.daemon_state))
         telemetry.register_jobs(scheduler, interval_s=self.settings.telemetry_interval_s)
         self.telemetry = telemetry
         self.scheduler = scheduler
@@ -240,6 +247,25 @@ class WorkerStack:
 
     def metrics(self) -> str:
         return self.telemetry.exposition() if self.telemetry is not None else ""
+
+    def daemon_state(self) -> DaemonState:
+        """What the daemon's own series say (agent/telemetry/daemon_state.py), read at each scrape."""
+        from agent import __version__
+        from agent.daemon.metrics_state import controller_knobs, decisions_taken, worker_info
+        from agent.telemetry.daemon_state import DaemonState
+
+        tuning, sup, ctl = self.tuning, self.supervisor, self.controller
+        drift = tuning.last_drift
+        latest = self.telemetry.latest() if self.telemetry is not None else None
+        slots = latest.worker.slots_total if latest is not None and latest.worker is not None else None
+        return DaemonState(
+            version=__version__, policy=tuning.applied_state,
+            last_apply_at=tuning.last_apply[0] if tuning.last_apply else None,
+            last_apply_ok=tuning.last_apply[1] if tuning.last_apply else None,
+            drift_checked_at=drift["time"] if drift else None, drift_targets=drift["drifted"] if drift else None,
+            worker=worker_info(sup.spec, sup.status().restarts, slots) if sup is not None else None,
+            decisions=decisions_taken(ctl, self._decisions_before),
+            knobs=controller_knobs(ctl) if ctl is not None else None)
 
     # -- controller -----------------------------------------------------------------------------------------------
     def start_controller(self) -> str:
@@ -299,6 +325,7 @@ class WorkerStack:
         ctl, self.controller = self.controller, None
         if ctl is None:
             return
+        self._decisions_before += ctl.log.taken()
         if self.scheduler is not None and self.scheduler.get_job("controller") is not None:
             self.scheduler.remove_job("controller")
         ctl.close()

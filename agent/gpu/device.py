@@ -34,6 +34,18 @@ CLOCK_EVENT_REASONS: dict[int, str] = {
     pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown: "hw_power_brake_slowdown",
     pynvml.nvmlClocksEventReasonDisplayClockSetting: "display_clock_setting",
 }
+# The same bits as Prometheus label values (hosttune_gpu_clock_event_active{reason}): short, stable, one per bit.
+CLOCK_EVENT_LABELS: dict[int, str] = {
+    pynvml.nvmlClocksEventReasonGpuIdle: "gpu_idle",
+    pynvml.nvmlClocksEventReasonApplicationsClocksSetting: "applications_clocks",
+    pynvml.nvmlClocksEventReasonSwPowerCap: "sw_power_cap",
+    pynvml.nvmlClocksEventReasonHwSlowdown: "hw_slowdown",
+    pynvml.nvmlClocksEventReasonSyncBoost: "sync_boost",
+    pynvml.nvmlClocksEventReasonSwThermalSlowdown: "sw_thermal",
+    pynvml.nvmlClocksEventReasonHwThermalSlowdown: "hw_thermal",
+    pynvml.nvmlClocksEventReasonHwPowerBrakeSlowdown: "hw_power_brake",
+    pynvml.nvmlClocksEventReasonDisplayClockSetting: "display_clocks",
+}
 CLOCKS = {"sm": pynvml.NVML_CLOCK_SM, "mem": pynvml.NVML_CLOCK_MEM, "graphics": pynvml.NVML_CLOCK_GRAPHICS}
 ARCH_VOLTA = pynvml.NVML_DEVICE_ARCH_VOLTA
 ARCH_AMPERE = pynvml.NVML_DEVICE_ARCH_AMPERE
@@ -116,6 +128,15 @@ class Device:
         pci = self._get(pynvml.nvmlDeviceGetPciInfo)
         return sysfs_pci_address(pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId))
 
+    def pci_bus_id(self) -> str | None:
+        """NVML's own form of the PCI address ('00000000:18:00.0'), as dcgm-exporter labels it."""
+        pci = self._get(pynvml.nvmlDeviceGetPciInfo)
+        return None if pci is None else (pci.busId.decode() if isinstance(pci.busId, bytes) else str(pci.busId))
+
+    def minor_number(self) -> int | None:
+        """N of the GPU's /dev/nvidiaN."""
+        return self._get(pynvml.nvmlDeviceGetMinorNumber)
+
     def architecture(self) -> int | None:
         return self._get(pynvml.nvmlDeviceGetArchitecture)
 
@@ -158,6 +179,16 @@ class Device:
 
     def clocks_event_reasons(self) -> int | None:
         return self._get(pynvml.nvmlDeviceGetCurrentClocksEventReasons)
+
+    def volatile_ecc_errors(self) -> tuple[int, int] | None:
+        """(corrected, uncorrected) ECC errors since the driver loaded; None when ECC is off or not supported
+        (NVML counts nothing then, and a 0 would claim clean memory)."""
+        mode = self._get(pynvml.nvmlDeviceGetEccMode)
+        if mode is None or mode[0] != pynvml.NVML_FEATURE_ENABLED:
+            return None
+        counts = [self._get(pynvml.nvmlDeviceGetTotalEccErrors, kind, pynvml.NVML_VOLATILE_ECC)
+                  for kind in (pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)]
+        return None if None in counts else (int(counts[0]), int(counts[1]))
 
     def power_usage_mw(self) -> int | None:
         return self._get(pynvml.nvmlDeviceGetPowerUsage)

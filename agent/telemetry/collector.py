@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent.gateway.stats import GatewaySnapshot, GatewayStats
 from agent.gpu.nvml import Nvml
@@ -24,6 +24,12 @@ from agent.telemetry.worker import WorkerSample, WorkerSampler
 
 log = logging.getLogger(__name__)
 JOB_ID = "telemetry"  # the daemon reschedules this id when telemetry_interval_s changes
+
+
+class FamilySource(Protocol):
+    """A part read at each exposition rather than sampled into the ring (the daemon's state: daemon_state.py)."""
+
+    def families(self) -> list[MetricFamily]: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class Telemetry:
         self.gpu = gpu
         self.ring: RingBuffer[TelemetrySample] = RingBuffer(capacity)
         self._clock = clock
+        self.parts: list[FamilySource] = []
 
     def _run(self, sampler: Any, errors: dict[str, str]) -> Any:
         if sampler is None:
@@ -94,6 +101,8 @@ class Telemetry:
             fams += self.gateway.families(sample.gateway)
         if sample.gpus:
             fams += GpuSampler.families(sample.gpus)
+        for part in self.parts:
+            fams += part.families()
         ok = MetricFamily("hosttune_telemetry_sampler_success", "gauge",
                           "1 if the sampler succeeded at the last sample, 0 if it failed.")
         for s in (self.host, self.worker, self.gateway, self.gpu):

@@ -2,6 +2,12 @@
 
 One read of the per-CPU time counters per tick; the busy ratio is the delta of non-idle time over the delta of
 all time since the previous tick (the first tick has no ratio). This costs two small procfs reads per second.
+
+The hosttune_host_* series are always exported. The node_* series are off by default (`node_series`): a host that
+runs node_exporter already has them, and two exporters of one name clash in a fleet. Turned on (daemon config
+`telemetry.node_series: true`), they carry node_exporter 1.5's exact names, labels and meaning:
+node_cpu_seconds_total{cpu,mode} (guest time is left out of the modes, as node_exporter counts it apart),
+node_memory_{MemTotal,MemAvailable,SwapTotal,SwapFree}_bytes from /proc/meminfo, and node_load1.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ class HostSample:
     mem_available_bytes: int
     swap_used_bytes: int
     load1: float
+    swap_total_bytes: int = 0
+    swap_free_bytes: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -49,8 +57,9 @@ def busy_ratio(prev: dict[str, float] | None, cur: dict[str, float]) -> float | 
 class HostSampler:
     name = "host"
 
-    def __init__(self) -> None:
+    def __init__(self, node_series: bool = False) -> None:
         self._prev: list[dict[str, float]] | None = None
+        self.node_series = node_series  # export node_exporter's names too (off: node_exporter's own job)
 
     def sample(self) -> HostSample:
         per_cpu = [t._asdict() for t in psutil.cpu_times(percpu=True)]
@@ -66,26 +75,27 @@ class HostSampler:
         swap = psutil.swap_memory()
         return HostSample(cpu_seconds=per_cpu, cpu_busy_ratio=ratios, mem_total_bytes=int(vm.total),
                           mem_available_bytes=int(vm.available), swap_used_bytes=int(swap.used),
-                          load1=float(psutil.getloadavg()[0]))
+                          load1=float(psutil.getloadavg()[0]), swap_total_bytes=int(swap.total),
+                          swap_free_bytes=int(swap.free))
 
-    @staticmethod
-    def families(s: HostSample) -> list[MetricFamily]:
-        cpu = MetricFamily("node_cpu_seconds_total", "counter", "Seconds the CPUs spent in each mode.")
+    def families(self, s: HostSample) -> list[MetricFamily]:
         busy = MetricFamily("hosttune_host_cpu_busy_ratio", "gauge",
                             "Share of the last sampling interval each CPU was not idle (0..1).")
-        for i, modes in enumerate(s.cpu_seconds):
-            for mode, secs in modes.items():
-                cpu.add(secs, {"cpu": str(i), "mode": mode})
-            busy.add(s.cpu_busy_ratio[i], {"cpu": str(i)})
-        return [
-            cpu, busy,
-            MetricFamily("node_memory_MemTotal_bytes", "gauge", "Memory information field MemTotal_bytes.")
-            .add(s.mem_total_bytes),
-            MetricFamily("node_memory_MemAvailable_bytes", "gauge", "Memory information field MemAvailable_bytes.")
-            .add(s.mem_available_bytes),
-            MetricFamily("node_memory_SwapUsed_bytes", "gauge", "Swap in use, bytes.").add(s.swap_used_bytes),
-            MetricFamily("node_load1", "gauge", "1m load average.").add(s.load1),
-            MetricFamily("hosttune_host_memory_headroom_ratio", "gauge",
-                         "MemAvailable / MemTotal: the controller keeps this above the policy floor.")
-            .add(s.mem_headroom_ratio),
-        ]
+        for i, ratio in enumerate(s.cpu_busy_ratio):
+            busy.add(ratio, {"cpu": str(i)})
+        headroom = MetricFamily("hosttune_host_memory_headroom_ratio", "gauge",
+                                "MemAvailable / MemTotal: the controller keeps this above the policy floor.")
+        ours = [busy, headroom.add(s.mem_headroom_ratio)]
+        return ours + node_families(s) if self.node_series else ours
+
+
+def node_families(s: HostSample) -> list[MetricFamily]:
+    """node_exporter 1.5's series for the same facts (cpu, meminfo and loadavg collectors)."""
+    cpu = MetricFamily("node_cpu_seconds_total", "counter", "Seconds the CPUs spent in each mode.")
+    for i, modes in enumerate(s.cpu_seconds):
+        for mode, secs in modes.items():
+            cpu.add(secs, {"cpu": str(i), "mode": mode})
+    memory = [MetricFamily(f"node_memory_{field}_bytes", "gauge", f"Memory information field {field}_bytes.")
+              .add(value) for field, value in (("MemTotal", s.mem_total_bytes), ("MemAvailable", s.mem_available_bytes),
+                                               ("SwapTotal", s.swap_total_bytes), ("SwapFree", s.swap_free_bytes))]
+    return [cpu, *memory, MetricFamily("node_load1", "gauge", "1m load average.").add(s.load1)]

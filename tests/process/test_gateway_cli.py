@@ -64,7 +64,8 @@ def test_gateway_command_serves_and_stops_on_sigterm(worker: FakeWorker) -> None
         assert sample_value(fams, "hosttune_gateway_requests_total", {"outcome": "ok"}) == 1
         assert sample_value(fams, "hosttune_gateway_admission_limit") == 2
         assert sample_value(fams, "hosttune_worker_up") == 1
-        assert sample_value(fams, "node_memory_MemTotal_bytes") is not None
+        assert sample_value(fams, "hosttune_host_memory_headroom_ratio") is not None
+        assert "node_memory_MemTotal_bytes" not in fams  # node_exporter's job, unless the daemon config asks
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         try:

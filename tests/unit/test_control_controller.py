@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,14 @@ from agent.control.decisions import Decision, DecisionLog, read_decisions
 from agent.control.drain import Drain
 from agent.control.feed import GatewayFeed
 from agent.control.ladder import candidates, step_down
+from agent.daemon.metrics_state import controller_knobs, decisions_taken, worker_info
 from agent.errors import InputError
 from agent.gateway.admission import AdmissionGate
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.gateway.upstream import SupervisedWorker
+from agent.metrics.prom import format_families, parse_text, sample_value
 from agent.policy.model import SloSpec, WorkerSpec
+from agent.telemetry.daemon_state import DaemonState, daemon_families
 from agent.worker.engines import CommandEngine
 from agent.worker.launch import Launch
 from agent.worker.supervisor import RestartPolicy, Supervisor, WorkerState
@@ -143,6 +147,36 @@ def test_decision_ids_continue_after_a_restart(tmp_path: Path) -> None:
     assert ctl.decisions()[0].id == 7 and ctl.decisions()[1].id == 8
 
 
+def test_decisions_counter_moves_when_the_controller_decides(tmp_path: Path) -> None:
+    """hosttune_controller_decisions_total{lever,action}: each new decision once (a later version of the same
+    decision, its outcome, is not another), and decisions of a stopped controller are kept by the daemon."""
+    path = decisions_path(tmp_path)
+    old = DecisionLog(path)
+    old.record(Decision(id=3, lever="knobs", action="step", t=1, before={"parallel": 4}, after={"parallel": 8},
+                        reason="try", outcome="trial"))
+    assert old.taken() == {("knobs", "step"): 1}
+    old.record(Decision(id=3, lever="knobs", action="step", t=2, before={"parallel": 4}, after={"parallel": 8},
+                        reason="try", outcome="kept"))
+    assert old.taken() == {("knobs", "step"): 1}
+    old.close()
+    clock = Clock()
+    stats, gate = gateway_parts(8, clock)
+    ctl = Controller(ControllerConfig(ttft_p95_ms=500, fast_window_s=5, decrease_hold_s=2, slow_enabled=False),
+                     GatewayFeed(stats, clock=clock, watch_gpu=False), GateActuator(gate), None, DecisionLog(path),
+                     clock=clock)
+    assert ctl.log.taken() == {}  # read back from the file: an earlier run's, not this one's
+    run_ticks(ctl, stats, clock, 20, ttft=2.0)
+    decreases = len([d for d in ctl.decisions() if d.action == "decrease"])
+    assert decreases >= 1 and ctl.log.taken() == {("admission", "decrease"): decreases}
+    taken = decisions_taken(ctl, Counter({("knobs", "step"): 2}))
+    state = DaemonState(version="x", decisions=taken, knobs=controller_knobs(ctl))
+    fams = parse_text(format_families(daemon_families(state)))
+    labels = {"lever": "admission", "action": "decrease"}
+    assert sample_value(fams, "hosttune_controller_decisions_total", labels) == decreases
+    assert sample_value(fams, "hosttune_controller_decisions_total", {"lever": "knobs"}) == 2
+    assert "hosttune_controller_knob" not in fams  # no knob actuator: the controller holds no knob
+
+
 def test_decision_log_is_bounded_in_memory_and_complete_on_disk(tmp_path: Path) -> None:
     log = DecisionLog(tmp_path / "d.jsonl", keep=3)
     for i in range(1, 6):
@@ -236,6 +270,29 @@ def test_restart_actuator_applies_knobs_through_the_supervisor(supervisor: Super
         time.sleep(0.05)
     assert supervisor.spec.parallel == 2 and supervisor.spec.ctx == 4096 and supervisor.pid != pid
     assert act.poll() == []  # a restart we asked for is not a crash
+
+
+@pytest.mark.process
+def test_knobs_in_force_and_restarts_reach_the_daemon_series(supervisor: Supervisor) -> None:
+    """hosttune_controller_knob and hosttune_worker_info follow the knobs the controller moved; the supervisor's
+    restart is counted in hosttune_worker_restarts_total."""
+    clock = Clock()
+    stats, gate = gateway_parts(4, clock)
+    act = RestartActuator(supervisor)
+    ctl = Controller(ControllerConfig(ttft_p95_ms=500), GatewayFeed(stats, clock=clock, watch_gpu=False),
+                     GateActuator(gate), act, clock=clock)
+    assert controller_knobs(ctl) == {"parallel": 4.0, "ctx": 4096.0, "ubatch": 512.0, "batch": 2048.0}
+    ctl._run(ctl.core._set_knobs({**ctl.core.knobs, "parallel": 2}, "test: a step"))  # what a kept step does
+    deadline = time.monotonic() + 10
+    while not act.ready():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    state = DaemonState(version="x", worker=worker_info(supervisor.spec, supervisor.status().restarts, None),
+                        knobs=controller_knobs(ctl))
+    fams = parse_text(format_families(daemon_families(state)))
+    assert sample_value(fams, "hosttune_controller_knob", {"knob": "parallel"}) == 2
+    assert sample_value(fams, "hosttune_worker_info", {"engine": "command", "slots": "2", "ctx_size": "4096"}) == 1
+    assert sample_value(fams, "hosttune_worker_restarts_total") == 1
 
 
 @pytest.mark.process

@@ -26,6 +26,7 @@ DRIVER_NOT_LOADED = pynvml.NVML_ERROR_DRIVER_NOT_LOADED
 FUNCTION_NOT_FOUND = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
 GPU_IS_LOST = pynvml.NVML_ERROR_GPU_IS_LOST
 ARGUMENT_VERSION_MISMATCH = pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+TIMEOUT = pynvml.NVML_ERROR_TIMEOUT
 
 CLOCK_LIMIT_TDP = pynvml.NVML_CLOCK_LIMIT_ID_TDP
 CLOCK_LIMIT_UNLIMITED = pynvml.NVML_CLOCK_LIMIT_ID_UNLIMITED
@@ -35,7 +36,7 @@ ERROR_STRINGS = {
     NOT_SUPPORTED: "Not Supported", NO_PERMISSION: "Insufficient Permissions", NOT_FOUND: "Not Found",
     INSUFFICIENT_SIZE: "Insufficient Size", DRIVER_NOT_LOADED: "Driver Not Loaded",
     FUNCTION_NOT_FOUND: "Function Not Found", GPU_IS_LOST: "GPU is lost",
-    ARGUMENT_VERSION_MISMATCH: "Argument version mismatch",
+    ARGUMENT_VERSION_MISMATCH: "Argument version mismatch", TIMEOUT: "Timeout",
 }
 MUTABLE_KEYS = ("gpu_locked_clocks", "memory_locked_clocks", "power_limit_mw", "persistence_mode", "compute_mode")
 CLOCK_KEYS = {pynvml.NVML_CLOCK_GRAPHICS: "graphics_mhz", pynvml.NVML_CLOCK_SM: "sm_mhz",

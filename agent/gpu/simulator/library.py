@@ -12,7 +12,8 @@ The GPUs are described by a JSON file (see docs/gpu.md; tests/fixtures/hosts/*/n
   {"driver_version", "nvml_version", "cuda_driver_version", "root": true, "errors": {fn: code},
    "gpus": [{"name", "uuid", "pci_bus_id", "memory_total_bytes", "memory_used_bytes", "clocks", "max_clocks",
              "base_clocks", "supported_memory_clocks_mhz", "supported_graphics_clocks_mhz", "power",
-             "persistence_mode", "compute_mode", "not_supported": [fn], "errors": {fn: code}, "lost": false, ...}]}
+             "persistence_mode", "compute_mode", "ecc", "xid_events", "not_supported": [fn], "errors": {fn: code},
+             "lost": false, ...}]}
 supported_graphics_clocks_mhz maps a memory clock to a list of MHz or to {"from": lo, "to": hi, "step": s}.
 
 Setters validate like the library (INVALID_ARGUMENT outside the GPU's constraints, NO_PERMISSION when
@@ -46,10 +47,10 @@ from agent.gpu.simulator.description import (
     load_description,
     scalar,
 )
-from agent.gpu.simulator.reads import SimulatorReads
+from agent.gpu.simulator.health import SimulatorHealth
 
 
-class NvmlSimulator(SimulatorReads):
+class NvmlSimulator(SimulatorHealth):
     # --- setters and resets ---
 
     def _change(self, gpu: SimGpu, **values: Any) -> int:
