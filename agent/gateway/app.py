@@ -23,7 +23,7 @@ from agent.gateway.proxy import Proxy
 from agent.gateway.settings import GatewaySettings
 from agent.gateway.stats import GatewayStats
 from agent.gateway.upstream import Watched, WorkerEndpoint
-from agent.metrics.prom import CONTENT_TYPE, format_families
+from agent.metrics.prom import CONTENT_TYPE, Exposition
 
 COMPLETION_ROUTES = ("/v1/completions", "/v1/chat/completions", "/completion", "/completions", "/chat/completions")
 GET_ROUTES = ("/v1/models", "/models", "/props")
@@ -42,6 +42,8 @@ class Gateway:
         self.stats.gauges = self.gate.gauges
         self.stats.worker_ready = endpoint.is_ready
         self.metrics_text = metrics_text
+        # its own /metrics (standalone gateway): a private registry whose collector renders the stats at scrape time
+        self.exposition = Exposition(lambda: self.stats.families(self.stats.sample()))
         self.levers = Levers()
         self.proxy: Proxy | None = None
 
@@ -86,10 +88,7 @@ class Gateway:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(self, request: Request) -> Response:
-        if self.metrics_text is not None:
-            text = self.metrics_text()
-        else:
-            text = format_families(self.stats.families(self.stats.sample()))
+        text = self.metrics_text() if self.metrics_text is not None else self.exposition.text()
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     async def stats_json(self, request: Request) -> Response:
@@ -111,6 +110,7 @@ class Gateway:
 def snapshot_dict(stats: GatewayStats) -> dict[str, Any]:
     snap = stats.sample()
     out = asdict(snap)
+    out.pop("histograms")  # cumulative buckets are for /metrics; the JSON keeps the windowed quantiles
     for name in ("ttft", "itl", "e2e", "queue_wait"):
         w = getattr(snap, name)
         out[name] = {"count": w.count, "mean": w.mean, **{f"p{int(q * 100)}": v for q, v in w.quantiles.items()}}

@@ -1,36 +1,54 @@
-"""Prometheus text exposition format 0.0.4: write our metrics, parse llama-server's.
+"""Prometheus text exposition (format 0.0.4) through prometheus_client: write our metrics, parse the workers'.
 
-Written by hand rather than with prometheus_client because we export a snapshot computed by our own samplers (the
-ring buffer is the source of truth), not live counters owned by a client registry, and the format is small:
-`# HELP`, `# TYPE`, then `name{label="value"} number` lines, with \\, " and newline escaped in label values.
+Our samplers export a snapshot they computed (the telemetry ring is the source of truth), not live counters owned by
+a client registry. So they keep building MetricFamily lists (`MetricFamily(name, type, help).add(value, labels,
+suffix=...)`), and a custom collector (FamiliesCollector) turns each list into prometheus_client's core metric
+families at scrape time; `generate_latest` on a private CollectorRegistry (never the process-global REGISTRY, which
+would mix in whatever else the process registered) writes the text. Parsing goes through
+`prometheus_client.parser.text_string_to_metric_families`; `parse_text` hands the result back as MetricFamily
+objects keyed by the name the TYPE line declared, so callers keep reading `fams[name]` and `sample_value`.
+
+Counters: prometheus_client names a counter family without `_total` and writes `# TYPE x_total counter` for it, so
+a counter here must be named `..._total` (hosttune's all are); one that is not (a foreign name) is written as
+untyped rather than under a header that would not match its samples. When parsing, a counter declared without
+`_total` is read with `_total` appended to its samples (prometheus_client's OpenMetrics naming).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from agent.errors import InputError
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
+from agent.errors import InputError
+from agent.metrics.histogram import HistogramSnapshot
+
+# What generate_latest writes. prometheus_client 0.2x's CONTENT_TYPE_LATEST names version=1.0.0, the text format of
+# Prometheus 3 (UTF-8 names), which Prometheus 2.x scrapers do not negotiate; our names are all legacy ones.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METRIC_TYPES = ("counter", "gauge", "summary", "histogram", "untyped")
+# prometheus_client 0.2x accepts (and escapes) UTF-8 names; ours stay in the legacy set every scraper reads
 _NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Longest line parse_text accepts. The worker is unprivileged and may be compromised; prometheus_client's label
+# parser is quadratic in the escaped quotes of one line, so one huge line could hold the root daemon's sampler.
+# Real lines (llama-server, the torch worker) are under 200 bytes.
+MAX_LINE_CHARS = 4096
 
-
-@dataclass
-class Sample:
-    name: str
-    labels: dict[str, str]
-    value: float
-    timestamp_ms: int | None = None
+__all__ = ["CONTENT_TYPE", "MAX_LINE_CHARS", "Exposition", "FamiliesCollector", "MetricFamily", "Sample", "counter",
+           "format_families", "gauge", "histogram_family", "iter_samples", "parse_text", "sample_value", "to_metrics"]
 
 
 @dataclass
 class MetricFamily:
-    """One metric name with its HELP, TYPE and samples (summaries carry name_sum/name_count samples too)."""
+    """One metric name with its HELP, TYPE and samples (histograms carry name_bucket/_sum/_count samples too)."""
 
     name: str
     type: str
@@ -55,148 +73,113 @@ def counter(name: str, help: str, value: float | int | None = None,
     return MetricFamily(name, "counter", help).add(value, labels)
 
 
-def format_value(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
+def histogram_family(name: str, help: str, h: HistogramSnapshot) -> MetricFamily:
+    """A cumulative histogram: `_bucket{le}` per bound and +Inf, then `_sum` and `_count` (= the +Inf bucket).
+    `le` is written as prometheus_client writes bounds (0.5 -> "0.5", 1 -> "1.0"): rules select buckets by it."""
+    fam = MetricFamily(name, "histogram", help)
+    for bound, count in h.buckets():
+        fam.add(count, {"le": floatToGoString(bound)}, suffix="_bucket")
+    fam.add(h.sum, suffix="_sum")
+    fam.add(h.count, suffix="_count")
+    return fam
 
 
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+# --- writing -------------------------------------------------------------------------------------------------
 
 
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def format_families(families: Iterable[MetricFamily]) -> str:
-    """Render families; a name that appears twice is merged (HELP/TYPE once), as the format requires."""
-    merged: dict[str, MetricFamily] = {}
+def to_metrics(families: Iterable[MetricFamily]) -> list[Metric]:
+    """prometheus_client core families; a name that appears twice is merged (HELP/TYPE once), as the format
+    requires. Invalid names and types raise ValueError."""
+    merged: dict[str, Metric] = {}
     for fam in families:
         if not _NAME_RE.match(fam.name):
             raise ValueError(f"invalid metric name {fam.name!r}")
         if fam.type not in METRIC_TYPES:
             raise ValueError(f"invalid metric type {fam.type!r} for {fam.name}")
-        if fam.name in merged:
-            merged[fam.name].samples.extend(fam.samples)
-        else:
-            merged[fam.name] = MetricFamily(fam.name, fam.type, fam.help, list(fam.samples))
-    lines: list[str] = []
-    for fam in merged.values():
-        lines.append(f"# HELP {fam.name} {escape_help(fam.help)}")
-        lines.append(f"# TYPE {fam.name} {fam.type}")
         for s in fam.samples:
             for key in s.labels:
                 if not _LABEL_RE.match(key):
                     raise ValueError(f"invalid label name {key!r} on {s.name}")
-            labels = ",".join(f'{k}="{escape_label(v)}"' for k, v in s.labels.items())
-            head = f"{s.name}{{{labels}}}" if labels else s.name
-            ts = f" {s.timestamp_ms}" if s.timestamp_ms is not None else ""
-            lines.append(f"{head} {format_value(s.value)}{ts}")
-    return "\n".join(lines) + "\n" if lines else ""
+        metric = merged.get(fam.name)
+        if metric is None:
+            if fam.type == "counter" and fam.name.endswith("_total"):
+                metric = Metric(fam.name[: -len("_total")], fam.help, "counter")
+            else:
+                metric = Metric(fam.name, fam.help, "untyped" if fam.type == "counter" else fam.type)
+            merged[fam.name] = metric
+        metric.samples.extend(fam.samples)
+    return list(merged.values())
+
+
+class FamiliesCollector:
+    """A prometheus_client custom collector: `collect()` yields the core families built, at scrape time, from
+    `families()` (a sampler's snapshot rendered by its `families` method)."""
+
+    def __init__(self, families: Callable[[], Iterable[MetricFamily]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from to_metrics(self._families())
+
+
+class Exposition:
+    """A private registry holding one FamiliesCollector; `text()` is a /metrics body."""
+
+    def __init__(self, families: Callable[[], Iterable[MetricFamily]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(FamiliesCollector(families))
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode("utf-8")
+
+
+def format_families(families: Iterable[MetricFamily]) -> str:
+    """Render families once (a fresh private registry): for callers that already hold the families."""
+    fams = list(families)
+    return Exposition(lambda: fams).text()
 
 
 # --- parsing -------------------------------------------------------------------------------------------------
 
-
-def _parse_float(text: str) -> float:
-    special = {"+Inf": math.inf, "Inf": math.inf, "-Inf": -math.inf, "NaN": math.nan}
-    if text in special:
-        return special[text]
-    return float(text)
+_PARSE_ERRORS = (ValueError, IndexError, KeyError, TypeError)
 
 
-def _parse_labels(text: str, where: str) -> tuple[dict[str, str], int]:
-    """Parse `k="v",...}` starting just after `{`; returns labels and the index after `}`."""
-    labels: dict[str, str] = {}
-    i = 0
-    n = len(text)
-    while True:
-        while i < n and text[i] in " ,":
-            i += 1
-        if i < n and text[i] == "}":
-            return labels, i + 1
-        eq = text.find("=", i)
-        if eq < 0:
-            raise ValueError(f"{where}: label without '='")
-        key = text[i:eq].strip()
-        if not _LABEL_RE.match(key):
-            raise ValueError(f"{where}: invalid label name {key!r}")
-        i = eq + 1
-        if i >= n or text[i] != '"':
-            raise ValueError(f"{where}: label value of {key} is not quoted")
-        i += 1
-        out: list[str] = []
-        while True:
-            if i >= n:
-                raise ValueError(f"{where}: unterminated label value of {key}")
-            c = text[i]
-            if c == "\\" and i + 1 < n:
-                nxt = text[i + 1]
-                out.append({"n": "\n", "\\": "\\", '"': '"'}.get(nxt, "\\" + nxt))
-                i += 2
-                continue
-            if c == '"':
-                i += 1
-                break
-            out.append(c)
-            i += 1
-        labels[key] = "".join(out)
+def _bad_line(text: str) -> tuple[int | None, str]:
+    """The first line that fails to parse on its own, and why (the error path only: one parse per line)."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        try:
+            for _ in text_string_to_metric_families(line):
+                pass
+        except _PARSE_ERRORS as e:
+            return lineno, str(e) or type(e).__name__
+    return None, "inconsistent exposition"
 
 
 def parse_text(text: str, source: str = "<metrics>") -> dict[str, MetricFamily]:
-    """Parse exposition text into families keyed by name. Samples of a summary/histogram (`x_sum`, `x_bucket`)
-    are filed under their family `x` when its TYPE was declared. A malformed line raises InputError with its line."""
+    """Parse exposition text into families keyed by name (a counter under its `_total` name); the samples of a
+    summary/histogram (`x_sum`, `x_bucket`) are filed under their family `x` when its TYPE was declared. A
+    malformed line, an unknown TYPE or a line over MAX_LINE_CHARS raises InputError with its line."""
+    if len(text) > MAX_LINE_CHARS:
+        for lineno, line in enumerate(text.split("\n"), 1):  # only \n ends a line; \r may sit in a label
+            if len(line) > MAX_LINE_CHARS:
+                raise InputError(f"line longer than {MAX_LINE_CHARS} characters", path=source, line=lineno)
     families: dict[str, MetricFamily] = {}
-    declared: dict[str, str] = {}
-    for lineno, raw in enumerate(text.split("\n"), 1):  # only \n ends a line; \r may sit in a label
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            parts = line.split(None, 3)
-            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
-                name = parts[2]
-                rest = parts[3] if len(parts) > 3 else ""
-                fam = families.setdefault(name, MetricFamily(name, "untyped", ""))
-                if parts[1] == "HELP":
-                    fam.help = rest.replace("\\n", "\n").replace("\\\\", "\\")
-                else:
-                    if rest not in METRIC_TYPES:
-                        raise InputError(f"unknown metric type {rest!r}", path=source, line=lineno, field=name)
-                    fam.type = rest
-                    declared[name] = rest
-            continue
-        try:
-            brace = line.find("{")
-            space = line.find(" ")
-            if brace >= 0 and (space < 0 or brace < space):
-                name = line[:brace]
-                labels, end = _parse_labels(line[brace + 1:], f"line {lineno}")
-                fields = line[brace + 1 + end:].split()
+    try:
+        for metric in text_string_to_metric_families(text):
+            if metric.type == "counter":
+                name, typ = metric.name + "_total", "counter"
             else:
-                name, *fields = line.split()
-                labels = {}
-            if not _NAME_RE.match(name):
-                raise ValueError(f"invalid metric name {name!r}")
-            if not fields:
-                raise ValueError("sample without a value")
-            value = _parse_float(fields[0])
-            ts = int(fields[1]) if len(fields) > 1 else None
-        except ValueError as e:
-            raise InputError(f"malformed sample: {e}", path=source, line=lineno) from None
-        family_name = name
-        for suffix in ("_sum", "_count", "_bucket", "_total", "_created"):
-            base = name[: -len(suffix)]
-            if name.endswith(suffix) and declared.get(base) in ("summary", "histogram"):
-                family_name = base
-                break
-        fam = families.setdefault(family_name, MetricFamily(family_name, "untyped", ""))
-        fam.samples.append(Sample(name, labels, value, ts))
+                name, typ = metric.name, "untyped" if metric.type == "unknown" else metric.type
+            if typ not in METRIC_TYPES:
+                raise ValueError(f"unknown metric type {typ!r}")
+            fam = families.get(name)
+            if fam is None:
+                families[name] = MetricFamily(name, typ, metric.documentation, metric.samples)
+            else:
+                fam.samples.extend(metric.samples)
+    except _PARSE_ERRORS as e:
+        bad, why = _bad_line(text)
+        raise InputError(f"malformed metrics: {why if bad else e}", path=source, line=bad) from None
     return families
 
 
@@ -205,7 +188,7 @@ def sample_value(families: Mapping[str, MetricFamily], name: str,
     """The value of the first sample called `name` whose labels include `labels`; None if there is none."""
     for s in iter_samples(families):
         if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-            return s.value
+            return float(s.value)
     return None
 
 

@@ -62,24 +62,16 @@ class LatencyWindow:
         self._clock = clock
         self._items: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
-        # Cumulative totals for Prometheus summaries (_sum/_count never go down).
-        self.total_count = 0
-        self.total_sum = 0.0
 
     def observe(self, value: float, at: float | None = None) -> None:
         now = self._clock() if at is None else at
         with self._lock:
             self._items.append((now, value))
-            self.total_count += 1
-            self.total_sum += value
 
     def observe_many(self, values: Iterable[float], at: float | None = None) -> None:
         now = self._clock() if at is None else at
         with self._lock:
-            for v in values:
-                self._items.append((now, v))
-                self.total_count += 1
-                self.total_sum += v
+            self._items.extend((now, v) for v in values)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window_s

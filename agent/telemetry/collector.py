@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from agent.gateway.stats import GatewaySnapshot, GatewayStats
 from agent.gpu.nvml import Nvml
-from agent.metrics.prom import MetricFamily, format_families
+from agent.metrics.prom import Exposition, MetricFamily
 from agent.metrics.ring import RingBuffer
 from agent.telemetry.gpu import GpuSample, GpuSampler
 from agent.telemetry.host import HostSample, HostSampler
@@ -24,6 +24,7 @@ from agent.telemetry.worker import WorkerSample, WorkerSampler
 
 log = logging.getLogger(__name__)
 JOB_ID = "telemetry"  # the daemon reschedules this id when telemetry_interval_s changes
+SCRAPE_MAX_AGE_S = 2.5  # a scrape renders the latest sample if it is younger than this, else samples now
 
 
 class FamilySource(Protocol):
@@ -55,6 +56,7 @@ class Telemetry:
         self.ring: RingBuffer[TelemetrySample] = RingBuffer(capacity)
         self._clock = clock
         self.parts: list[FamilySource] = []
+        self._exposition = Exposition(self._scrape_families)
 
     def _run(self, sampler: Any, errors: dict[str, str]) -> Any:
         if sampler is None:
@@ -115,12 +117,16 @@ class Telemetry:
                                  "When the last sample was taken (Unix time).").add(sample.t))
         return fams
 
-    def exposition(self, max_age_s: float = 2.5) -> str:
-        """Prometheus text for the latest sample; samples now if the ring is empty or stale (no scheduler)."""
+    def _scrape_families(self) -> list[MetricFamily]:
+        """The latest sample's families; samples now if the ring is empty or stale (no scheduler)."""
         sample = self.latest()
-        if sample is None or time.monotonic() - sample.mono > max_age_s:
+        if sample is None or time.monotonic() - sample.mono > SCRAPE_MAX_AGE_S:
             sample = self.sample_once()
-        return format_families(self.families(sample))
+        return self.families(sample)
+
+    def exposition(self) -> str:
+        """Prometheus text of the latest sample (prometheus_client, through this telemetry's private registry)."""
+        return self._exposition.text()
 
     def register_jobs(self, scheduler: Any, interval_s: float = 1.0) -> Any:
         """Add the sampling job to an APScheduler 3.x scheduler (BackgroundScheduler in the daemon).
@@ -142,6 +148,7 @@ def sample_to_dict(sample: TelemetrySample) -> dict[str, Any]:
         out["host"].pop("cpu_seconds", None)
     gw = out.get("gateway")
     if gw:
+        gw.pop("histograms", None)  # cumulative buckets are for /metrics; the JSON keeps the windowed quantiles
         for name in ("ttft", "itl", "e2e", "queue_wait"):
             w = gw[name]
             gw[name] = {"count": w["count"], "mean": w["mean"],

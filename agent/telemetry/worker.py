@@ -31,7 +31,9 @@ from agent.worker.smaps import WorkerMemory
 # The most the sampler reads of the worker's /metrics and /slots, and how long one sample may take in all: a worker
 # (unprivileged, perhaps compromised) that answers with an endless or trickled body must not grow the root daemon's
 # memory or hold the sampler. Bodies are asked for and read raw (no gzip: no decompression bomb).
-MAX_METRICS_BYTES = 4 << 20
+# /metrics is ~3 KB from llama-server; 256 KiB bounds what prometheus_client's parser may be made to chew on a
+# hostile body (quadratic per line in escaped quotes, lines capped at agent.metrics.prom.MAX_LINE_CHARS).
+MAX_METRICS_BYTES = 256 << 10
 MAX_SLOTS_BYTES = 1 << 20
 SAMPLE_DEADLINE_S = 2.0
 

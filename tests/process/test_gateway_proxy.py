@@ -326,15 +326,36 @@ def test_metrics_health_models_and_stats_endpoints(worker: FakeWorker) -> None:
         stats = c.get(served.url + "/gateway/stats").json()
     assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
     fams = parse_text(text.text)
-    assert fams["hosttune_gateway_ttft_seconds"].type == "summary"
+    assert fams["hosttune_gateway_ttft_seconds"].type == "histogram"
     assert sample_value(fams, "hosttune_gateway_ttft_seconds_count") == 3
+    assert sample_value(fams, "hosttune_gateway_ttft_seconds_bucket", {"le": "+Inf"}) == 3
     assert sample_value(fams, "hosttune_gateway_requests_total", {"outcome": "ok"}) == 3
     assert sample_value(fams, "hosttune_gateway_completion_tokens_total") == 12
     assert sample_value(fams, "hosttune_gateway_admission_limit") == 3
-    p50 = sample_value(fams, "hosttune_gateway_ttft_seconds", {"quantile": "0.5"})
-    p99 = sample_value(fams, "hosttune_gateway_ttft_seconds", {"quantile": "0.99"})
-    assert p50 is not None and p99 is not None and 0 < p50 <= p99
     assert stats["outcomes"]["ok"] == 3 and stats["ttft"]["count"] == 3 and stats["itl"]["count"] == 9
+    assert 0 < stats["ttft"]["p50"] <= stats["ttft"]["p99"]  # the windowed quantiles stay in the JSON
+
+
+def test_streamed_requests_land_in_the_buckets_of_their_measured_times(worker: FakeWorker) -> None:
+    """Through a stub worker: every observation the gateway recorded for a request is in the buckets whose bound
+    is at or above it, and only there; the worker's 0.35 s before the first token keeps TTFT out of le=0.3."""
+    served, gw = serve(StaticUpstream(worker.url))
+    with served, httpx.Client(timeout=10) as c:
+        for _ in range(2):
+            assert c.post(served.url + CHAT, json=chat(True, ttft_s=0.35, itl_s=0.02, tokens=5)).status_code == 200
+        recs = last(gw, 2)
+        fams = parse_text(c.get(served.url + "/metrics").text)
+    seen = {"ttft": [r.ttft_s for r in recs], "itl": [g for r in recs for g in r.itl_s],
+            "request_duration": [r.e2e_s for r in recs], "queue_wait": [r.queue_wait_s for r in recs]}
+    assert len(seen["itl"]) == 8
+    for name, values in seen.items():
+        family = fams[f"hosttune_gateway_{name}_seconds"]
+        buckets = [(s.labels["le"], s.value) for s in family.samples if s.name.endswith("_bucket")]
+        for le, count in buckets:
+            assert count == sum(1 for v in values if v is not None and v <= float(le)), (name, le)
+        assert sample_value(fams, f"hosttune_gateway_{name}_seconds_sum") == pytest.approx(
+            sum(v for v in values if v is not None))
+    assert sample_value(fams, "hosttune_gateway_ttft_seconds_bucket", {"le": "0.3"}) == 0
 
 
 def test_retry_waits_for_the_worker_to_answer_even_if_the_provider_still_says_ready(worker: FakeWorker) -> None:

@@ -144,7 +144,9 @@ def test_one_failing_sampler_is_contained_and_exported() -> None:
     fams = parse_text(tel.exposition())
     assert sample_value(fams, "hosttune_telemetry_sampler_success", {"sampler": "worker"}) == 0
     assert sample_value(fams, "hosttune_telemetry_sampler_success", {"sampler": "host"}) == 1
-    assert sample_value(fams, "hosttune_gateway_ttft_seconds", {"quantile": "0.5"}) == pytest.approx(0.2)
+    assert sample_value(fams, "hosttune_gateway_ttft_seconds_bucket", {"le": "0.1"}) == 0
+    assert sample_value(fams, "hosttune_gateway_ttft_seconds_bucket", {"le": "0.2"}) == 1
+    assert sample_value(fams, "hosttune_gateway_itl_seconds_count") == 2
     assert sample_value(fams, "hosttune_gateway_completion_tokens_total") == 3
     assert sample_value(fams, "hosttune_host_memory_headroom_ratio") is not None
     assert not [n for n in fams if n.startswith("node_")]  # node_exporter's names: off unless asked for
@@ -197,8 +199,9 @@ def test_torch_worker_metrics_map_to_the_same_fields() -> None:
     assert (s.requests_processing, s.requests_deferred, s.busy_slots_per_decode) == (3, 5, 3.0)
     assert (s.kv_cache_tokens, s.kv_cache_budget_tokens, s.kv_cache_usage_ratio) == (1024, 4096, 0.25)
     assert (s.max_batch, s.oom_total, s.requests_requeued_total) == (4, 1, 2)
-    later = parse_worker_metrics(text.replace("torch:tokens_predicted_total 900", "torch:tokens_predicted_total 1200"),
-                                 t=7.0)
+    assert "torch:tokens_predicted_total 900.0" in text  # prometheus_client writes floats
+    bumped = text.replace("torch:tokens_predicted_total 900.0", "torch:tokens_predicted_total 1200")
+    later = parse_worker_metrics(bumped, t=7.0)
     assert with_rates(later, s).tokens_per_second == pytest.approx(150.0)
     fams = {f.name: f for f in WorkerSampler.families(s)}
     assert fams["hosttune_worker_kv_cache_usage_ratio"].samples[0].value == 0.25
