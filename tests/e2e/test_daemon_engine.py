@@ -31,6 +31,7 @@ import pytest
 from agent.bench.corpus import MixSpec
 from agent.bench.llama_local import free_port
 from agent.bench.rig import ClosedLoopLoad
+from agent.metrics.prom import parse_text, sample_value
 from tests.support.daemon_fixtures import DaemonProcess, no_gpu_sim, write_config
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -108,6 +109,29 @@ def test_the_daemon_s_controller_lowers_the_limit_under_overload(tmp_path: Path,
     pid = d.get("/v1/worker")["pid"]
     assert d.proc.stop() == 0
     assert not Path(f"/proc/{pid}").exists(), "llama-server outlived the daemon"
+
+
+def test_the_daemon_metrics_name_the_engine_and_the_knobs_in_force(tmp_path: Path,
+                                                                   stopper: list[EngineDaemon]) -> None:
+    """/metrics of a daemon running the real llama-server: hosttune_worker_info carries the running spec's knobs
+    and slot count, hosttune_controller_knob the controller's, the policy's SLO and info are there."""
+    d = EngineDaemon(tmp_path, worker_policy(tmp_path, free_port(), slo_ms=1500), controller_interval_s=1)
+    stopper.append(d)
+    deadline = time.monotonic() + 30
+    while sample_value(fams := parse_text(httpx.get(f"{d.api_url}/metrics", timeout=10).text),
+                       "hosttune_worker_info", {"slots": "2"}) is None:
+        assert time.monotonic() < deadline, fams.get("hosttune_worker_info")
+        time.sleep(0.5)
+    (info,) = fams["hosttune_worker_info"].samples
+    assert info.labels == {"engine": "llamacpp", "model": "default", "slots": "2", "ctx_size": "2048",
+                           "batch_size": "", "ubatch_size": "", "cache_type_k": "", "cache_type_v": ""}
+    assert sample_value(fams, "hosttune_controller_knob", {"knob": "parallel"}) == 2
+    assert sample_value(fams, "hosttune_controller_knob", {"knob": "ctx"}) == 2048
+    assert sample_value(fams, "hosttune_policy_info", {"policy": "e2e-daemon-engine"}) == 1
+    assert sample_value(fams, "hosttune_policy_slo_seconds", {"slo": "ttft_p95"}) == 1.5
+    assert sample_value(fams, "hosttune_worker_restarts_total") == 0
+    print("daemon series:", {n: [(s.labels, s.value) for s in fams[n].samples]
+                             for n in ("hosttune_worker_info", "hosttune_controller_knob") if n in fams})
 
 
 # ----- worker chaos ------------------------------------------------------------------------------------------------

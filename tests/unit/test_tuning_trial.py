@@ -10,6 +10,7 @@ import pytest
 
 from agent.control.config import ControllerConfig
 from agent.control.core import ControlCore
+from agent.control.decisions import DecisionLog
 from agent.control.os_trials import OsTrial, next_os_trial
 from agent.errors import HostError, InputError
 from agent.hostfs import HostPaths
@@ -118,6 +119,8 @@ def test_the_daemon_runs_trials_as_mutations_and_a_stopped_controller_ends_its_o
     assert "[always]" in thp(host) and [e["kind"] for e in services.events.recent(1)] == ["os_trial"]
 
     class StoppedController:
+        log = DecisionLog()  # its decisions stay counted in /metrics after it stops
+
         def close(self) -> None:
             pass
 
