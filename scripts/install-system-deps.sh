@@ -3,13 +3,14 @@
 # Usage: scripts/install-system-deps.sh run    what running needs (make run)
 #        scripts/install-system-deps.sh test   that plus what the test tiers need (make test; the default)
 # run:  numactl: memory binding for the worker (without it the worker binds with bindexec, CPUs only).
-# test: iproute2/util-linux: network namespaces for net.* sysctl tests and the Ansible fleet; procps, kmod.
+# test: iproute2/util-linux: network namespaces for net.* sysctl tests and the Ansible fleet; procps, kmod;
+#       prometheus: the real server and promtool the operator pack's tests run (monitoring/; tier `prometheus`).
 # The real-systemd tier's own needs (debootstrap, systemd-container) are installed by scripts/build-rootfs.sh.
 set -euo pipefail
 FOR=${1:-test}
 case "$FOR" in
   run) PKGS=(numactl) ;;
-  test) PKGS=(numactl iproute2 util-linux procps kmod) ;;
+  test) PKGS=(numactl iproute2 util-linux procps kmod prometheus) ;;
   *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
 esac
 PKGS+=(${HOSTTUNE_EXTRA_DEBS:-})

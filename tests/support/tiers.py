@@ -1,6 +1,6 @@
 """What each test tier needs, checked once per session. A missing need skips the test with a reason that names
-it — except on CI (CI=true, root, Linux), where the root/kernel/engine/systemd/ansible tiers must run: there a
-missing need fails the test instead of skipping it silently."""
+it — except on CI (CI=true, root, Linux), where the root/kernel/engine/systemd/ansible/prometheus tiers must run:
+there a missing need fails the test instead of skipping it silently."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-REQUIRED_ON_CI = {"root", "kernel", "engine", "systemd", "ansible"}
+REQUIRED_ON_CI = {"root", "kernel", "engine", "systemd", "ansible", "prometheus"}
 
 
 def _root() -> str | None:
@@ -80,6 +80,15 @@ def _process() -> str | None:
     return None
 
 
+def _prometheus() -> str | None:
+    """The operator pack's tests run Debian's real `prometheus` and `promtool` (scripts/install-system-deps.sh test
+    installs the package)."""
+    for name in ("promtool", "prometheus"):
+        if not shutil.which(name):
+            return f"{name} not installed (Debian package prometheus; scripts/install-system-deps.sh test)"
+    return None
+
+
 def _gpu() -> str | None:
     if not Path("/dev/nvidiactl").exists():
         return "no NVIDIA GPU (/dev/nvidiactl absent)"
@@ -93,6 +102,7 @@ CHECKS: dict[str, Callable[[], str | None]] = {
     "engine": _engine,
     "systemd": _systemd,
     "ansible": _ansible,
+    "prometheus": _prometheus,
     "gpu": _gpu,
 }
 
