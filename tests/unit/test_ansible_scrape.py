@@ -198,3 +198,17 @@ def test_the_scrape_token_refuses_a_trailing_newline() -> None:
     assert not holds(task, hosttune_metrics_token="a" * 32 + "\n")
     assert not holds(validate_task("metrics (scrape) token"), hosttune_metrics_token="a" * 32 + "\n")
     assert not holds(validate_task("policy"), hosttune_policy="fleet-a\n")
+
+
+SCRAPE_TOKEN, API_TOKEN = "s" * 32, "a" * 32
+
+
+@pytest.mark.parametrize(("allow", "metrics", "api", "ok"), [
+    (False, "", "", True), (False, SCRAPE_TOKEN, API_TOKEN, True), (True, SCRAPE_TOKEN, "", True),
+    (True, SCRAPE_TOKEN, API_TOKEN, True),
+    (True, "", API_TOKEN, False),                 # a remote /metrics open to every scrape source
+    (True, API_TOKEN, API_TOKEN, False), (False, API_TOKEN, API_TOKEN, False)])  # the scraper could retune
+def test_a_remote_api_needs_a_scrape_token_of_its_own(allow: bool, metrics: str, api: str, ok: bool) -> None:
+    task = validate_task("scrape token of its own")
+    assert holds(task, hosttune_api_allow_remote=allow, hosttune_metrics_token=metrics, hosttune_api_token=api) is ok
+    assert "hosttune_metrics_token" in task["ansible.builtin.assert"]["fail_msg"] and task["no_log"] is True
