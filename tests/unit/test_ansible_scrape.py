@@ -136,9 +136,9 @@ def test_file_sd_has_one_target_group_per_host() -> None:
     groups = F.file_sd([host(), host("h2", "2001:db8::2", "7712", "fleet-b"),
                         host("h3", "0.0.0.0", ansible_host="node3.example")])
     assert groups == [
-        {"targets": ["198.18.0.11:7711"], "labels": {"host": "h1", "policy": "fleet-a"}},
-        {"targets": ["[2001:db8::2]:7712"], "labels": {"host": "h2", "policy": "fleet-b"}},
-        {"targets": ["node3.example:7711"], "labels": {"host": "h3", "policy": "fleet-a"}},
+        {"targets": ["198.18.0.11:7711"], "labels": {"host": "h1", "inventory_policy": "fleet-a"}},
+        {"targets": ["[2001:db8::2]:7712"], "labels": {"host": "h2", "inventory_policy": "fleet-b"}},
+        {"targets": ["node3.example:7711"], "labels": {"host": "h3", "inventory_policy": "fleet-a"}},
     ]
     assert json.loads(json.dumps(groups)) == groups
 
@@ -162,6 +162,15 @@ def test_file_sd_has_one_target_group_per_host() -> None:
 def test_file_sd_refuses_values_outside_the_allow_lists(entry: dict[str, Any], field: str) -> None:
     with pytest.raises(ScrapeValueError, match=field):
         F.file_sd([entry])
+
+
+def test_target_labels_never_shadow_a_scraped_label() -> None:
+    # Prometheus renames a scraped label that a target label also sets (to exported_*): hosttune_policy_info's
+    # `policy` must reach the TSDB as itself, or group_left(policy) joins copy the inventory's name.
+    scraped = {"policy", "digest", "engine", "model", "version", "gpu", "knob", "slo", "le", "quantile"}
+    for group in F.file_sd([host(), host("h2", policy="other")]):
+        assert not scraped & set(group["labels"]), group["labels"]
+        assert group["labels"]["inventory_policy"] in ("fleet-a", "other")
 
 
 def test_the_prometheus_tasks_keep_the_token_in_a_0600_file() -> None:

@@ -8,7 +8,8 @@ filter either returns values in a canonical shape or fails the task naming the h
                            address (fails on anything else, and on networks so wide they amount to `any`: shorter
                            than /8 for IPv4 or /32 for IPv6, the unspecified address, v4-mapped/compatible IPv6)
   hosttune_bad_scrape_sources  the entries of a list that are not such addresses (for the role's assert)
-  hosttune_file_sd  [{host, api_host, ansible_host, port, policy}] -> Prometheus file_sd target groups
+  hosttune_file_sd  [{host, api_host, ansible_host, port, policy}] -> Prometheus file_sd target groups (labels
+                           host and inventory_policy)
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def _unreachable(address: str) -> bool:
 
 
 def file_sd(hosts: object) -> list[dict[str, Any]]:
-    """One Prometheus file_sd target group per host: `targets: ["ADDR:PORT"]`, labels host and policy."""
+    """One Prometheus file_sd target group per host: `targets: ["ADDR:PORT"]`, labels host and inventory_policy.
+    Not `policy`: a target label wins over the scraped series' own, so `hosttune_policy_info{policy}` (the policy
+    the host really runs) would arrive as `exported_policy` and every `group_left(policy)` join would copy the
+    inventory's name instead."""
     if not isinstance(hosts, list) or len(hosts) > MAX_TARGETS:
         raise ScrapeValueError("hosttune_file_sd: expected a list of hosts")
     groups = []
@@ -122,7 +126,7 @@ def file_sd(hosts: object) -> list[dict[str, Any]]:
         if not isinstance(policy, str) or not LABEL_VALUE_RE.fullmatch(policy):
             raise ScrapeValueError(f"host {name}: hosttune_policy {policy!r} is not a policy name"[:200])
         target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        groups.append({"targets": [target], "labels": {"host": name, "policy": policy}})
+        groups.append({"targets": [target], "labels": {"host": name, "inventory_policy": policy}})
     return groups
 
 
