@@ -78,15 +78,29 @@ class ApiSettings(ServedSection):
     port: int = Field(7711, ge=0, le=65535, description="TCP port; 0 picks a free one (tests)")
     unix_socket: Path | None = Field(None, description="serve on this unix socket (mode 0600) instead of TCP")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest request body accepted")
-    metrics_token_file: Path | None = Field(None, description="a read-only scrape credential: when set, /metrics "
+    metrics_token_file: Path | None = Field(None, validate_default=True,
+                                            description="a read-only scrape credential: when set, /metrics "
                                             "needs `Authorization: Bearer` with the token in this file (0600, "
-                                            "never created by the daemon); unset: /metrics needs no token")
+                                            "never created by the daemon, not the API token); unset: /metrics "
+                                            "needs no token, so a remote API (allow_remote, non-loopback host) "
+                                            "must set it")
 
     @field_validator("host")
     @classmethod
     def _loopback_unless_allowed(cls, v: str, info: ValidationInfo) -> str:
         if not is_loopback(v) and not info.data.get("allow_remote", False):
             raise ValueError(f"{v!r} is not a loopback address: set api.allow_remote: true to expose the API")
+        return v
+
+    @field_validator("metrics_token_file")
+    @classmethod
+    def _scrape_token_when_remote(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        # /metrics carries the policy's name and digest, the model file, the version and GPU UUIDs: open to
+        # localhost only. A unix socket is not remote, whatever `host` says.
+        remote = not is_loopback(info.data.get("host", "127.0.0.1")) and info.data.get("unix_socket") is None
+        if v is None and remote and info.data.get("allow_remote", False):
+            raise ValueError("api.allow_remote: true with a non-loopback api.host needs api.metrics_token_file "
+                             "(a scrape token): /metrics is otherwise open to every address that reaches the API")
         return v
 
 

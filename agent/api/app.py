@@ -50,7 +50,7 @@ def create_app(settings: DaemonSettings, services: HostServices) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.token = ensure_token(settings.token_path)
-        app.state.metrics_token = metrics_token(settings.api.metrics_token_file)
+        app.state.metrics_token = metrics_token(settings.api.metrics_token_file, app.state.token)
         app.state.status_snapshot = Snapshot(services.status, services.state_generation)  # its lock: this loop's
         app.state.audit = AuditLog(settings.audit_path, max_bytes=settings.audit_max_bytes, keep=settings.audit_keep)
         try:

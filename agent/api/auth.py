@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.api.audit import AUTHENTICATED_KEY
-from agent.api.tokenfile import MIN_TOKEN_CHARS, ensure_token, read_token
+from agent.api.tokenfile import MIN_TOKEN_CHARS, ensure_token, read_metrics_token
 
 __all__ = ["MIN_TOKEN_CHARS", "TokenFirstMiddleware", "ensure_token", "metrics_token", "refusal",
            "refusal_before_body", "require_token"]
@@ -51,9 +51,10 @@ def token_refusal(expected: str | None, authorization: str | None) -> HTTPExcept
     return None
 
 
-def metrics_token(path: Path | None) -> str | None:
-    """The scrape token /metrics requires (None: /metrics is open), from a 0600 file the daemon never creates."""
-    return None if path is None else read_token(path, what="metrics (scrape) token")
+def metrics_token(path: Path | None, api_token: str) -> str | None:
+    """The scrape token /metrics requires (None: /metrics is open to whoever reaches the API), from a 0600 file
+    the daemon never creates; refused when it holds the API token."""
+    return read_metrics_token(path, api_token)
 
 
 def is_v1(path: str) -> bool:

@@ -1,5 +1,6 @@
 """The API token file: created 0600 on first start, refused when others could read it. The scrape token file
-(`api.metrics_token_file`, the read-only credential for /metrics) gets the same checks but is never created.
+(`api.metrics_token_file`, the read-only credential for /metrics) gets the same checks but is never created, and
+is refused when it holds the API token (a scraper's copy would then retune the host).
 
 Why a file and not a config value: the token must never sit in a world-readable config or in the unit's
 environment (`systemctl show` prints it). The daemon refuses to start when the file is readable or writable by
@@ -9,6 +10,7 @@ root. No FastAPI here: the daemon checks the token before it imports the web sta
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import stat
@@ -58,4 +60,16 @@ def ensure_token(path: Path) -> str:
         f.write(token + "\n")
         f.flush()
         os.fsync(f.fileno())
+    return token
+
+
+def read_metrics_token(path: Path | None, api_token: str) -> str | None:
+    """The scrape token (None: no `api.metrics_token_file`), refused when it equals the API token: Prometheus
+    servers keep the scrape token in their own files, and the API token can retune the host as root."""
+    if path is None:
+        return None
+    token = read_token(path, what="metrics (scrape) token")
+    if hmac.compare_digest(token.encode(), api_token.encode()):
+        raise InputError("the metrics (scrape) token file holds the API token: give /metrics its own token "
+                         "(api.metrics_token_file)", path=path)
     return token

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from agent.api.tokenfile import ensure_token, read_token
+from agent.api.tokenfile import ensure_token, read_metrics_token
 from agent.config import DaemonSettings, load_settings
 from agent.daemon.hotplug_watch import BlockWatch, watch_block_devices
 from agent.daemon.lifetime import LifetimeLock
@@ -97,9 +97,8 @@ class Daemon:
     def start(self) -> None:
         s = self.settings
         StateDir(s.state_dir).ensure()  # refuses a symlinked or foreign-owned state dir, fixes its mode
-        ensure_token(s.token_path)  # refuse a group/world-readable token before touching the host
-        if s.api.metrics_token_file is not None:
-            read_token(s.api.metrics_token_file, what="metrics (scrape) token")  # likewise the scrape token
+        api_token = ensure_token(s.token_path)  # refuse a group/world-readable token before touching the host
+        read_metrics_token(s.api.metrics_token_file, api_token)  # likewise the scrape token; never the API token
 
         self.status("checking for an interrupted transaction")
         rolled = self.services.tuning.rollback_interrupted()

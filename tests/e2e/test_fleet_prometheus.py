@@ -206,7 +206,8 @@ class TestFleetPrometheus:
         assert (converged / "metrics.token").stat().st_mode & 0o777 == 0o600
         targets = json.loads((converged / "targets.json").read_text())
         assert sorted(t["labels"]["host"] for t in targets) == HOSTS
-        assert all(t["labels"]["policy"] == "fleet-worker" for t in targets)
+        assert all(t["labels"]["inventory_policy"] == "fleet-worker" for t in targets)
+        assert all("policy" not in t["labels"] for t in targets)  # it would shadow hosttune_policy_info{policy}
         assert sorted(t["targets"][0] for t in targets) == sorted(
             f"{fleet.host(h).address}:{API_PORT}" for h in HOSTS)
 
@@ -219,6 +220,11 @@ class TestFleetPrometheus:
                 break
             time.sleep(1)
         assert sorted(up) == HOSTS and all(v == "1" for v in up.values()), up
+        # The policy each host runs keeps its own label: no target label `policy` renamed it to exported_policy.
+        info = query(fleet, prometheus, 'hosttune_policy_info{job="hosttune",policy="fleet-worker"}') or []
+        assert sorted(r["metric"]["host"] for r in info) == HOSTS, info
+        assert all("exported_policy" not in r["metric"] for r in info), info
+        assert all(r["metric"]["inventory_policy"] == "fleet-worker" for r in info), info
 
     def test_fleet_p95_ttft_and_tokens_per_s_match_the_bench_client(self, fleet: Fleet, prometheus: str) -> None:
         urls = {gateway_url(fleet.host(h)): h for h in HOSTS}

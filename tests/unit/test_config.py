@@ -93,7 +93,8 @@ def test_bad_values_name_file_line_and_field(tmp_path: Path, text: str, line: in
 
 
 def test_remote_bind_needs_allow_remote(tmp_path: Path) -> None:
-    s = load_settings(write(tmp_path, "api:\n  host: 0.0.0.0\n  allow_remote: true\n"))
+    # a remote API also needs a scrape token (tests/unit/test_metrics_token.py)
+    s = load_settings(write(tmp_path, "api:\n  host: 0.0.0.0\n  allow_remote: true\n  metrics_token_file: m.token\n"))
     assert s.api.host == "0.0.0.0"
     s = load_settings(write(tmp_path, "api:\n  host: '::1'\n"))
     assert s.api.host == "::1"

@@ -84,19 +84,57 @@ def test_a_scrape_token_readable_by_others_is_refused_at_start(settings: DaemonS
 def test_a_missing_scrape_token_is_refused_not_created(tmp_path: Path) -> None:
     path = tmp_path / "none.token"
     with pytest.raises(InputError, match="cannot read the metrics"):
-        metrics_token(path)
+        metrics_token(path, ADMIN)
     assert not path.exists()
     short = write_token(tmp_path / "short.token", "abc")
     with pytest.raises(InputError, match="shorter"):
-        metrics_token(short)
+        metrics_token(short, ADMIN)
     link = tmp_path / "link.token"
     link.symlink_to(write_token(tmp_path / "real.token", SCRAPE))
     with pytest.raises(InputError, match="not a regular file"):
-        metrics_token(link)
-    assert metrics_token(None) is None
+        metrics_token(link, ADMIN)
+    assert metrics_token(None, ADMIN) is None
 
 
 def test_the_config_resolves_a_relative_scrape_token_path(tmp_path: Path) -> None:
     config = tmp_path / "daemon.yaml"
     config.write_text("api:\n  metrics_token_file: secrets/metrics.token\n")
     assert load_settings(config).api.metrics_token_file == tmp_path / "secrets/metrics.token"
+
+
+def test_a_scrape_token_equal_to_the_api_token_is_refused_at_start(settings: DaemonSettings) -> None:
+    assert settings.api.metrics_token_file is not None
+    write_token(settings.api.metrics_token_file, ADMIN)  # a Prometheus server's copy would retune the host
+    with pytest.raises(InputError, match="holds the API token"), TestClient(create_app(settings, Services(settings))):
+        pass
+
+
+def test_the_daemon_refuses_the_api_token_as_scrape_token_before_touching_the_host(settings: DaemonSettings) -> None:
+    from agent.daemon.runner import Daemon
+
+    assert settings.api.metrics_token_file is not None
+    write_token(settings.api.metrics_token_file, ADMIN)
+    daemon = Daemon(settings)
+    touched: list[str] = []
+    daemon.services.tuning.rollback_interrupted = lambda: touched.append("rollback")  # type: ignore[method-assign]
+    with pytest.raises(InputError, match="holds the API token"):
+        daemon.start()
+    assert touched == []
+
+
+REMOTE = "api:\n  host: 0.0.0.0\n  allow_remote: true\n"
+
+
+def test_a_remote_api_without_a_scrape_token_is_refused_at_config_load(tmp_path: Path) -> None:
+    config = tmp_path / "daemon.yaml"
+    config.write_text(REMOTE)
+    with pytest.raises(InputError, match=r"needs api\.metrics_token_file") as e:
+        load_settings(config)
+    assert e.value.field == "api.metrics_token_file"
+    config.write_text(REMOTE + "  metrics_token_file: metrics.token\n")
+    assert load_settings(config).api.metrics_token_file == tmp_path / "metrics.token"
+    # loopback, a unix socket, or allow_remote without a remote host: /metrics is not reachable from the network
+    for ok in ("api:\n  host: ::1\n  allow_remote: true\n", "api:\n  allow_remote: true\n",
+               REMOTE + "  unix_socket: api.sock\n"):
+        config.write_text(ok)
+        assert load_settings(config).api.metrics_token_file is None

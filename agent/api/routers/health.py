@@ -1,7 +1,9 @@
-"""Unauthenticated probes: /healthz for liveness checks and /metrics for Prometheus scrapers.
+"""Probes without the API token: /healthz for liveness checks and /metrics for Prometheus scrapers.
 
-Both are read-only and reveal no tuning state beyond what the metrics themselves export; scrapers rarely carry
-bearer tokens, which is why /metrics is open (bind the API to loopback or a unix socket to limit who can scrape).
+Both are read-only. /metrics also carries info series (the applied policy's name and digest, the model file and
+engine knobs, the hosttune version, GPU UUIDs), so it is open only while `api.metrics_token_file` is unset, and
+then only to who reaches the API: a remote API (allow_remote, non-loopback host) refuses to load without that
+scrape token (agent/config.py), which agent/api/auth.py then requires — never the API token itself.
 """
 
 from __future__ import annotations

@@ -5,9 +5,11 @@ empty `IPAddressAllow=` would reset the allow-list, a quote in a label would bre
 filter either returns values in a canonical shape or fails the task naming the host and field.
 
   hosttune_scrape_sources(api_host)  IPv4/IPv6 addresses or CIDRs -> the same, canonical, plus the API's own
-                           address (fails on anything else)
+                           address (fails on anything else, and on networks so wide they amount to `any`: shorter
+                           than /8 for IPv4 or /32 for IPv6, the unspecified address, v4-mapped/compatible IPv6)
   hosttune_bad_scrape_sources  the entries of a list that are not such addresses (for the role's assert)
-  hosttune_file_sd  [{host, api_host, ansible_host, port, policy}] -> Prometheus file_sd target groups
+  hosttune_file_sd  [{host, api_host, ansible_host, port, policy}] -> Prometheus file_sd target groups (labels
+                           host and inventory_policy)
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ SOURCE_RE = re.compile(r"^[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?$")
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,251}[A-Za-z0-9])?$")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9_.-]{0,128}$")  # inventory host names and policy names
 WILDCARD_BINDS = ("0.0.0.0", "::")
+# `IPAddressAllow=0.0.0.0/0` is `any`: it would cancel the unit's IPAddressDeny=any. A source narrower than these.
+MIN_PREFIX = {4: 8, 6: 32}
+# IPv6 ranges that carry IPv4 addresses (v4-mapped, v4-compatible): a way around the IPv4 checks, never a source.
+V4_IN_V6 = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("::/96"))
 MAX_SOURCES = 64
 MAX_TARGETS = 10000
 
@@ -35,11 +41,15 @@ def _source(value: object) -> str | None:
     if not isinstance(value, str) or not SOURCE_RE.fullmatch(value):
         return None
     try:
-        if "/" in value:
-            return str(ipaddress.ip_network(value, strict=True))
-        return str(ipaddress.ip_address(value))
+        network = ipaddress.ip_network(value, strict=True)
     except ValueError:
         return None
+    if network.prefixlen < MIN_PREFIX[network.version] or network.network_address.is_unspecified:
+        return None  # as wide as `any`, or containing the unspecified address (0.0.0.0/8, ::)
+    if isinstance(network, ipaddress.IPv6Network) and str(network) != "::1/128" and any(
+            network.overlaps(v4) for v4 in V4_IN_V6):
+        return None
+    return str(network) if "/" in value else str(network.network_address)
 
 
 def bad_scrape_sources(values: object) -> list[str]:
@@ -74,8 +84,24 @@ def _address(value: object) -> str | None:
         return value if HOST_NAME_RE.fullmatch(value) and not value.replace(".", "").isdigit() else None
 
 
+def _unreachable(address: str) -> bool:
+    """A target Prometheus must not be sent to with the scrape token: loopback, link-local (169.254.169.254 is the
+    cloud metadata service), unspecified or multicast, also when written as a v4-mapped IPv6 address; localhost."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        name = address.lower().rstrip(".")
+        return name == "localhost" or name.endswith(".localhost")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
 def file_sd(hosts: object) -> list[dict[str, Any]]:
-    """One Prometheus file_sd target group per host: `targets: ["ADDR:PORT"]`, labels host and policy."""
+    """One Prometheus file_sd target group per host: `targets: ["ADDR:PORT"]`, labels host and inventory_policy.
+    Not `policy`: a target label wins over the scraped series' own, so `hosttune_policy_info{policy}` (the policy
+    the host really runs) would arrive as `exported_policy` and every `group_left(policy)` join would copy the
+    inventory's name instead."""
     if not isinstance(hosts, list) or len(hosts) > MAX_TARGETS:
         raise ScrapeValueError("hosttune_file_sd: expected a list of hosts")
     groups = []
@@ -87,7 +113,7 @@ def file_sd(hosts: object) -> list[dict[str, Any]]:
             raise ScrapeValueError(f"host {name!r}: the inventory name is not a plain host name"[:200])
         api_host = entry.get("api_host")
         address = _address(entry.get("ansible_host") if api_host in WILDCARD_BINDS else api_host)
-        if address is None or address in ("127.0.0.1", "::1", "localhost"):
+        if address is None or _unreachable(address):
             raise ScrapeValueError(f"host {name}: hosttune_api_host (or ansible_host for a wildcard bind) is not "
                                      f"a remote IP address or DNS name Prometheus can reach: "
                                      f"{entry.get('api_host')!r}"[:300])
@@ -100,7 +126,7 @@ def file_sd(hosts: object) -> list[dict[str, Any]]:
         if not isinstance(policy, str) or not LABEL_VALUE_RE.fullmatch(policy):
             raise ScrapeValueError(f"host {name}: hosttune_policy {policy!r} is not a policy name"[:200])
         target = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        groups.append({"targets": [target], "labels": {"host": name, "policy": policy}})
+        groups.append({"targets": [target], "labels": {"host": name, "inventory_policy": policy}})
     return groups
 
 
