@@ -76,8 +76,12 @@ class Fleet:
     rootfs: Path
     workdir: Path
     size: int = 3
+    # Host paths shown read-only inside every container, (source on this machine, path in the container): the
+    # engine and the model for hosts that run a real worker (tests/e2e/fleet_worker.py).
+    binds: Sequence[tuple[Path, str]] = ()
     fleet_id: str = field(default_factory=lambda: f"{os.getpid()}{secrets.token_hex(2)}")
     hosts: list[FleetHost] = field(default_factory=list)
+    clients: list[str] = field(default_factory=list)  # bare namespaces on the bridge (add_client)
     key: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,8 +126,8 @@ class Fleet:
                 proc.kill()
                 proc.wait(timeout=10)
             remove_cgroup(host.cgroup)
-        for host in self.hosts:
-            _run(["ip", "netns", "delete", host.netns], check=False)
+        for netns in [*(h.netns for h in self.hosts), *self.clients]:
+            _run(["ip", "netns", "delete", netns], check=False)
         _run(["ip", "netns", "delete", self.controller_ns], check=False)
         release_netns_dir()
 
@@ -161,6 +165,15 @@ class Fleet:
         self._ip(host.netns, "link", "set", "eth0", "up")
         self._ip(host.netns, "link", "set", "lo", "up")
 
+    def add_client(self, name: str, address: str) -> str:
+        """A bare network namespace on the bridge at `address` (no container): a second client besides the
+        controller, e.g. one that is not among the hosts' allowed scrape sources. Returns its namespace name."""
+        client = FleetHost(name=name, netns=f"{NAME_PREFIX}-{self.fleet_id}-{name}", address=address,
+                           workdir=self.workdir / name)
+        self.clients.append(client.netns)
+        self._make_host_network(client)
+        return client.netns
+
     # ---- containers ------------------------------------------------------------------------------------------
     def _prepare_layer(self, host: FleetHost) -> None:
         for sub in ("upper", "work", "merged"):
@@ -179,6 +192,8 @@ class Fleet:
         argv = ["unshare", "--mount", "--propagation", "private", sys.executable, str(Path(__file__).resolve()),
                 "boot", "--name", host.name, "--netns", host.netns, "--lower", str(self.rootfs),
                 "--workdir", str(host.workdir), "--cgroup", host.cgroup]
+        for source, target in self.binds:
+            argv += ["--bind-ro", f"{source}:{target}"]
         log = open(host.workdir / "console.log", "wb")  # noqa: SIM115 - owned by the child for its lifetime
         with log:
             host.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -368,6 +383,7 @@ def _boot_main(argv: Sequence[str]) -> None:
     p.add_argument("--lower", required=True)
     p.add_argument("--workdir", required=True, type=Path)
     p.add_argument("--cgroup", required=True)
+    p.add_argument("--bind-ro", action="append", default=[], metavar="SRC:DST")
     a = p.parse_args(argv)
     for hierarchy in CGROUP_HIERARCHIES:
         cg = CGROUP_ROOT / hierarchy / a.cgroup
@@ -384,7 +400,7 @@ def _boot_main(argv: Sequence[str]) -> None:
     os.execvp("systemd-nspawn", [
         "systemd-nspawn", "--quiet", "-D", str(merged), "--boot", "--register=no", "--keep-unit",
         f"--machine={a.name}", f"--network-namespace-path={NETNS_DIR / a.netns}", "--private-network",
-        "--console=pipe", "--link-journal=no"])
+        "--console=pipe", "--link-journal=no", *(f"--bind-ro={b}" for b in a.bind_ro)])
 
 
 def _up_main(argv: Sequence[str]) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,26 +52,8 @@ FIGHTER = (
 
 
 @pytest.fixture(scope="module")
-def fleet_rootfs() -> Path:
-    out = subprocess.run([str(REPO / "scripts/build-fleet-rootfs.sh")], capture_output=True, text=True,
-                         timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    path = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-    assert path and Path(path, "usr/sbin/sshd").exists(), f"no fleet rootfs: {out.stderr[-2000:]}"
-    return Path(path)
-
-
-@pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ansible-fleet")
-
-
-@pytest.fixture(scope="module")
-def wheelhouse(work: Path) -> Path:
-    out = subprocess.run([str(REPO / "scripts/build-wheelhouse.sh"), str(work / "wheelhouse.tar")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return work / "wheelhouse.tar"
 
 
 @pytest.fixture(scope="module")
