@@ -43,7 +43,7 @@ WINDOW_S = 20
 GATE = {"hosttune_rollout_perf_window_seconds": WINDOW_S, "hosttune_rollout_perf_min_requests": 6,
         "hosttune_rollout_perf_on_no_traffic": "fail", "hosttune_rollout_ttft_p95_max_increase_pct": 100,
         "hosttune_rollout_tokens_per_second_max_drop_pct": 50}
-VERDICT_RE = re.compile(r"p95 TTFT [^\n\"]*?(?:within tolerance|worse than tolerated)")
+VERDICT_RE = re.compile(r"p95 TTFT \d[^\n\"]*?(?:within tolerance|worse than tolerated)")  # not the task name
 
 
 @pytest.fixture(scope="module")
