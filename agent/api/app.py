@@ -22,11 +22,12 @@ from agent.api.deps import HostServices
 from agent.api.errors import install_error_handlers
 from agent.api.limits import BodyLimitMiddleware
 from agent.api.replies import ERROR_RESPONSES
-from agent.api.routers import controller, health, host, policies, telemetry, tuning, worker
+from agent.api.routers import controller, health, host, performance, policies, telemetry, tuning, worker
 from agent.api.snapshot import Snapshot, SnapshotReads
 from agent.config import DaemonSettings
 
-V1_ROUTERS = (host.router, policies.router, tuning.router, telemetry.router, controller.router, worker.router)
+V1_ROUTERS = (host.router, policies.router, tuning.router, telemetry.router, controller.router, worker.router,
+              performance.router)
 
 
 def route_table(app: FastAPI) -> list[tuple[str, str]]:

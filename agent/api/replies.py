@@ -119,6 +119,31 @@ class TelemetryReply(BaseModel):
     samples: list[dict[str, Any]] = Field(description="host, worker, gateway and GPU readings, oldest first")
 
 
+class PerformanceReply(BaseModel):
+    """What the gateway served in the last N seconds, under the policy and the worker in force now only
+    (agent/gateway/performance.py). Counted: requests that started and finished inside the window."""
+
+    seconds: float = Field(description="the window asked for")
+    serving: bool = Field(description="a worker runs behind the gateway (false: nothing to measure)")
+    worker_ready: bool = Field(description="the worker answers now (false while it starts or restarts)")
+    policy: str | None = Field(description="the policy whose worker serves (None: no worker)")
+    now: float = Field(description="Unix time of this reading (the host's clock, as `since`)")
+    since: float = Field(description="Unix time the window opens: the latest of now - seconds, the policy taking "
+                                     "over and the worker becoming ready")
+    window_s: float = Field(description="seconds from `since` to now (less than `seconds` after a change)")
+    covered_s: float = Field(description="seconds the figures cover (less than window_s when truncated)")
+    truncated: bool = Field(description="the gateway's record buffer does not reach back to `since`")
+    requests: int = Field(description="requests finished ok")
+    failed: int = Field(description="requests finished with an error or a timeout")
+    rejected: int = Field(description="requests refused by admission")
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    itl_p95_s: float | None
+    e2e_p95_s: float | None
+    output_tokens: int
+    output_tokens_per_second: float | None = Field(description="output tokens over covered_s")
+
+
 class ControllerReply(BaseModel):
     """Either enabled with the controller's status, or not with the reason; both with the decisions."""
 

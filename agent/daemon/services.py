@@ -85,6 +85,9 @@ class Services:
     def controller(self) -> dict[str, Any]:
         return self.stack.controller_report()
 
+    def performance(self, seconds: float) -> dict[str, Any]:
+        return self.stack.performance(seconds)
+
     def metrics(self) -> str:
         return self.stack.metrics()
 

@@ -9,9 +9,10 @@ imported when they start: a daemon without a worker carries none of them.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.api.exceptions import Unavailable
@@ -62,6 +63,7 @@ class WorkerStack:
         self.events = events
         self.supervisor: Supervisor | None = None
         self.policy: Policy | None = None  # the policy whose worker runs (its slo drives the controller)
+        self.policy_since = time.time()  # when `policy` took over (a reload): GET /v1/performance's window opens
         self.engine: Engine | None = None  # the engine adapter that launched it (torch: the control client)
         self.gateway: RunningGateway | None = None
         self.drain: Drain | None = None  # between the gateway and the worker: a controller restart drains first
@@ -100,7 +102,7 @@ class WorkerStack:
         sup = Supervisor(prepared.spec, prepared.build, state_dir=self.tuning.state_dir, policy=policy,
                          paths=self.tuning.paths)
         self.supervisor = sup
-        self.policy = loaded.policy
+        self.policy, self.policy_since = loaded.policy, time.time()
         self.engine = prepared.engine
         sup.start()
         self.events.record("worker_start", engine=spec.engine, placement=prepared.placement.node)
@@ -165,6 +167,7 @@ class WorkerStack:
         if new_spec != old_spec:
             note = self.respawn_worker(loaded)
         old_policy, self.policy = self.policy, (loaded.policy if self.supervisor else None)
+        self.policy_since = time.time()
         if (old_policy.slo if old_policy else None, old_spec, controller_was_enabled) != \
                 (self.policy.slo if self.policy else None, new_spec, self.settings.controller_enabled):
             note += "; " + self.restart_controller()
@@ -266,6 +269,24 @@ class WorkerStack:
             worker=worker_info(sup.spec, sup.status().restarts, slots) if sup is not None else None,
             decisions=decisions_taken(ctl, self._decisions_before),
             knobs=controller_knobs(ctl) if ctl is not None else None)
+
+    def performance(self, seconds: float) -> dict[str, Any]:
+        """What the gateway served in the last `seconds`, under the policy in force and the worker ready now only
+        (agent/gateway/performance.py): the rollout's performance gate reads it before and after a change."""
+        from agent.gateway.performance import window_figures
+
+        sup, gateway = self.supervisor, self.gateway
+        ready = sup is not None and sup.wait_ready(0)  # cleared at once by a restart, set when the new one answers
+        ready_at = sup.status().ready_at if sup is not None and ready else None
+        wall, mono = time.time(), time.monotonic()
+        opened = max(self.policy_since, ready_at or 0.0) if ready else wall
+        out: dict[str, Any] = {"seconds": seconds, "serving": sup is not None and gateway is not None,
+                               "worker_ready": ready, "policy": self.policy.name if self.policy else None,
+                               "now": round(wall, 3), "since": round(max(opened, wall - seconds), 3)}
+        recent = gateway.app.stats.recent if gateway is not None else deque()  # no gateway: nothing served
+        figures = window_figures(recent, now=mono, seconds=seconds, since=mono - (wall - opened),
+                                 capacity=recent.maxlen)
+        return out | asdict(figures)
 
     # -- controller -----------------------------------------------------------------------------------------------
     def start_controller(self) -> str:
