@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore:
         done = restore_found(paths, where)
         say("restored: " + ("; ".join(done) if done else "nothing was left"))
+        if any("left alone" in line for line in done):
+            say("some values were changed by someone else after the run set them: left as they are")
         return 0
     state_dirs = [DEFAULT_STATE_DIR] if DEFAULT_STATE_DIR.is_dir() else []
     if open_transactions(state_dirs):
@@ -279,7 +281,7 @@ def measure(args: argparse.Namespace, paths: HostPaths, where: Path, state_dirs:
     load_before = os.getloadavg()
     say(f"os_effects: {model} ({model.stat().st_size / MIB:.0f} MiB); host as found {found.to_json()}; "
         f"load average {load_before[0]:.2f}; arms {', '.join(arms)}; not here: {skipped or 'none'}")
-    keep_found(found, where)
+    keep_found(found, where, copy=None if model == source else model.parent)
     run = Run(args, paths, model, found, where)
     try:
         rows = run_rounds(run, arms, snapshot, state_dirs)
