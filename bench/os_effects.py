@@ -81,7 +81,7 @@ from agent.errors import HostError, HostTuneError, InputError
 from agent.hostfs import HostPaths
 from agent.model_files import resolve_model
 from agent.worker import pagecache
-from agent.worker.placement import whole_disk_of_file
+from agent.worker.placement import queue_disk_of_file
 from agent.worker.smaps import read_worker_memory
 
 MIB = 1 << 20
@@ -275,7 +275,7 @@ def private_copy(model: Path, copy_dir: Path | None) -> Iterator[Path]:
 
 def measure(args: argparse.Namespace, paths: HostPaths, where: Path, state_dirs: list[Path], source: Path,
             model: Path) -> int:
-    found = find_host(paths, whole_disk_of_file(paths, model))
+    found = find_host(paths, queue_disk_of_file(paths, model))  # the queue file reads use (dm/md: its own)
     arms, changes, skipped = plan_changes(args, found, paths, model)
     snapshot = take_snapshot(paths, [])
     load_before = os.getloadavg()

@@ -20,7 +20,7 @@ from agent.bench.os_arms import THP_FILE, FoundHost, find_host, keep_found, run_
 from agent.fsio import read_bracketed
 from agent.hostfs import HostPaths
 from agent.model_files import default_model_path
-from agent.worker.placement import whole_disk_of_file
+from agent.worker.placement import queue_disk_of_file
 
 pytestmark = [pytest.mark.root, pytest.mark.kernel, pytest.mark.engine, pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set THP, the pool and read_ahead_kb"),
@@ -64,7 +64,7 @@ def test_one_round_of_a_change_leaves_the_host_as_found(tmp_path: Path) -> None:
 
 def one_round(tmp_path: Path, before: dict[str, str]) -> None:
     out = tmp_path / "report.json"
-    disk = find_host(LIVE, whole_disk_of_file(LIVE, default_model_path())).disk
+    disk = find_host(LIVE, queue_disk_of_file(LIVE, default_model_path())).disk
     changes = ["hugetlbfs", "readahead"] if disk is not None else ["hugetlbfs"]  # no block device: no readahead
     done = run_script("--changes", ",".join(changes), "--rounds", "1", "--requests", "1", "--n-predict", "4",
                       "--prompt-tokens", "32", "--resamples", "2000", "--out", str(out))

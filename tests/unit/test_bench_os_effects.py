@@ -217,3 +217,11 @@ def test_a_tampered_record_is_refused_before_anything_is_written(host: HostPaths
     with pytest.raises(InputError):
         restore_found(host, where)
     assert host.sys(THP_FILE).read_text() == before
+
+
+def test_readahead_names_a_device_mapper_or_md_queue(host: HostPaths) -> None:
+    assert readahead_file(host, "dm-0") == host.sys("block", "dm-0", "queue", "read_ahead_kb")
+    assert readahead_file(host, "md127").parent.parent.name == "md127"
+    for bad in ("dm-", "../sda", "dm-0/../x"):
+        with pytest.raises(InputError):
+            readahead_file(host, bad)
