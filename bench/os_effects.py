@@ -31,9 +31,10 @@ moves both): per arm-round
 The report gives each arm's medians and each change's B/A ratio of round means with a 95% paired bootstrap
 interval (agent/bench/stats.py); `*` marks an interval that excludes 1. Progress goes to stderr.
 
-Host safety: root only; refuses to start when a hosttune journal transaction is open, when an earlier run left
-its record (run --restore), or when the host is not as its snapshot (agent/bench/hostsnap.py: sysctls, THP,
-hugepage pools, block queues, governors, hugetlbfs mounts) says before any round. Every value an arm sets is put
+Host safety: root only; refuses to start when hosttune holds an applied policy (it could re-apply THP mid-arm), when
+a hosttune journal transaction is open, when an earlier run left its record (run --restore), or when the host is
+not as its snapshot (agent/bench/hostsnap.py: sysctls, THP, hugepage pools, block queues, governors, hugetlbfs
+mounts) says before any round. Every value an arm sets is put
 back when the arm ends (finally) and the end prints the host as found vs as left (exit status 1 if they differ).
 """
 
@@ -59,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from agent.bench.hostsnap import check_untouched, diff_snapshot, open_transactions, take_snapshot
+from agent.bench.hostsnap import check_not_tuned, check_untouched, diff_snapshot, open_transactions, take_snapshot
 from agent.bench.llama_local import LocalLlamaServer
 from agent.bench.os_arms import (
     Arm,
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if any("left alone" in line for line in done):
             say("some values were changed by someone else after the run set them: left as they are")
         return 0
+    check_not_tuned(DEFAULT_STATE_DIR)   # an applied policy could re-apply THP mid-arm, and A would not be "found"
     state_dirs = [DEFAULT_STATE_DIR] if DEFAULT_STATE_DIR.is_dir() else []
     if open_transactions(state_dirs):
         raise HostError("a hosttune journal transaction is open: " + "; ".join(open_transactions(state_dirs)))

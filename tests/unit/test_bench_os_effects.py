@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,26 @@ def test_readahead_names_a_device_mapper_or_md_queue(host: HostPaths) -> None:
     for bad in ("dm-", "../sda", "dm-0/../x"):
         with pytest.raises(InputError):
             readahead_file(host, bad)
+
+
+def test_the_script_refuses_a_host_hosttune_has_tuned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from agent.tuning.journal import Applied
+    from agent.tuning.state import StateDir
+
+    spec = importlib.util.spec_from_file_location("os_effects_script", Path(__file__).parents[2] / "bench" /
+                                                  "os_effects.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)   # its dataclasses look their module up there
+    spec.loader.exec_module(script)
+    state = StateDir(tmp_path / "state").ensure()
+    journal = state.journal()
+    journal.data.applied = Applied(policy="llm-inference", txn="t1")
+    journal.save()
+    monkeypatch.setattr(script, "DEFAULT_STATE_DIR", state.path)
+    monkeypatch.setattr(script.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(script, "resolve_model", lambda _: pytest.fail("went on past the refusal"))
+    with pytest.raises(HostError, match="applied policy 'llm-inference'"):
+        script.main(["--changes", "thp-always"])
