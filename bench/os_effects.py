@@ -31,9 +31,10 @@ moves both): per arm-round
 The report gives each arm's medians and each change's B/A ratio of round means with a 95% paired bootstrap
 interval (agent/bench/stats.py); `*` marks an interval that excludes 1. Progress goes to stderr.
 
-Host safety: root only; refuses to start when a hosttune journal transaction is open, when an earlier run left
-its record (run --restore), or when the host is not as its snapshot (agent/bench/hostsnap.py: sysctls, THP,
-hugepage pools, block queues, governors, hugetlbfs mounts) says before any round. Every value an arm sets is put
+Host safety: root only; refuses to start when hosttune holds an applied policy (it could re-apply THP mid-arm), when
+a hosttune journal transaction is open, when an earlier run left its record (run --restore), or when the host is
+not as its snapshot (agent/bench/hostsnap.py: sysctls, THP, hugepage pools, block queues, governors, hugetlbfs
+mounts) says before any round. Every value an arm sets is put
 back when the arm ends (finally) and the end prints the host as found vs as left (exit status 1 if they differ).
 """
 
@@ -59,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
-from agent.bench.hostsnap import check_untouched, diff_snapshot, open_transactions, take_snapshot
+from agent.bench.hostsnap import check_not_tuned, check_untouched, diff_snapshot, open_transactions, take_snapshot
 from agent.bench.llama_local import LocalLlamaServer
 from agent.bench.os_arms import (
     Arm,
@@ -81,7 +82,7 @@ from agent.errors import HostError, HostTuneError, InputError
 from agent.hostfs import HostPaths
 from agent.model_files import resolve_model
 from agent.worker import pagecache
-from agent.worker.placement import whole_disk_of_file
+from agent.worker.placement import queue_disk_of_file
 from agent.worker.smaps import read_worker_memory
 
 MIB = 1 << 20
@@ -244,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.restore:
         done = restore_found(paths, where)
         say("restored: " + ("; ".join(done) if done else "nothing was left"))
+        if any("left alone" in line for line in done):
+            say("some values were changed by someone else after the run set them: left as they are")
         return 0
+    check_not_tuned(DEFAULT_STATE_DIR)   # an applied policy could re-apply THP mid-arm, and A would not be "found"
     state_dirs = [DEFAULT_STATE_DIR] if DEFAULT_STATE_DIR.is_dir() else []
     if open_transactions(state_dirs):
         raise HostError("a hosttune journal transaction is open: " + "; ".join(open_transactions(state_dirs)))
@@ -273,13 +277,13 @@ def private_copy(model: Path, copy_dir: Path | None) -> Iterator[Path]:
 
 def measure(args: argparse.Namespace, paths: HostPaths, where: Path, state_dirs: list[Path], source: Path,
             model: Path) -> int:
-    found = find_host(paths, whole_disk_of_file(paths, model))
+    found = find_host(paths, queue_disk_of_file(paths, model))  # the queue file reads use (dm/md: its own)
     arms, changes, skipped = plan_changes(args, found, paths, model)
     snapshot = take_snapshot(paths, [])
     load_before = os.getloadavg()
     say(f"os_effects: {model} ({model.stat().st_size / MIB:.0f} MiB); host as found {found.to_json()}; "
         f"load average {load_before[0]:.2f}; arms {', '.join(arms)}; not here: {skipped or 'none'}")
-    keep_found(found, where)
+    keep_found(found, where, copy=None if model == source else model.parent)
     run = Run(args, paths, model, found, where)
     try:
         rows = run_rounds(run, arms, snapshot, state_dirs)

@@ -8,20 +8,23 @@ at most one host value set for the arm alone (THP `enabled`, or the model disk's
 compares two arms that differ in exactly one of these: A is the host as found, B that one change.
 
 Every host value is written only here, read back after the write, and written back to the value found when the
-arm ends (finally). The values found are also kept on disk (`FoundHost`, under /run) before the first write, so a
-run killed with SIGKILL is put right by `bench/os_effects.py --restore`.
+arm ends (finally), but only while it still reads the value the arm set: a value someone else changed meanwhile (a
+hosttune apply, another tool) is reported and left alone. The values found, each value an arm is about to set and
+the private model copy are also kept on disk (found.json, under /run) before they are written, so a run killed with
+SIGKILL is put right, on the same terms, by `bench/os_effects.py --restore`.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeGuard
 
-from agent.errors import HostError, InputError
+from agent.errors import HostError, HostTuneError, InputError
 from agent.fsio import atomic_write_json, load_json, read_bracketed, read_int
 from agent.hostfs import HostPaths
 from agent.tunable import formats
@@ -36,9 +39,11 @@ THP_FILE = "kernel/mm/transparent_hugepage/enabled"
 POOL_FILE = "kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
 MAX_READAHEAD_KB = 65536          # 64 MiB: far above any disk's useful window; bounds what reaches sysfs
 MAX_POOL_PAGES = 1 << 24          # 32 TiB of 2 MiB pages: a larger figure is not a real pool
-DISK_NAME = re.compile(r"^[a-z][a-z0-9]{0,31}$")
+DISK_NAME = re.compile(r"^[a-z][a-z0-9]{0,15}(-[0-9]{1,8})?$")   # sda, nvme0n1, md127, dm-0
 RUN_DIR = "run/hosttune-os-effects"   # the found record, the staging journal and the staging mount
 FOUND_NAME = "found.json"
+COPY_PREFIX = "os-effects-"          # the private model copy's directory (bench/os_effects.py)
+SET_KEYS = ("thp", "pool_pages", "readahead_kb")
 
 
 @dataclass(frozen=True)
@@ -173,46 +178,66 @@ def _write(path: Path, value: str, fmt: Format = "scalar") -> None:
     write_raw(path, value if is_kernel_file(path) else formats.render(fmt, read_raw(path), value))
 
 
-def _check(path: Path, value: str, now: str | int | None) -> None:
-    if str(now) != value:
-        raise HostError(f"wrote {value!r}, reads back {now!r}", path=path)
+def _found_record(paths: HostPaths) -> Path:
+    return run_dir(paths) / FOUND_NAME
+
+
+def _mark_set(paths: HostPaths, key: str, value: str | None) -> None:
+    """In found.json (when a run keeps one), the value `key` is about to be set to (None: put back)."""
+    record = _found_record(paths)
+    if record.exists():
+        raw = load_json(record)
+        raw["set"][key] = value
+        atomic_write_json(record, raw)
+
+
+def _current(path: Path, fmt: Format) -> str | None:
+    if fmt == "choice":
+        return read_bracketed(path)[0]
+    now = read_int(path)
+    return None if now is None else str(now)
+
+
+def put_back(path: Path, found: str, was_set: str, fmt: Format) -> str:
+    """`found` written back only if `path` still reads `was_set`; what was done, in words."""
+    now = _current(path, fmt)
+    if now == found:
+        return f"{path} = {found} (already)"
+    if now != was_set:
+        return f"{path} left alone: reads {now!r}, the run had set {was_set!r} (changed by someone else)"
+    _write(path, found, fmt)
+    return f"{path} = {found}"
 
 
 @contextmanager
-def thp_set(paths: HostPaths, mode: str, found: str) -> Iterator[None]:
-    path = paths.sys(THP_FILE)
+def _set_for_block(paths: HostPaths, key: str, path: Path, value: str, found: str, fmt: Format,
+                   why: str | None = None) -> Iterator[None]:
+    _mark_set(paths, key, value)
     try:
-        _write(path, mode, "choice")
-        _check(path, mode, read_bracketed(path)[0])
+        _write(path, value, fmt)
+        now = _current(path, fmt)
+        if now != value:
+            raise HostError(why.format(now=now) if why else f"wrote {value!r}, reads back {now!r}", path=path)
         yield
     finally:
-        _write(path, found, "choice")
+        done = put_back(path, found, value, fmt)
+        _mark_set(paths, key, None)
+        if "left alone" in done:
+            raise HostError(done)
 
 
-@contextmanager
-def readahead_set(paths: HostPaths, disk: str, kb: int, found: int) -> Iterator[None]:
-    path = readahead_file(paths, disk)
-    try:
-        _write(path, str(kb))
-        _check(path, str(kb), read_int(path))
-        yield
-    finally:
-        _write(path, str(found))
+def thp_set(paths: HostPaths, mode: str, found: str) -> AbstractContextManager[None]:
+    return _set_for_block(paths, "thp", paths.sys(THP_FILE), mode, found, "choice")
 
 
-@contextmanager
-def pool_grown(paths: HostPaths, pages: int, found: int) -> Iterator[None]:
+def readahead_set(paths: HostPaths, disk: str, kb: int, found: int) -> AbstractContextManager[None]:
+    return _set_for_block(paths, "readahead_kb", readahead_file(paths, disk), str(kb), str(found), "scalar")
+
+
+def pool_grown(paths: HostPaths, pages: int, found: int) -> AbstractContextManager[None]:
     """`pages` more 2 MiB pages in the pool than found (so a pool others reserved is never borrowed)."""
-    path = paths.sys(POOL_FILE)
-    try:
-        _write(path, str(found + pages))
-        got = read_int(path)
-        if got != found + pages:
-            raise HostError(f"the 2 MiB pool grew to {got} pages, not {found + pages} (memory too fragmented?)",
-                            path=path)
-        yield
-    finally:
-        _write(path, str(found))
+    return _set_for_block(paths, "pool_pages", paths.sys(POOL_FILE), str(found + pages), str(found), "scalar",
+                          why=f"the 2 MiB pool grew to {{now}} pages, not {found + pages} (memory too fragmented?)")
 
 
 @contextmanager
@@ -256,11 +281,12 @@ def refuse_if_left(where: Path) -> None:
         raise HostError(f"{where / FOUND_NAME} exists: an earlier run did not finish; run with --restore first")
 
 
-def keep_found(found: FoundHost, where: Path) -> None:
-    """Before the first write: the values found, for --restore after a kill."""
+def keep_found(found: FoundHost, where: Path, copy: Path | None = None) -> None:
+    """Before the first write: the values found (and the private model copy), for --restore after a kill."""
     refuse_if_left(where)
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
-    atomic_write_json(where / FOUND_NAME, found.to_json())
+    atomic_write_json(where / FOUND_NAME, {"found": found.to_json(), "set": dict.fromkeys(SET_KEYS),
+                                           "copy": None if copy is None else str(copy)})
 
 
 def forget_found(where: Path) -> None:
@@ -270,26 +296,62 @@ def forget_found(where: Path) -> None:
         where.rmdir()
 
 
+def _load_record(record: Path) -> tuple[FoundHost, dict[str, str | None], Path | None]:
+    """Shapes checked: the record names files to write and a directory to remove."""
+    raw = load_json(record)
+    if not isinstance(raw, dict) or set(raw) != {"found", "set", "copy"}:
+        raise InputError("not a found-host record", path=record)
+    found = FoundHost.from_json(raw["found"], record)
+    marks, copy = raw["set"], raw["copy"]
+    if not isinstance(marks, dict) or set(marks) != set(SET_KEYS):
+        raise InputError("`set` is not a record of set values", path=record, field="set")
+    limits = {"thp": None, "pool_pages": MAX_POOL_PAGES, "readahead_kb": MAX_READAHEAD_KB}
+    for key, value in marks.items():
+        ok = value is None or (isinstance(value, str) and (
+            value in THP_MODES if key == "thp" else value.isdigit() and int(value) <= (limits[key] or 0)))
+        if not ok:
+            raise InputError(f"set {key} {value!r} out of range", path=record, field="set")
+    if copy is not None and not (isinstance(copy, str) and copy.startswith("/") and ".." not in copy
+                                 and re.fullmatch(COPY_PREFIX + r"[A-Za-z0-9_]{1,32}", Path(copy).name)):
+        raise InputError(f"copy {copy!r} is not a private model copy", path=record, field="copy")
+    return found, marks, None if copy is None else Path(copy)
+
+
 def restore_found(paths: HostPaths, where: Path) -> list[str]:
-    """What an interrupted run left: the staged copy removed, each value written back as found. Returns what was
-    done (empty: nothing was left)."""
+    """What an interrupted run left: the staged copy and the private model copy removed, each value the run had
+    set written back as found unless someone changed it since. Every target is tried; HostError at the end names
+    what failed (the record is then kept for another --restore). Returns what was done (empty: nothing was left)."""
     record = where / FOUND_NAME
     if not record.exists():
         return []
-    found = FoundHost.from_json(load_json(record), record)
-    done = []
+    found, marks, copy = _load_record(record)
+    done: list[str] = []
+    problems: list[str] = []
     if (where / "journal.json").exists():
-        problems = unstage_weights(Journal(where / "journal.json"), paths)
-        if problems:
-            raise HostError("the staged weights could not be removed: " + "; ".join(problems))
-        done.append("staged weights removed")
-    targets: list[tuple[Path, str | None, Format]] = [(paths.sys(THP_FILE), found.thp, "choice")]
-    targets.append((paths.sys(POOL_FILE), None if found.pool_pages is None else str(found.pool_pages), "scalar"))
-    if found.disk is not None and found.readahead_kb is not None:
-        targets.append((readahead_file(paths, found.disk), str(found.readahead_kb), "scalar"))
-    for path, value, fmt in targets:
-        if value is not None:
-            _write(path, value, fmt)
-            done.append(f"{path} = {value}")
+        left = unstage_weights(Journal(where / "journal.json"), paths)
+        problems += [f"staged weights: {p}" for p in left]
+        if not left:
+            done.append("staged weights removed")
+    targets: list[tuple[str, Path | None, str | None, Format]] = [
+        ("thp", paths.sys(THP_FILE), found.thp, "choice"),
+        ("pool_pages", paths.sys(POOL_FILE), None if found.pool_pages is None else str(found.pool_pages), "scalar"),
+        ("readahead_kb", readahead_file(paths, found.disk) if found.disk is not None else None,
+         None if found.readahead_kb is None else str(found.readahead_kb), "scalar")]
+    for key, path, value, fmt in targets:
+        was_set = marks[key]
+        if path is None or value is None or was_set is None:
+            continue
+        try:
+            done.append(put_back(path, value, was_set, fmt))
+        except (OSError, HostTuneError) as e:
+            problems.append(f"{path}: {e}")
+    if copy is not None and copy.is_dir() and not copy.is_symlink():
+        try:
+            shutil.rmtree(copy)
+            done.append(f"private model copy {copy} removed")
+        except OSError as e:
+            problems.append(f"{copy}: {e}")
+    if problems:
+        raise HostError("could not put back: " + "; ".join(problems) + " (done: " + "; ".join(done) + ")")
     forget_found(where)
     return done

@@ -54,13 +54,13 @@ def policy_state(loaded: LoadedPolicy, changes: Iterable[Change]) -> PolicyState
                        hugepages_bytes=hugepages_held(changes))
 
 
-def worker_info(spec: WorkerSpec, restarts: int, slots_seen: int | None) -> WorkerInfo:
+def worker_info(spec: WorkerSpec, restarts: int, slots_seen: int | None, crashes: int = 0) -> WorkerInfo:
     """The running spec's engine, model (the file's name, not its directory) and knobs; the slot count is the
     spec's, else what the worker's /slots answered."""
     return WorkerInfo(engine=spec.engine, model=Path(spec.model).name or spec.model,
                       slots=spec.parallel if spec.parallel is not None else slots_seen, ctx_size=spec.ctx,
                       batch_size=spec.batch, ubatch_size=spec.ubatch, cache_type_k=spec.cache_type_k,
-                      cache_type_v=spec.cache_type_v, restarts=restarts)
+                      cache_type_v=spec.cache_type_v, restarts=restarts, crashes=crashes)
 
 
 def controller_knobs(ctl: Controller) -> dict[str, float]:

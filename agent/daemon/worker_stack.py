@@ -261,12 +261,13 @@ class WorkerStack:
         drift = tuning.last_drift
         latest = self.telemetry.latest() if self.telemetry is not None else None
         slots = latest.worker.slots_total if latest is not None and latest.worker is not None else None
+        st = sup.status() if sup is not None else None
         return DaemonState(
             version=__version__, policy=tuning.applied_state,
             last_apply_at=tuning.last_apply[0] if tuning.last_apply else None,
             last_apply_ok=tuning.last_apply[1] if tuning.last_apply else None,
             drift_checked_at=drift["time"] if drift else None, drift_targets=drift["drifted"] if drift else None,
-            worker=worker_info(sup.spec, sup.status().restarts, slots) if sup is not None else None,
+            worker=worker_info(sup.spec, st.restarts, slots, st.crashes) if sup is not None and st else None,
             decisions=decisions_taken(ctl, self._decisions_before),
             knobs=controller_knobs(ctl) if ctl is not None else None)
 

@@ -69,7 +69,11 @@ class XidWatch:
                     return
                 if data is None or not data.eventType & XID_EVENT:
                     continue
-                uuid = self.nvml.call(pynvml.nvmlDeviceGetUUID, data.device)
+                try:
+                    uuid = self.nvml.call(pynvml.nvmlDeviceGetUUID, data.device)
+                except NvmlError as e:   # e.g. the GPU is lost: skip its event, keep the others and the sample
+                    log.warning("Xid %s of a GPU whose UUID cannot be read: %s", int(data.eventData), e)
+                    continue
                 if uuid in self._last:
                     self._last[uuid] = int(data.eventData)
 

@@ -62,6 +62,7 @@ class WorkerInfo:
     cache_type_k: str | None = None
     cache_type_v: str | None = None
     restarts: int = 0
+    crashes: int = 0      # of those restarts, the ones after the worker crashed
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,10 @@ def _worker_families(w: WorkerInfo) -> list[MetricFamily]:
     info.add(1, {k: label_value(v) for k, v in zip(WORKER_INFO_LABELS, values, strict=True)})
     restarts = MetricFamily("hosttune_worker_restarts_total", "counter",
                             "Worker restarts by its supervisor (crashes, knob changes, API restarts).")
-    return [info, restarts.add(w.restarts)]
+    crashes = MetricFamily("hosttune_worker_crashes_total", "counter",
+                           "Worker crashes seen by its supervisor (exits it did not ask for); what a crash-loop "
+                           "alert counts, unlike restarts.")
+    return [info, restarts.add(w.restarts), crashes.add(w.crashes)]
 
 
 def _policy_families(p: PolicyState) -> list[MetricFamily]:

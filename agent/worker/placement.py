@@ -65,6 +65,21 @@ def whole_disk_of_file(paths: HostPaths, path: Path, max_depth: int = 4) -> str 
     return None
 
 
+def queue_disk_of_file(paths: HostPaths, path: Path) -> str | None:
+    """Kernel name of the block device whose queue settings (read_ahead_kb) file reads of `path` use: the device
+    behind st_dev, a partition mapped to its whole disk; a device-mapper or md device is itself (its own queue, not
+    its slaves'). None for files on tmpfs/overlay/NFS."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    link = paths.sys("dev", "block", f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not link.exists():
+        return None
+    dev = link.resolve()
+    return dev.parent.name if (dev / "partition").exists() else dev.name
+
+
 def physical_cores(facts: HostFacts, cpus: list[int]) -> int:
     """Number of SMT sibling groups that have at least one CPU in `cpus`."""
     wanted = set(cpus)

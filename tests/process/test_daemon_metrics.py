@@ -4,6 +4,8 @@ worker restarts counted, and no node_exporter names unless the config asks for t
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -48,6 +50,16 @@ def test_a_real_daemon_exports_its_state(host: HostPaths, tmp_path: Path) -> Non
         deadline = time.monotonic() + 15
         while sample_value(fams := scrape(base), "hosttune_worker_restarts_total") != 1:
             assert time.monotonic() < deadline, fams.get("hosttune_worker_restarts_total")
+            time.sleep(0.2)
+        assert sample_value(fams, "hosttune_worker_crashes_total") == 0   # an API restart is not a crash
+        auth = {"Authorization": f"Bearer {token(tmp_path)}"}
+        while (pid := httpx.get(f"{base}/v1/worker", headers=auth, timeout=30).json().get("pid")) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)   # the worker this test's daemon started
+        deadline = time.monotonic() + 15
+        while sample_value(fams := scrape(base), "hosttune_worker_crashes_total") != 1:
+            assert time.monotonic() < deadline, fams.get("hosttune_worker_crashes_total")
             time.sleep(0.2)
     finally:
         assert d.stop() == 0, d.output()

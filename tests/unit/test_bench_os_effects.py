@@ -7,9 +7,12 @@ from __future__ import annotations
 import io
 import json
 import random
+import sys
+from pathlib import Path
 
 import pytest
 
+from agent.bench import os_arms
 from agent.bench.os_arms import (
     POOL_FILE,
     THP_FILE,
@@ -139,29 +142,110 @@ def test_arm_values_are_put_back_even_when_the_arm_fails(host: HostPaths) -> Non
     assert read_int(host.sys(POOL_FILE)) == found.pool_pages
 
 
-def test_restore_puts_back_what_a_killed_run_left(host: HostPaths) -> None:
+def _killed_run(host: HostPaths, tmp_path: Path) -> tuple[Path, Path]:
+    """found.json as a run left it when killed mid-arm: THP and read_ahead_kb set, a private model copy."""
     where = run_dir(host)
-    found = FoundHost(thp="madvise", pool_pages=3, disk="nvme0n1", readahead_kb=8192)
-    keep_found(found, where)
+    copy = tmp_path / "os-effects-abc_12"
+    copy.mkdir()
+    (copy / "m.gguf").write_bytes(b"GGUF")
+    keep_found(FoundHost(thp="madvise", pool_pages=3, disk="nvme0n1", readahead_kb=8192), where, copy=copy)
     with pytest.raises(HostError, match="--restore"):
-        keep_found(found, where)  # a second run refuses to start over the record
+        keep_found(FOUND, where)  # a second run refuses to start over the record
+    record = json.loads((where / "found.json").read_text())
+    record["set"].update(thp="always", readahead_kb="128")   # marked before each write
+    (where / "found.json").write_text(json.dumps(record))
     host.sys(THP_FILE).write_text("[always] madvise never\n")   # what the killed run had set
     readahead_file(host, "nvme0n1").write_text("128")
+    host.sys(POOL_FILE).write_text("7")   # not set by the run: not its to put back
+    return where, copy
+
+
+def test_restore_puts_back_what_a_killed_run_left(host: HostPaths, tmp_path: Path) -> None:
+    where, copy = _killed_run(host, tmp_path)
     done = restore_found(host, where)
-    assert len(done) == 3 and not where.exists()
-    assert read_bracketed(host.sys(THP_FILE))[0] == "madvise" and read_int(host.sys(POOL_FILE)) == 3
+    assert len(done) == 3 and not where.exists() and not copy.exists()
+    assert read_bracketed(host.sys(THP_FILE))[0] == "madvise" and read_int(host.sys(POOL_FILE)) == 7
     assert read_int(readahead_file(host, "nvme0n1")) == 8192
     assert restore_found(host, where) == []
 
 
+def test_restore_leaves_alone_a_value_someone_changed_since(host: HostPaths, tmp_path: Path) -> None:
+    where, _ = _killed_run(host, tmp_path)
+    host.sys(THP_FILE).write_text("always madvise [never]\n")   # e.g. a hosttune apply after the kill
+    done = restore_found(host, where)
+    assert read_bracketed(host.sys(THP_FILE))[0] == "never"
+    assert any("left alone" in line and "'never'" in line for line in done)
+    assert read_int(readahead_file(host, "nvme0n1")) == 8192
+
+
+def test_restore_tries_every_target_before_it_fails(host: HostPaths, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    where, copy = _killed_run(host, tmp_path)
+    (where / "journal.json").write_text("{}")
+    monkeypatch.setattr(os_arms, "unstage_weights", lambda *_: ["umount: target is busy"])
+    with pytest.raises(HostError, match="target is busy"):
+        restore_found(host, where)
+    assert read_bracketed(host.sys(THP_FILE))[0] == "madvise"
+    assert read_int(readahead_file(host, "nvme0n1")) == 8192 and not copy.exists()
+    assert (where / "found.json").exists()   # kept: another --restore retries the mount
+
+
+def test_an_arm_leaves_alone_a_value_changed_while_it_ran(host: HostPaths) -> None:
+    found = FoundHost(thp="madvise", pool_pages=read_int(host.sys(POOL_FILE)), disk=None, readahead_kb=None)
+    keep_found(found, run_dir(host))
+    with pytest.raises(HostError, match="left alone"), arm_host(Arm("x", "page_cache", thp="always"), found, host):
+        assert json.loads((run_dir(host) / "found.json").read_text())["set"]["thp"] == "always"
+        host.sys(THP_FILE).write_text("always madvise [never]\n")   # another tool, mid-arm
+    assert read_bracketed(host.sys(THP_FILE))[0] == "never"
+    assert json.loads((run_dir(host) / "found.json").read_text())["set"]["thp"] is None
+
+
 @pytest.mark.parametrize("bad", [{"disk": "../../kernel"}, {"thp": "sometimes"}, {"readahead_kb": -1},
-                                 {"pool_pages": "52"}, {"extra": 1}])
+                                 {"pool_pages": "52"}, {"extra": 1}, {"set": {"thp": "x"}},
+                                 {"set": {"thp": None, "pool_pages": "1e9", "readahead_kb": None}},
+                                 {"copy": "/etc"}, {"copy": "/var/tmp/os-effects-x/../../etc"}])
 def test_a_tampered_record_is_refused_before_anything_is_written(host: HostPaths, bad: dict[str, object]) -> None:
     where = run_dir(host)
-    where.mkdir(parents=True)
-    record = {**FOUND.to_json(), **bad}
+    keep_found(FOUND, where)
+    record = json.loads((where / "found.json").read_text())
+    for key, value in bad.items():
+        if key in ("set", "copy"):
+            record[key] = value
+        else:
+            record["found"][key] = value
     (where / "found.json").write_text(json.dumps(record))
     before = host.sys(THP_FILE).read_text()
     with pytest.raises(InputError):
         restore_found(host, where)
     assert host.sys(THP_FILE).read_text() == before
+
+
+def test_readahead_names_a_device_mapper_or_md_queue(host: HostPaths) -> None:
+    assert readahead_file(host, "dm-0") == host.sys("block", "dm-0", "queue", "read_ahead_kb")
+    assert readahead_file(host, "md127").parent.parent.name == "md127"
+    for bad in ("dm-", "../sda", "dm-0/../x"):
+        with pytest.raises(InputError):
+            readahead_file(host, bad)
+
+
+def test_the_script_refuses_a_host_hosttune_has_tuned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from agent.tuning.journal import Applied
+    from agent.tuning.state import StateDir
+
+    spec = importlib.util.spec_from_file_location("os_effects_script", Path(__file__).parents[2] / "bench" /
+                                                  "os_effects.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)   # its dataclasses look their module up there
+    spec.loader.exec_module(script)
+    state = StateDir(tmp_path / "state").ensure()
+    journal = state.journal()
+    journal.data.applied = Applied(policy="llm-inference", txn="t1")
+    journal.save()
+    monkeypatch.setattr(script, "DEFAULT_STATE_DIR", state.path)
+    monkeypatch.setattr(script.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(script, "resolve_model", lambda _: pytest.fail("went on past the refusal"))
+    with pytest.raises(HostError, match="applied policy 'llm-inference'"):
+        script.main(["--changes", "thp-always"])

@@ -287,12 +287,14 @@ def test_knobs_in_force_and_restarts_reach_the_daemon_series(supervisor: Supervi
     while not act.ready():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    state = DaemonState(version="x", worker=worker_info(supervisor.spec, supervisor.status().restarts, None),
+    state = DaemonState(version="x", worker=worker_info(supervisor.spec, supervisor.status().restarts, None,
+                                                         supervisor.status().crashes),
                         knobs=controller_knobs(ctl))
     fams = parse_text(format_families(daemon_families(state)))
     assert sample_value(fams, "hosttune_controller_knob", {"knob": "parallel"}) == 2
     assert sample_value(fams, "hosttune_worker_info", {"engine": "command", "slots": "2", "ctx_size": "4096"}) == 1
     assert sample_value(fams, "hosttune_worker_restarts_total") == 1
+    assert sample_value(fams, "hosttune_worker_crashes_total") == 0   # a knob restart is not a crash
 
 
 @pytest.mark.process

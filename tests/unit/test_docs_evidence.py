@@ -69,3 +69,11 @@ def test_the_claim_check_can_fail() -> None:
     assert found == ["- **claimed** but unproven still the same bullet", "- proven by tests/unit/x.py::test_y",
                      "- another unproven"]
     assert [c for c in found if not NODE_RE.search(c)] == [found[0], found[2]]
+
+
+def test_security_md_states_the_worker_metrics_cap_in_force() -> None:
+    from agent.telemetry.worker import MAX_METRICS_BYTES
+
+    stated = re.search(r"`/metrics` (\d+) (KiB|MiB)", (REPO / "docs" / "security.md").read_text())
+    assert stated is not None
+    assert int(stated.group(1)) << (10 if stated.group(2) == "KiB" else 20) == MAX_METRICS_BYTES

@@ -102,6 +102,20 @@ def test_xid_watch_never_waits_and_frees_its_event_set() -> None:
     assert "nvmlEventSetFree" in sim.calls and watch.last(H200["uuid"]) is None
 
 
+def test_an_xid_of_a_gpu_whose_uuid_cannot_be_read_is_skipped() -> None:
+    sim = nvml_sim.install(description(H200, h100(1, "9A")))
+    session = nvml.open_nvml()
+    watch = XidWatch(session)
+    other = h100(1, "9A")["uuid"]
+    watch.watch(Device.open(session, 0), H200["uuid"])
+    watch.watch(Device.open(session, 1), other)
+    sim.xid(0, 79)
+    sim.xid(1, 48)
+    sim.gpus[0].errors["nvmlDeviceGetUUID"] = pynvml.NVML_ERROR_GPU_IS_LOST
+    watch.drain()   # no NvmlError out of drain: the GPU sample goes on
+    assert watch.last(H200["uuid"]) == 0 and watch.last(other) == 48
+
+
 def test_a_gpu_less_host_has_no_gpu_series_and_no_error() -> None:
     nvml_sim.install({"library": "missing"})
     tel = build_telemetry(gpu=nvml.open_nvml())

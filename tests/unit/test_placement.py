@@ -11,7 +11,7 @@ import pytest
 from agent.errors import InputError
 from agent.hostfs import HostPaths
 from agent.policy.model import WorkerPlacement, WorkerSpec
-from agent.worker.placement import physical_cores, plan_placement, whole_disk_of_file
+from agent.worker.placement import physical_cores, plan_placement, queue_disk_of_file, whole_disk_of_file
 from tests.support.worker_facts import GiB, one_node_vm, two_socket_server
 
 NODE0 = [0, 1, 2, 3, 8, 9, 10, 11]
@@ -67,7 +67,16 @@ def test_device_mapper_follows_its_slave(tmp_path: Path) -> None:
     (tmp_path / "sys/devices/virtual/block/dm-0/slaves").mkdir()
     (tmp_path / "sys/devices/virtual/block/dm-0/slaves/nvme0n1p3").symlink_to(
         os.path.relpath(part, tmp_path / "sys/devices/virtual/block/dm-0/slaves"))
-    assert whole_disk_of_file(paths, model) == "nvme0n1"
+    assert whole_disk_of_file(paths, model) == "nvme0n1"   # placement: the physical disk
+    assert queue_disk_of_file(paths, model) == "dm-0"       # readahead: file reads use dm-0's own queue
+
+
+def test_queue_disk_of_a_partition_is_its_whole_disk(tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    paths = fake_sysfs_for(tmp_path, model, "devices/pci0000:80/0000:80:01.0/nvme/nvme1/nvme1n1/nvme1n1p2")
+    assert queue_disk_of_file(paths, model) == "nvme1n1"
+    assert queue_disk_of_file(HostPaths(procfs=tmp_path, sysfs=tmp_path / "nosys", rootfs=tmp_path), model) is None
 
 
 def test_file_without_block_device(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def test_a_failed_apply_sets_last_apply_success_to_0(host: HostPaths, tmp_path: 
 def test_worker_info_has_the_knobs_in_force_and_unknown_ones_empty() -> None:
     spec = WorkerSpec(model="/srv/models/qwen2.5-7b-q4_k_m.gguf", ctx=8192, parallel=None, ubatch=256,
                       cache_type_k="q8_0")
-    state = DaemonState(version="1.2.3", worker=worker_info(spec, restarts=3, slots_seen=4))
+    state = DaemonState(version="1.2.3", worker=worker_info(spec, restarts=3, slots_seen=4, crashes=1))
     fams = parse_text(format_families(daemon_families(state)))
     (info,) = fams["hosttune_worker_info"].samples
     assert info.value == 1
@@ -101,6 +101,8 @@ def test_worker_info_has_the_knobs_in_force_and_unknown_ones_empty() -> None:
                            "ctx_size": "8192", "batch_size": "", "ubatch_size": "256", "cache_type_k": "q8_0",
                            "cache_type_v": ""}
     assert sample_value(fams, "hosttune_worker_restarts_total") == 3
+    assert sample_value(fams, "hosttune_worker_crashes_total") == 1   # the crash-loop alert's series
+    assert fams["hosttune_worker_crashes_total"].type == "counter"
     assert worker_info(spec.model_copy(update={"parallel": 2}), 0, 4).slots == 2  # the spec's, when it has one
 
 

@@ -126,6 +126,30 @@ def test_parses_real_llama_server_metrics() -> None:
     assert "Number of generation tokens processed" in fams["llamacpp:tokens_predicted_total"].help
 
 
+LLAMACPP_FAMILIES = {   # family -> TYPE, as parse_text returns them for the captured llama-server /metrics
+    "llamacpp:prompt_tokens_total": "counter", "llamacpp:prompt_tokens_cached_total": "counter",
+    "llamacpp:prompt_seconds_total": "counter", "llamacpp:tokens_predicted_total": "counter",
+    "llamacpp:tokens_predicted_seconds_total": "counter", "llamacpp:n_decode_total": "counter",
+    "llamacpp:n_tokens_max_total": "counter",   # `# TYPE llamacpp:n_tokens_max counter`: _total is added
+    "llamacpp:spec_decode_num_draft_tokens_total": "counter",
+    "llamacpp:spec_decode_num_accepted_tokens_total": "counter", "llamacpp:spec_decode_num_drafts_total": "counter",
+    "llamacpp:prompt_tokens_seconds": "gauge", "llamacpp:predicted_tokens_seconds": "gauge",
+    "llamacpp:requests_processing": "gauge", "llamacpp:requests_deferred": "gauge",
+    "llamacpp:n_busy_slots_per_decode": "gauge"}
+
+
+def test_real_llama_server_family_and_sample_names_are_pinned() -> None:
+    """The names a reader must ask for (a renamed family would otherwise read back as None, silently)."""
+    fams = parse_text((FIXTURES / "metrics.txt").read_text())
+    assert {n: f.type for n, f in fams.items()} == LLAMACPP_FAMILIES
+    assert all({s.name for s in f.samples} == {n} for n, f in fams.items())   # one unlabelled sample each
+    assert "llamacpp:n_tokens_max" not in fams and sample_value(fams, "llamacpp:n_tokens_max") is None
+    assert sample_value(fams, "llamacpp:n_tokens_max_total") is not None
+    from agent.telemetry.worker import LLAMACPP_FIELDS
+
+    assert set(LLAMACPP_FIELDS) <= set(fams)   # every name the worker sampler reads is one llama-server sends
+
+
 def test_malformed_line_names_its_line() -> None:
     text = "# TYPE a gauge\na 1\na{x=\"1\" 2\n"
     with pytest.raises(InputError) as info:
