@@ -230,3 +230,34 @@ def test_the_gate_reads_before_the_change_and_judges_before_the_worker_check() -
     # a failed gate lands in the rescue, which puts the host back and names the failed task and its message
     rescue = yaml.safe_dump(block["rescue"])
     assert "Put the host back on its previous policy" in rescue and "ansible_failed_result.msg" in rescue
+
+
+def test_a_timed_out_after_window_is_reported_without_the_token() -> None:
+    tasks = load("tasks/rollout.yml")
+    block = next(t for t in tasks if "block" in t and "rescue" in t)["block"]
+    names = [t["name"] for t in block]
+    after = names.index("Performance gate - a full window of traffic under the new policy")
+    wait, report = block[after], block[after + 1]
+    # the uri task (token, no_log) does not fail the block itself: the next task, which holds no token, does
+    assert wait["register"] == "__hosttune_perf_after" and wait["ignore_errors"] is True and wait["no_log"] is True
+    assert report["name"] == "Performance gate - the window under the new policy is complete"
+    assert report["ansible.builtin.assert"]["that"] == "__hosttune_perf_after is succeeded"
+    assert "no_log" not in report and report["when"] == wait["when"]
+    assert "__hosttune_token" not in yaml.safe_dump(report) and "Bearer" not in yaml.safe_dump(report)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    timed_out = {"failed": True, "attempts": 180, "status": 200,
+                 "json": {"worker_ready": False, "window_s": 0, "since": 1700000100.0, "requests": 0, "failed": 0,
+                          "rejected": 0, "now": 1700000400.0}}
+    values = {"__hosttune_perf_after": timed_out, "__hosttune_perf_before": {"json": {"now": 1700000000.0}},
+              "hosttune_rollout_perf_window_seconds": 60}
+    figures = env.from_string(report["vars"]["__hosttune_perf_window_figures"]).render(**values)
+    msg = env.from_string(report["ansible.builtin.assert"]["fail_msg"]).render(
+        **values, __hosttune_perf_window_figures=figures)
+    assert msg.startswith("no full window of traffic under the new policy after 180 tries: HTTP 200, ")
+    for shown in ("worker_ready=False", "window_s=0 of 60", "since=1700000100.0",
+                  "(before the change: now=1700000000.0)", "requests=0", "failed=0", "rejected=0"):
+        assert shown in msg, msg
+    # a reply that never came (connection refused) still renders
+    refused = env.from_string(report["vars"]["__hosttune_perf_window_figures"]).render(
+        **(values | {"__hosttune_perf_after": {"failed": True, "status": -1}}))
+    assert "HTTP -1" in refused and "worker_ready=n/a" in refused and "requests=n/a" in refused
