@@ -202,3 +202,18 @@ def test_the_controller_feed_reads_the_records_under_the_lock() -> None:
     stats.finish(rec(time.monotonic() - 1, 0.2, 0.5))
     tick = feed.read()
     assert [f.ttft_s for f in tick.finished] == [0.2]
+
+
+def test_a_request_still_in_flight_is_in_no_figure_so_p95_ttft_reads_low() -> None:
+    # docs/api.md: only finished requests count. 19 fast requests finished; the slow one still waits for its first
+    # token when the window is read, so it is in no figure and the p95 is the fast requests'.
+    stats = GatewayStats()
+    now = time.monotonic()
+    for i in range(19):
+        stats.finish(rec(now - 30 + i, 0.2, 0.5))
+    slow = rec(now - 25, 9.0, 10.0)  # started inside the window, not finished yet: not in the records
+    read_early = window_figures(stats.recent_records(), now=now, seconds=60)
+    assert read_early.requests == 19 and read_early.ttft_p95_s == pytest.approx(0.2)
+    stats.finish(slow)
+    read_late = window_figures(stats.recent_records(), now=now, seconds=60)
+    assert read_late.requests == 20 and read_late.ttft_p95_s is not None and read_late.ttft_p95_s > 0.2
