@@ -1,9 +1,10 @@
 """Live ticks: the requests the gateway finished since the last tick (its per-request records), its gauges, and
 the memory headroom (the telemetry ring's latest host/GPU sample, or psutil when telemetry is not running).
 
-The gateway keeps its last N records in a deque (GatewayStats.recent); the feed remembers the last record it saw
-and takes everything after it. If that record has already been pushed out, some requests were missed: the tick
-says how many could not be accounted for (`missed`), so a window never silently undercounts.
+The gateway keeps its last N records in a deque (GatewayStats.recent, copied under its lock by recent_records());
+the feed remembers the last record it saw and takes everything after it. If that record has already been pushed
+out, some requests were missed: the tick says how many could not be accounted for (`missed`), so a window never
+silently undercounts.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class GatewayFeed:
         self._total_seen: int | None = None
 
     def _new_records(self) -> tuple[list[Any], int]:
-        records = list(self.stats.recent)
+        records = self.stats.recent_records()  # copied under the stats lock: the gateway thread appends
         total = sum(self.stats.outcomes.values())
         if self._total_seen is None:
             # First read: start from now; what finished before the controller existed is not its business.

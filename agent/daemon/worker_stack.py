@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -284,9 +284,10 @@ class WorkerStack:
         out: dict[str, Any] = {"seconds": seconds, "serving": sup is not None and gateway is not None,
                                "worker_ready": ready, "policy": self.policy.name if self.policy else None,
                                "now": round(wall, 3), "since": round(max(opened, wall - seconds), 3)}
-        recent = gateway.app.stats.recent if gateway is not None else deque()  # no gateway: nothing served
-        figures = window_figures(recent, now=mono, seconds=seconds, since=mono - (wall - opened),
-                                 capacity=recent.maxlen)
+        stats = gateway.app.stats if gateway is not None else None  # no gateway: nothing served
+        records = stats.recent_records() if stats is not None else []  # copied under the stats lock
+        figures = window_figures(records, now=mono, seconds=seconds, since=mono - (wall - opened),
+                                 capacity=stats.recent.maxlen if stats is not None else None)
         return out | asdict(figures)
 
     # -- controller -----------------------------------------------------------------------------------------------

@@ -4,9 +4,10 @@ compares before and after a policy change (GET /v1/performance).
 The window counts the requests that *started and finished* inside it, so a request the previous worker began never
 counts for the next one. It opens at the latest of: N seconds ago, the moment the worker in service now became
 ready, the moment the policy in force now took over (`since`). The records are GatewayStats.recent, a bounded
-deque ordered by finish: when its oldest record finished inside the window, older requests were pushed out, and
-the figures cover only the requests that started after that record finished, which the deque surely still holds
-(`truncated`; `covered_s` is that span and tokens/s is taken over it).
+deque ordered by finish, copied by the caller under the stats lock (GatewayStats.recent_records(): the gateway
+thread appends to it meanwhile): when its oldest record finished inside the window, older requests were pushed
+out, and the figures cover only the requests that started after that record finished, which the deque surely
+still holds (`truncated`; `covered_s` is that span and tokens/s is taken over it).
 """
 
 from __future__ import annotations

@@ -144,6 +144,13 @@ class GatewayStats:
             self.tokens_out_total += rec.tokens_out or 0
             self.recent.append(rec)
 
+    def recent_records(self) -> list[RequestRecord]:
+        """A copy of the last finished records, oldest first, taken under the lock: the gateway thread appends to
+        the deque while the API (GET /v1/performance) and the controller's feed read it, and iterating a deque
+        that another thread mutates raises RuntimeError."""
+        with self._lock:
+            return list(self.recent)
+
     def sample(self) -> GatewaySnapshot:
         in_flight, queued, limit = self.gauges()
         with self._lock:

@@ -5,12 +5,15 @@ and the route through the daemon's worker stack (a fake supervisor and the gatew
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from agent.control.feed import GatewayFeed
 from agent.gateway.performance import window_figures
 from agent.gateway.stats import GatewayStats, RequestRecord
 from agent.hostfs import HostPaths
@@ -151,3 +154,66 @@ def test_a_reload_moves_policy_since(host: HostPaths, tmp_path: Path) -> None:
     services.stack.reload(SimpleNamespace(policy=SimpleNamespace(worker=None, slo=None)), None,
                           services.settings.controller_enabled)
     assert services.stack.policy_since > before
+
+
+# ---- the records are read under the stats lock -----------------------------------------------------------------
+class LockCheckedDeque(deque[RequestRecord]):
+    """GatewayStats.recent that fails any read of its items made without the stats lock held: the gateway thread
+    appends under that lock, and iterating a deque another thread appends to raises RuntimeError."""
+
+    lock: Any = None
+
+    def __iter__(self) -> Iterator[RequestRecord]:
+        assert self.lock is not None and self.lock.locked(), "GatewayStats.recent read without the stats lock"
+        return super().__iter__()
+
+
+def checked_stats(stats: GatewayStats) -> GatewayStats:
+    checked = LockCheckedDeque(maxlen=stats.recent.maxlen)
+    checked.lock = stats._lock
+    stats.recent = checked
+    return stats
+
+
+def test_recent_records_is_a_copy_taken_under_the_lock() -> None:
+    stats = checked_stats(GatewayStats(recent=3))
+    for i in range(4):
+        stats.finish(rec(100.0 + i, 0.1, 0.5))
+    records = stats.recent_records()
+    assert [r.started for r in records] == [101.0, 102.0, 103.0]  # oldest first, the deque's last 3
+    stats.finish(rec(104.0, 0.1, 0.5))
+    assert len(records) == 3 and records[-1].started == 103.0  # a copy: later appends do not reach it
+
+
+def test_the_performance_route_reads_the_records_under_the_lock(host: HostPaths, tmp_path: Path) -> None:
+    services, stats = stack_with(host, tmp_path, ready_at=time.time() - 20, policy_age_s=500)
+    checked_stats(stats)
+    for i in range(3):
+        finish(stats, ago=10 - i, ttft=0.2, tokens=20)
+    out = services.performance(60)
+    assert out["requests"] == 3 and out["output_tokens"] == 60
+
+
+def test_the_controller_feed_reads_the_records_under_the_lock() -> None:
+    stats = checked_stats(GatewayStats())
+    feed = GatewayFeed(stats, watch_gpu=False)
+    stats.finish(rec(time.monotonic() - 1, 0.1, 0.5))
+    assert feed.read().finished == ()  # first read: starts from now
+    stats.finish(rec(time.monotonic() - 1, 0.2, 0.5))
+    tick = feed.read()
+    assert [f.ttft_s for f in tick.finished] == [0.2]
+
+
+def test_a_request_still_in_flight_is_in_no_figure_so_p95_ttft_reads_low() -> None:
+    # docs/api.md: only finished requests count. 19 fast requests finished; the slow one still waits for its first
+    # token when the window is read, so it is in no figure and the p95 is the fast requests'.
+    stats = GatewayStats()
+    now = time.monotonic()
+    for i in range(19):
+        stats.finish(rec(now - 30 + i, 0.2, 0.5))
+    slow = rec(now - 25, 9.0, 10.0)  # started inside the window, not finished yet: not in the records
+    read_early = window_figures(stats.recent_records(), now=now, seconds=60)
+    assert read_early.requests == 19 and read_early.ttft_p95_s == pytest.approx(0.2)
+    stats.finish(slow)
+    read_late = window_figures(stats.recent_records(), now=now, seconds=60)
+    assert read_late.requests == 20 and read_late.ttft_p95_s is not None and read_late.ttft_p95_s > 0.2

@@ -32,8 +32,9 @@ verdict = PLUGIN.perf_verdict
 
 
 def reply(requests: int = 50, ttft: float | None = 0.4, tps: float | None = 40.0,
-          serving: bool = True) -> dict[str, Any]:
-    return {"serving": serving, "requests": requests, "ttft_p95_s": ttft, "output_tokens_per_second": tps}
+          serving: bool = True, failed: int = 0, rejected: int = 0) -> dict[str, Any]:
+    return {"serving": serving, "requests": requests, "failed": failed, "rejected": rejected, "ttft_p95_s": ttft,
+            "output_tokens_per_second": tps}
 
 
 def test_the_filter_is_registered_under_its_name() -> None:
@@ -80,6 +81,46 @@ def test_too_little_traffic_is_said_and_decided_by_the_setting(on_no_traffic: st
     assert verdict(reply(requests=20), reply(requests=20), min_requests=20)["verdict"] == "ok"
 
 
+@pytest.mark.parametrize("on_no_traffic", ["pass", "fail"])
+def test_an_after_window_where_every_request_failed_is_worse_not_no_traffic(on_no_traffic: str) -> None:
+    # no request finished ok: no TTFT, no tokens; the failures are the traffic
+    out = verdict(reply(requests=50), reply(requests=0, failed=50, ttft=None, tps=None), min_requests=20,
+                  on_no_traffic=on_no_traffic)
+    assert out["ok"] is False and out["verdict"] == "worse", out["msg"]
+    assert "error share 0.0% -> 100.0% (+100.0 points, tolerance +5 points)" in out["msg"]
+    assert "50 -> 50 requests (failed 0 -> 50, rejected 0 -> 0)" in out["msg"]
+    assert out["msg"].endswith("error share worse than tolerated")
+    assert out["requests_after"] == 50 and out["ok_after"] == 0 and out["error_share_after_pct"] == 100.0
+    # even below min_requests, on_no_traffic=pass does not let failing requests through
+    few = verdict(reply(requests=50), reply(requests=0, rejected=3, ttft=None, tps=None), min_requests=20,
+                  on_no_traffic="pass")
+    assert few["ok"] is False and few["verdict"] == "worse"
+    assert "error share 0.0% -> 100.0%" in few["msg"]
+
+
+def test_forty_percent_failing_with_fast_survivors_is_worse() -> None:
+    before = reply(requests=50, ttft=0.4, tps=40.0)
+    after = reply(requests=30, failed=12, rejected=8, ttft=0.2, tps=45.0)  # survivors faster than before
+    out = verdict(before, after, error_share_max_increase_pct=5)
+    assert out["ok"] is False and out["verdict"] == "worse", out["msg"]
+    assert "error share 0.0% -> 40.0% (+40.0 points, tolerance +5 points)" in out["msg"]
+    assert "(failed 0 -> 12, rejected 0 -> 8)" in out["msg"]
+    assert out["msg"].endswith("error share worse than tolerated")
+
+
+@pytest.mark.parametrize(("before_failed", "after_failed", "ok"), [
+    (0, 5, True),    # 0% -> 5%: +5 points, exactly at the tolerance
+    (0, 6, False),   # 0% -> 6%
+    (10, 15, True),  # 10% -> 15%: the share the host already had is not the policy's fault
+    (10, 16, False),
+])
+def test_the_error_share_tolerance_is_in_points_over_the_before_share(before_failed: int, after_failed: int,
+                                                                      ok: bool) -> None:
+    out = verdict(reply(requests=100 - before_failed, failed=before_failed),
+                  reply(requests=100 - after_failed, failed=after_failed), error_share_max_increase_pct=5)
+    assert out["ok"] is ok, out["msg"]
+
+
 def test_a_host_that_served_no_worker_before_is_skipped() -> None:
     out = verdict(reply(serving=False, requests=0, ttft=None, tps=None), {})
     assert out["ok"] is True and out["verdict"] == "skipped" and "nothing to compare" in out["msg"]
@@ -97,6 +138,8 @@ def test_growth_from_zero_and_missing_figures() -> None:
     ({"ttft_max_increase_pct": -1}, "ttft_max_increase_pct"), ({"tps_max_drop_pct": 101}, "tps_max_drop_pct"),
     ({"tps_max_drop_pct": float("nan")}, "tps_max_drop_pct"), ({"ttft_max_increase_pct": True}, "ttft_max"),
     ({"on_no_traffic": "maybe"}, "on_no_traffic"),
+    ({"error_share_max_increase_pct": 101}, "error_share_max_increase_pct"),
+    ({"error_share_max_increase_pct": -1}, "error_share_max_increase_pct"),
 ])
 def test_hostile_settings_are_refused_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(PLUGIN.PerfGateError, match=field):
@@ -129,13 +172,18 @@ def numbers_task() -> dict[str, Any]:
     ("hosttune_rollout_ttft_p95_max_increase_pct", -5, False), ("hosttune_rollout_ttft_p95_max_increase_pct", 0, True),
     ("hosttune_rollout_tokens_per_second_max_drop_pct", 100, True),
     ("hosttune_rollout_tokens_per_second_max_drop_pct", 101, False),
+    ("hosttune_rollout_error_share_max_increase_pct", 0, True),
+    ("hosttune_rollout_error_share_max_increase_pct", 100, True),
+    ("hosttune_rollout_error_share_max_increase_pct", 101, False),
+    ("hosttune_rollout_error_share_max_increase_pct", "2.5", False),
 ])
 def test_the_gate_numbers_are_bounded(name: str, value: object, ok: bool) -> None:
     task = numbers_task()
     items = {item["name"]: item for item in task["loop"]}
     assert set(items) == {"hosttune_rollout_perf_window_seconds", "hosttune_rollout_perf_min_requests",
                           "hosttune_rollout_ttft_p95_max_increase_pct",
-                          "hosttune_rollout_tokens_per_second_max_drop_pct"}
+                          "hosttune_rollout_tokens_per_second_max_drop_pct",
+                          "hosttune_rollout_error_share_max_increase_pct"}
     item = dict(items[name], value=value)
     results = [render("{{ " + cond + " }}", item=item) == "True" for cond in task["ansible.builtin.assert"]["that"]]
     assert all(results) is ok
@@ -147,7 +195,8 @@ def test_every_gate_variable_has_a_default_and_a_type_for_both_entry_points() ->
     specs = load("meta/argument_specs.yml")["argument_specs"]
     for name in ("hosttune_rollout_perf_gate", "hosttune_rollout_perf_window_seconds",
                  "hosttune_rollout_perf_min_requests", "hosttune_rollout_perf_on_no_traffic",
-                 "hosttune_rollout_ttft_p95_max_increase_pct", "hosttune_rollout_tokens_per_second_max_drop_pct"):
+                 "hosttune_rollout_ttft_p95_max_increase_pct", "hosttune_rollout_tokens_per_second_max_drop_pct",
+                 "hosttune_rollout_error_share_max_increase_pct"):
         assert name in defaults
         for entry in ("main", "rollout"):
             assert specs[entry]["options"][name]["default"] == defaults[name]
@@ -176,6 +225,39 @@ def test_the_gate_reads_before_the_change_and_judges_before_the_worker_check() -
     judge = by_name[names[judged]]
     assert "hosttune_perf_verdict(" in judge["vars"]["__hosttune_perf_verdict"]
     assert judge["ansible.builtin.assert"]["that"] == "__hosttune_perf_verdict.ok"
+    assert "error_share_max_increase_pct=hosttune_rollout_error_share_max_increase_pct" in \
+        judge["vars"]["__hosttune_perf_verdict"]
     # a failed gate lands in the rescue, which puts the host back and names the failed task and its message
     rescue = yaml.safe_dump(block["rescue"])
     assert "Put the host back on its previous policy" in rescue and "ansible_failed_result.msg" in rescue
+
+
+def test_a_timed_out_after_window_is_reported_without_the_token() -> None:
+    tasks = load("tasks/rollout.yml")
+    block = next(t for t in tasks if "block" in t and "rescue" in t)["block"]
+    names = [t["name"] for t in block]
+    after = names.index("Performance gate - a full window of traffic under the new policy")
+    wait, report = block[after], block[after + 1]
+    # the uri task (token, no_log) does not fail the block itself: the next task, which holds no token, does
+    assert wait["register"] == "__hosttune_perf_after" and wait["ignore_errors"] is True and wait["no_log"] is True
+    assert report["name"] == "Performance gate - the window under the new policy is complete"
+    assert report["ansible.builtin.assert"]["that"] == "__hosttune_perf_after is succeeded"
+    assert "no_log" not in report and report["when"] == wait["when"]
+    assert "__hosttune_token" not in yaml.safe_dump(report) and "Bearer" not in yaml.safe_dump(report)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    timed_out = {"failed": True, "attempts": 180, "status": 200,
+                 "json": {"worker_ready": False, "window_s": 0, "since": 1700000100.0, "requests": 0, "failed": 0,
+                          "rejected": 0, "now": 1700000400.0}}
+    values = {"__hosttune_perf_after": timed_out, "__hosttune_perf_before": {"json": {"now": 1700000000.0}},
+              "hosttune_rollout_perf_window_seconds": 60}
+    figures = env.from_string(report["vars"]["__hosttune_perf_window_figures"]).render(**values)
+    msg = env.from_string(report["ansible.builtin.assert"]["fail_msg"]).render(
+        **values, __hosttune_perf_window_figures=figures)
+    assert msg.startswith("no full window of traffic under the new policy after 180 tries: HTTP 200, ")
+    for shown in ("worker_ready=False", "window_s=0 of 60", "since=1700000100.0",
+                  "(before the change: now=1700000000.0)", "requests=0", "failed=0", "rejected=0"):
+        assert shown in msg, msg
+    # a reply that never came (connection refused) still renders
+    refused = env.from_string(report["vars"]["__hosttune_perf_window_figures"]).render(
+        **(values | {"__hosttune_perf_after": {"failed": True, "status": -1}}))
+    assert "HTTP -1" in refused and "worker_ready=n/a" in refused and "requests=n/a" in refused
