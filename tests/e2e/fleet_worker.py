@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -24,7 +25,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,17 @@ def worker_binds(rootfs: Path) -> list[tuple[Path, str]]:
     for soname, lib in missing_system_libs(binary.path, binary.lib_dir, rootfs):
         binds.append((lib, f"/usr/lib/x86_64-linux-gnu/{soname}"))
     return binds
+
+
+@contextlib.contextmanager
+def worker_fleet(rootfs: Path, workdir: Path, size: int) -> Iterator[Fleet]:
+    """A started fleet of `size` hosts that can run a worker (worker_binds), stopped on the way out."""
+    fleet = Fleet(rootfs=rootfs, workdir=workdir, size=size, binds=worker_binds(rootfs))
+    fleet.start()
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
 
 
 def missing_system_libs(binary: Path, lib_dir: Path, rootfs: Path) -> list[tuple[str, Path]]:

@@ -32,8 +32,8 @@ from tests.e2e.fleet_worker import (
     HostLoad,
     drive_load,
     gateway_url,
-    worker_binds,
     worker_daemon_settings,
+    worker_fleet,
     worker_policy,
 )
 from tests.support.tiers import on_ci
@@ -71,12 +71,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet(fleet_rootfs: Path, work: Path, prometheus_bin: Path) -> Iterator[Fleet]:
-    f = Fleet(rootfs=fleet_rootfs, workdir=work / "fleet", size=len(HOSTS), binds=worker_binds(fleet_rootfs))
-    f.start()
-    try:
+    with worker_fleet(fleet_rootfs, work / "fleet", len(HOSTS)) as f:
         yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture(scope="module")

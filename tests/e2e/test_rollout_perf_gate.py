@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from tests.e2e.fleet import Fleet, PlaybookRun, run_playbook
-from tests.e2e.fleet_worker import gateway_url, worker_binds, worker_daemon_settings, worker_policy
+from tests.e2e.fleet_worker import gateway_url, worker_daemon_settings, worker_fleet, worker_policy
 
 pytestmark = [pytest.mark.ansible, pytest.mark.engine, pytest.mark.slow]
 
@@ -53,12 +53,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet(fleet_rootfs: Path, work: Path) -> Iterator[Fleet]:
-    f = Fleet(rootfs=fleet_rootfs, workdir=work / "fleet", size=len(HOSTS), binds=worker_binds(fleet_rootfs))
-    f.start()
-    try:
+    with worker_fleet(fleet_rootfs, work / "fleet", len(HOSTS)) as f:
         yield f
-    finally:
-        f.stop()
 
 
 POLICIES = {"perf-good": (1111, GOOD_SLOTS), "perf-bad": (1111, BAD_SLOTS), "perf-good-b": (2222, GOOD_SLOTS)}

@@ -5,29 +5,21 @@ that refuse a remote API without scrape sources. The real role against a real fl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jinja2
 import pytest
 import yaml
 
+from tests.support.source_module import role_filter
+
 ROLE = Path(__file__).resolve().parents[2] / "ansible/roles/hosttune"
 
 
-def load_filters() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hosttune_scrape", ROLE / "filter_plugins/hosttune_scrape.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-F = load_filters()
+F = role_filter("hosttune_scrape")
 ScrapeValueError = F.ScrapeValueError
 
 

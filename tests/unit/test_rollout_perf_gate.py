@@ -5,29 +5,20 @@ reverts)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import jinja2
 import pytest
 import yaml
 
+from tests.support.source_module import role_filter
+
 ROLE = Path(__file__).resolve().parents[2] / "ansible/roles/hosttune"
 
 
-def _plugin() -> ModuleType:
-    path = ROLE / "filter_plugins/hosttune_perf.py"
-    spec = importlib.util.spec_from_file_location("hosttune_perf_filter", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-PLUGIN = _plugin()
+PLUGIN = role_filter("hosttune_perf")
 verdict = PLUGIN.perf_verdict
 
 
