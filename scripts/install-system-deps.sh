@@ -26,4 +26,10 @@ fi
 echo "installing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
+# The tests run prometheus as a plain process on a loopback port; Debian's package would also enable and start
+# prometheus.service (listening on :9090 on every address) and prometheus-node-exporter. Masked before the
+# install where systemd runs, so installing the test tools starts no server on this machine.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+  systemctl mask --quiet prometheus.service prometheus-node-exporter.service
+fi
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
