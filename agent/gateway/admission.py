@@ -30,6 +30,7 @@ class AdmissionGate:
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         self._limit = limit
+        self._ceiling: int | None = None
         self.max_queue = max_queue
         self._in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -39,6 +40,20 @@ class AdmissionGate:
     @property
     def limit(self) -> int:
         return self._limit
+
+    @property
+    def effective_limit(self) -> int:
+        """How many requests are admitted at once: the limit, or the ceiling when one is set and lower."""
+        return self._limit if self._ceiling is None else min(self._limit, self._ceiling)
+
+    def set_ceiling(self, ceiling: int | None) -> None:
+        """Admit at most `ceiling` at once whatever the limit says (None: no ceiling). Call it on the gate's loop
+        (the proxy does, per request); raising or removing it admits waiters at once."""
+        if ceiling is not None and ceiling < 1:
+            raise ValueError("admission ceiling must be at least 1")
+        if ceiling != self._ceiling:
+            self._ceiling = ceiling
+            self._grant()
 
     @property
     def in_flight(self) -> int:
@@ -68,7 +83,7 @@ class AdmissionGate:
         self._grant()
 
     def _grant(self) -> None:
-        while self._waiters and self._in_flight < self._limit:
+        while self._waiters and self._in_flight < self.effective_limit:
             fut = self._waiters.popleft()
             if fut.done():
                 continue
@@ -81,7 +96,7 @@ class AdmissionGate:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
         queued = self.queued
-        if queued == 0 and self._in_flight < self._limit:
+        if queued == 0 and self._in_flight < self.effective_limit:
             self._in_flight += 1
             return
         if queued >= self.max_queue:

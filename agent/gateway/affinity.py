@@ -31,11 +31,14 @@ class Shaping:
     """What the gateway does to completion bodies for the current worker (from the policy's worker section).
 
     slots: the worker's parallel slots (id_slot is 0..slots-1); affinity: set id_slot per conversation;
-    cache_prompt: the value set when the client gives none (None: leave the body alone)."""
+    cache_prompt: the value set when the client gives none (None: leave the body alone); slots_known: `slots` is
+    the engine's real slot count (llama-server), not a placeholder for an engine whose concurrency is not a slot
+    count."""
 
     slots: int = 1
     affinity: bool = False
     cache_prompt: bool | None = None
+    slots_known: bool = False
 
     @property
     def active(self) -> bool:

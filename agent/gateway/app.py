@@ -96,7 +96,7 @@ class Gateway:
         return JSONResponse({**snapshot_dict(self.stats), "levers": {
             "slots": lv.shaping.slots, "slot_affinity": lv.shaping.affinity, "cache_prompt": lv.shaping.cache_prompt,
             "sessions": len(lv.slot_map), "shed_budget_s": lv.shed_budget_s, "shed_total": lv.shed_total,
-            "service_s": lv.service.estimate()}})
+            "service_s": lv.service.estimate(), "admission_ceiling": lv.ceiling()}})
 
     def app(self) -> Starlette:
         routes = [Route(p, self.completion, methods=["POST"]) for p in COMPLETION_ROUTES]

@@ -28,7 +28,7 @@ def levers_for(spec: WorkerSpec | None, slo: SloSpec | None) -> tuple[Shaping, f
     shaping = Shaping()
     if spec is not None and spec.engine == "llamacpp":
         shaping = Shaping(slots=spec.parallel or LLAMACPP_AUTO_SLOTS, affinity=spec.slot_affinity,
-                          cache_prompt=spec.cache_prompt)
+                          cache_prompt=spec.cache_prompt, slots_known=True)
     budget = slo.ttft_p95_ms / 1000 if slo is not None and slo.shed and slo.ttft_p95_ms else None
     return shaping, budget
 
@@ -70,10 +70,21 @@ class Levers:
         self.shaping = shaping
         self.shed_budget_s = shed_budget_s
 
+    def ceiling(self) -> int | None:
+        """With shedding on and an engine whose slots are known, the gateway admits at most that many at once,
+        whatever the admission limit (the controller's fast lever may raise it above the slots). A request admitted
+        beyond the slots would wait inside llama-server, where neither the wait prediction nor the late check can
+        see it, and its admission-to-last-byte time would teach the service clock a queue wait as service."""
+        if self.shed_budget_s is None or not self.shaping.slots_known:
+            return None
+        return max(1, self.shaping.slots)
+
     def shed(self, gate: AdmissionGate) -> int | None:
-        """Retry-After seconds if a request arriving now should be refused, else None."""
+        """Retry-After seconds if a request arriving now should be refused, else None. Also sets the gate's
+        ceiling (on the gate's loop, before the request asks for admission)."""
         self._refresh()
-        retry = shed_retry_after(gate.queued, gate.in_flight, gate.limit, self.service.estimate(),
+        gate.set_ceiling(self.ceiling())
+        retry = shed_retry_after(gate.queued, gate.in_flight, gate.effective_limit, self.service.estimate(),
                                  self.shed_budget_s)
         if retry is not None:
             self.shed_total += 1

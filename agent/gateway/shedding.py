@@ -41,10 +41,11 @@ class ServiceClock:
 
 
 def predicted_wait_s(queued: int, in_flight: int, limit: int, service_s: float | None) -> float:
-    """How long a request arriving now waits for admission. 0 when it is admitted at once, or nothing is known."""
+    """How long a request arriving now waits for admission. 0 when it is admitted at once, or nothing is known.
+    In-flight requests beyond the limit (it was just lowered) are still ahead of the newcomer."""
     if service_s is None or (queued == 0 and in_flight < limit):
         return 0.0
-    return (queued + 1) * service_s / max(1, limit)
+    return (queued + max(0, in_flight - limit) + 1) * service_s / max(1, limit)
 
 
 def shed_retry_after(queued: int, in_flight: int, limit: int, service_s: float | None,

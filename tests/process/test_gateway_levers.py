@@ -152,3 +152,29 @@ def test_without_shedding_a_queued_request_waits_its_turn(worker: FakeWorker) ->
             second = c2.post(served.url + CHAT, json=turn("hi"))
         first.join()
     assert second.status_code == 200 and replies[0].status_code == 200 and gw.levers.shed_total == 0
+
+
+def test_with_shedding_a_request_beyond_the_slots_waits_in_the_gateway_not_in_the_engine(worker: FakeWorker) -> None:
+    # The admission limit (4) is above the engine's one slot, as after the controller raised it: without the
+    # ceiling the second request would be sent on and wait inside the engine, out of shedding's sight.
+    app, gw = create_app(StaticUpstream(worker.url), GatewaySettings(limit=4, max_queue=50, queue_timeout_s=20))
+    gw.configure_worker(Shaping(slots=1, slots_known=True), 0.3)
+    replies: list[httpx.Response] = []
+
+    def one(ttft: float) -> None:
+        with httpx.Client(timeout=20) as cc:
+            replies.append(cc.post(served.url + CHAT, json=turn("hi", ttft_s=ttft)))
+
+    with ServedApp(app) as served:
+        first = threading.Thread(target=one, args=(1.5,))
+        first.start()
+        while gw.gate.in_flight == 0:
+            threading.Event().wait(0.01)
+        second = threading.Thread(target=one, args=(0.0,))
+        second.start()
+        second.join()
+        first.join()
+        levers = httpx.get(served.url + "/gateway/stats").json()["levers"]
+    assert replies[0].status_code == 503 and replies[0].json()["error"]["reason"] == "shed"
+    assert replies[1].status_code == 200 and worker.state.requests == 1
+    assert levers["admission_ceiling"] == 1 and gw.gate.limit == 4

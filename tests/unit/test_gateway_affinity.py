@@ -155,7 +155,8 @@ def test_levers_follow_the_running_spec_and_slo() -> None:
     current: list[tuple[WorkerSpec | None, SloSpec | None]] = [(spec, slo)]
     lv = Levers()
     lv.follow(lambda: current[0])
-    assert lv.shaping == Shaping(slots=2, affinity=True, cache_prompt=True) and lv.shed_budget_s == 1.5
+    assert lv.shaping == Shaping(slots=2, affinity=True, cache_prompt=True, slots_known=True)
+    assert lv.shed_budget_s == 1.5
     out = lv.rewrite(json.dumps(chat("hi")).encode(), "s")
     assert out.slot is not None and lv.slot_map.loads()[out.slot][0] == 1
     lv.done(out.slot, 0.5)

@@ -74,3 +74,55 @@ def test_levers_forget_service_times_when_the_worker_spec_changes_even_at_the_sa
     current["spec"] = WorkerSpec(parallel=2, threads=8)  # the controller moved threads, not parallel
     lv._refresh()
     assert lv.service.estimate() is None
+
+
+def test_in_flight_above_a_lowered_limit_is_still_ahead_of_a_newcomer() -> None:
+    assert predicted_wait_s(queued=0, in_flight=4, limit=2, service_s=2.0) == 3.0  # two beyond + itself, 2 at once
+    assert predicted_wait_s(queued=1, in_flight=3, limit=2, service_s=2.0) == 3.0
+
+
+def test_shedding_caps_admission_at_the_llama_server_slots_whatever_the_limit() -> None:
+    """The controller's fast lever may raise the limit above the slots; with shedding on, a request beyond them
+    would wait inside llama-server where shedding cannot see it, so the gate admits at most the slots."""
+    from agent.policy.model import SloSpec, WorkerSpec
+
+    gate = AdmissionGate(limit=8, max_queue=10)
+    current = {"slo": SloSpec(ttft_p95_ms=2000, shed=True)}
+    lv = Levers()
+    lv.follow(lambda: (WorkerSpec(engine="llamacpp", parallel=4), current["slo"]))
+    assert lv.ceiling() == 4
+    assert lv.shed(gate) is None  # nothing learnt yet: no prediction, but the ceiling is set
+    assert gate.effective_limit == 4 and gate.limit == 8
+    current["slo"] = SloSpec(ttft_p95_ms=2000)  # shedding off: the limit alone decides again
+    lv.shed(gate)
+    assert lv.ceiling() is None and gate.effective_limit == 8
+
+
+def test_no_ceiling_for_an_engine_whose_concurrency_is_not_a_slot_count() -> None:
+    from agent.policy.model import SloSpec, WorkerSpec
+
+    lv = Levers()
+    lv.follow(lambda: (WorkerSpec(engine="torch", parallel=8), SloSpec(ttft_p95_ms=2000, shed=True)))
+    gate = AdmissionGate(limit=8, max_queue=10)
+    lv.shed(gate)
+    assert lv.ceiling() is None and gate.effective_limit == 8
+
+
+def test_raising_or_removing_the_ceiling_admits_waiters_at_once() -> None:
+    import asyncio
+    import time
+
+    async def scenario() -> None:
+        gate = AdmissionGate(limit=3, max_queue=10)
+        gate.set_ceiling(1)
+        await gate.acquire(time.monotonic() + 1)
+        waiter = asyncio.ensure_future(gate.acquire(time.monotonic() + 5))
+        await asyncio.sleep(0.05)
+        assert not waiter.done() and gate.queued == 1
+        gate.set_ceiling(None)
+        await asyncio.wait_for(waiter, 1)
+        assert gate.in_flight == 2
+        with pytest.raises(ValueError):
+            gate.set_ceiling(0)
+
+    asyncio.run(scenario())
