@@ -50,7 +50,8 @@ def print_compare(report: dict[str, Any], out: TextIO | None = None) -> None:
     out.write("\n")
     for key, title in RATIO_FIGURES:
         r = report["ratios"][key]
-        out.write(f"B/A {title}: {_fmt(r['ratio'])}  [{_fmt(r['low'])}, {_fmt(r['high'])}] "
+        high = "unbounded" if r['high'] is None and r['low'] is not None else _fmt(r['high'])
+        out.write(f"B/A {title}: {_fmt(r['ratio'])}  [{_fmt(r['low'])}, {high}] "
                   f"({r['level'] * 100:g}% {'paired ' if r.get('paired') else ''}bootstrap interval, "
                   f"{r['resamples']} resamples, seed {r['seed']})"
                   f"{'; ' + r['note'] if r.get('note') else ''}\n")

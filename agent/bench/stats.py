@@ -9,8 +9,12 @@ The interval is the (1-level)/2 and (1+level)/2 percentiles of the resampled rat
 reproducible. Pure.
 
 Fewer than MIN_ROUNDS rounds in an arm give only a handful of distinct resampled means, so no interval is
-reported (the ratio is, with a note). When A's mean is 0 in the data or in any resample, the ratio is not a
-number to trust: ratio and interval are both None, with a note.
+reported (the ratio is, with a note). When A's mean is 0 in the data, or 0 together with B's in any resample,
+the ratio is not a number to trust: ratio and interval are both None, with a note. A resample whose A mean is 0
+while B's is not (A met the SLO in none of the drawn rounds, B did) is an unbounded ratio: it sorts above every
+finite one, so the lower bound stays a number and the upper bound is None (unbounded) once such resamples reach
+the upper tail. The report then says "B/A is at least `low`" at that level, which is what a run where the
+baseline served almost nothing within the SLO can honestly claim.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ MIN_RESAMPLES = 2000
 class RatioCI:
     ratio: float | None      # mean(B) / mean(A); None when degenerate (see note)
     low: float | None        # None: no interval (see note)
-    high: float | None
+    high: float | None       # None with a low: unbounded (see the module's doc)
     level: float
     resamples: int
     seed: int
@@ -44,7 +48,7 @@ class RatioCI:
         return asdict(self)
 
     def excludes_one(self) -> bool:
-        return self.low is not None and self.high is not None and (self.low > 1.0 or self.high < 1.0)
+        return (self.low is not None and self.low > 1.0) or (self.high is not None and self.high < 1.0)
 
 
 def mean(values: Sequence[float]) -> float:
@@ -54,9 +58,11 @@ def mean(values: Sequence[float]) -> float:
 
 
 def _resampled_ratios(a: Sequence[float], b: Sequence[float], paired: bool, resamples: int,
-                      rng: random.Random) -> tuple[list[float], int]:
+                      rng: random.Random) -> tuple[list[float], int, int]:
+    """Finite ratios, resamples with A's mean 0 (B's not: unbounded), and with both means 0 (undefined)."""
     ratios: list[float] = []
     degenerate = 0
+    undefined = 0
     na, nb = len(a), len(b)
     for _ in range(resamples):
         if paired:
@@ -68,9 +74,22 @@ def _resampled_ratios(a: Sequence[float], b: Sequence[float], paired: bool, resa
             mb = sum(b[rng.randrange(nb)] for _ in range(nb)) / nb
         if ma == 0:
             degenerate += 1
+            undefined += mb == 0
             continue
         ratios.append(mb / ma)
-    return ratios, degenerate
+    return ratios, degenerate, undefined
+
+
+def _bound(finite: Sequence[float], unbounded: int, q: float) -> float | None:
+    """The q quantile (linear interpolation, as `percentile`) of the sorted finite ratios followed by `unbounded`
+    infinite ones; None where it falls on or next to an infinite one."""
+    n = len(finite) + unbounded
+    pos = q * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    if hi >= len(finite):
+        return None if pos > len(finite) - 1 else finite[-1]
+    return finite[lo] + (finite[hi] - finite[lo]) * (pos - lo)
 
 
 def bootstrap_ratio(a: Sequence[float], b: Sequence[float], *, resamples: int = 5000, seed: int = 1,
@@ -98,11 +117,18 @@ def bootstrap_ratio(a: Sequence[float], b: Sequence[float], *, resamples: int = 
         return replace(base, ratio=None, note="arm A's mean is 0: no ratio")
     if min(na, nb) < MIN_ROUNDS:
         return replace(base, note=f"fewer than {MIN_ROUNDS} rounds per arm: too few for an interval")
-    ratios, degenerate = _resampled_ratios(a, b, paired, resamples, random.Random(seed))
-    if degenerate:
-        return replace(base, ratio=None, degenerate=degenerate,
-                        note=f"arm A's mean was 0 in {degenerate} of {resamples} resamples: no ratio")
+    ratios, degenerate, undefined = _resampled_ratios(a, b, paired, resamples, random.Random(seed))
     ratios.sort()
     tail = (1.0 - level) / 2
-    return replace(base, low=percentile(ratios, tail), high=percentile(ratios, 1.0 - tail))
+    if not degenerate:
+        return replace(base, low=percentile(ratios, tail), high=percentile(ratios, 1.0 - tail))
+    low = _bound(ratios, degenerate, tail)
+    if undefined or low is None:
+        why = f"and B's too in {undefined}" if undefined else "in too many for a lower bound"
+        return replace(base, ratio=None, degenerate=degenerate,
+                       note=f"arm A's mean was 0 in {degenerate} of {resamples} resamples ({why}): no ratio")
+    high = _bound(ratios, degenerate, 1.0 - tail)
+    return replace(base, low=low, high=high, degenerate=degenerate,
+                   note=f"arm A's mean was 0 (B's not) in {degenerate} of {resamples} resamples, counted as an "
+                        f"unbounded ratio" + ("" if high is not None else ": no upper bound, B/A is at least the low"))
 

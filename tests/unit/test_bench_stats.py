@@ -129,8 +129,41 @@ def test_bad_figures_and_settings_are_refused() -> None:
 def test_zero_goodput_on_a_gives_neither_ratio_nor_interval() -> None:
     ci = bootstrap_ratio([0.0] * 5, [1.0, 2.0, 1.5, 1.0, 1.0])
     assert ci.ratio is None and ci.low is None and ci.high is None and ci.note
-    # A's mean is 3/5 but some resamples draw only its zero rounds: ratio and interval go together
+    # A's mean is 3/5 but some resamples draw only its zero rounds while B served: those ratios are unbounded, so
+    # a third of them (4/5)^5 reach the upper tail: a lower bound, no upper one
     some = bootstrap_ratio([0.0, 0.0, 0.0, 0.0, 3.0], [1.0] * 5, resamples=2000, seed=2)
-    assert 0 < some.degenerate < 2000
-    assert some.ratio is None and some.low is None and some.high is None
-    assert some.note is not None and "resamples" in some.note
+    assert 0.25 * 2000 < some.degenerate < 0.45 * 2000
+    assert some.ratio == pytest.approx(1 / 0.6) and some.high is None
+    # the resampled ratios are 5 / (3 k) for k draws of the 3.0 round: the 2.5% low is one of them
+    assert some.low is not None and any(some.low == pytest.approx(5 / (3 * k)) for k in range(2, 6))
+    assert some.excludes_one() is (some.low > 1.0)
+    assert some.note is not None and "no upper bound" in some.note
+    # both arms 0 in a resample: 0/0 says nothing, so no ratio at all
+    both = bootstrap_ratio([0.0, 0.0, 0.0, 0.0, 3.0], [0.0, 0.0, 0.0, 1.0, 1.0], resamples=2000, seed=2)
+    assert both.ratio is None and both.low is None and both.high is None
+    assert both.note is not None and "B's too" in both.note
+
+
+def test_a_baseline_that_almost_never_met_the_slo_gives_a_lower_bound() -> None:
+    # a burst where A met the SLO in 3 of 6 rounds, barely, and B in every one: B/A is large and its lower bound a
+    # number; the few resamples of A's zero rounds only sit in the upper tail
+    a = [0.0, 0.05, 0.0, 0.03, 0.0, 0.02]
+    b = [0.35, 0.25, 0.45, 0.35, 0.35, 0.35]
+    ci = bootstrap_ratio(a, b, resamples=5000, seed=1)
+    assert 0 < ci.degenerate < 0.05 * 5000
+    assert ci.ratio == pytest.approx(sum(b) / sum(a)) and ci.low is not None and ci.low > 1.0 and ci.excludes_one()
+    assert ci.high is None or ci.high > ci.ratio
+
+
+def test_rarely_degenerate_resamples_keep_both_bounds_finite() -> None:
+    a = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    b = [1.2] * 10
+    ci = bootstrap_ratio(a, b, resamples=5000, seed=3)
+    assert ci.degenerate == 0 and ci.note is None  # 10 zero draws in a row: (1/10)^10, never seen
+    # _bound itself: infinities sort last, a bound beside one is unbounded
+    from agent.bench.stats import _bound
+    assert _bound([1.0, 2.0, 3.0], 0, 0.5) == 2.0
+    assert _bound([1.0, 2.0, 3.0], 1, 0.0) == 1.0
+    assert _bound([1.0, 2.0, 3.0], 1, 1.0) is None
+    assert _bound([1.0, 2.0, 3.0], 1, 2 / 3) == 3.0  # exactly on the last finite one
+    assert _bound([], 3, 0.0) is None
