@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -111,11 +112,9 @@ def test_a_request_held_across_a_restart_that_lowers_parallel_gets_a_slot_the_ne
     assert worker.state.bodies[3]["id_slot"] in (0, 1)
 
 
-def test_a_request_still_queued_when_its_wait_used_up_the_budget_is_shed(worker: FakeWorker) -> None:
-    # No service time learnt yet (a fresh gateway under a burst): the prediction at arrival admits everyone to the
-    # queue, so only the wait itself can tell that a queued request has already missed the SLO.
-    app, gw = create_app(StaticUpstream(worker.url), GatewaySettings(limit=1, max_queue=50, queue_timeout_s=20))
-    gw.configure_worker(Shaping(), 0.3)
+def slow_then_queued(app: object, gw: Any) -> tuple[list[httpx.Response], int, dict[str, Any]]:
+    """A slow request (1.5 s to its first token) in flight, then a fast one arriving behind it. Returns the replies
+    in the order they came, how many had come when the second request was answered, and the gateway's levers."""
     replies: list[httpx.Response] = []
 
     def one(ttft: float) -> None:
@@ -130,8 +129,19 @@ def test_a_request_still_queued_when_its_wait_used_up_the_budget_is_shed(worker:
         second = threading.Thread(target=one, args=(0.0,))
         second.start()
         second.join()
-        assert len(replies) == 1, "the queued request was answered only after the first one finished"
+        answered = len(replies)
         first.join()
+        levers = httpx.get(served.url + "/gateway/stats").json()["levers"]
+    return replies, answered, levers
+
+
+def test_a_request_still_queued_when_its_wait_used_up_the_budget_is_shed(worker: FakeWorker) -> None:
+    # No service time learnt yet (a fresh gateway under a burst): the prediction at arrival admits everyone to the
+    # queue, so only the wait itself can tell that a queued request has already missed the SLO.
+    app, gw = create_app(StaticUpstream(worker.url), GatewaySettings(limit=1, max_queue=50, queue_timeout_s=20))
+    gw.configure_worker(Shaping(), 0.3)
+    replies, answered, _ = slow_then_queued(app, gw)
+    assert answered == 1, "the queued request was answered only after the first one finished"
     late = replies[0]
     assert late.status_code == 503 and late.json()["error"]["reason"] == "shed"
     assert int(late.headers["retry-after"]) >= 1
@@ -159,22 +169,7 @@ def test_with_shedding_a_request_beyond_the_slots_waits_in_the_gateway_not_in_th
     # ceiling the second request would be sent on and wait inside the engine, out of shedding's sight.
     app, gw = create_app(StaticUpstream(worker.url), GatewaySettings(limit=4, max_queue=50, queue_timeout_s=20))
     gw.configure_worker(Shaping(slots=1, slots_known=True), 0.3)
-    replies: list[httpx.Response] = []
-
-    def one(ttft: float) -> None:
-        with httpx.Client(timeout=20) as cc:
-            replies.append(cc.post(served.url + CHAT, json=turn("hi", ttft_s=ttft)))
-
-    with ServedApp(app) as served:
-        first = threading.Thread(target=one, args=(1.5,))
-        first.start()
-        while gw.gate.in_flight == 0:
-            threading.Event().wait(0.01)
-        second = threading.Thread(target=one, args=(0.0,))
-        second.start()
-        second.join()
-        first.join()
-        levers = httpx.get(served.url + "/gateway/stats").json()["levers"]
+    replies, _, levers = slow_then_queued(app, gw)
     assert replies[0].status_code == 503 and replies[0].json()["error"]["reason"] == "shed"
     assert replies[1].status_code == 200 and worker.state.requests == 1
     assert levers["admission_ceiling"] == 1 and gw.gate.limit == 4
